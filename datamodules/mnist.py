@@ -1,0 +1,49 @@
+"""Real MNIST through torchvision, few-shot subset, validation held out of the training pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+
+from datamodules.base import ImageDataModule, Split, Splits
+from datamodules.sampling import few_shot_split
+from xfergan.errors import UserError
+
+
+def load_mnist_arrays(
+    root: str, download: bool = False
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    out = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = MNIST(root=root, train=train, download=download)
+        except RuntimeError as e:
+            raise UserError(
+                f"MNIST not found in {Path(root).resolve()}/MNIST/raw ({e}); set DATA_DIR to the "
+                "folder holding mnist/MNIST/raw (e.g. DATA_DIR=../shared/data) or pass "
+                "paths.data_dir=..."
+            ) from None
+        out[split] = (ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+    return out
+
+
+class MNISTDataModule(ImageDataModule):
+    def __init__(self, val_per_class: int = 100, download: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.val_per_class = int(val_per_class or 0)
+        self.download = download
+
+    def load(self) -> Splits:
+        arrays = load_mnist_arrays(self.root, self.download)
+        x, y = arrays["train"]
+        train_idx, val_idx = few_shot_split(y, self.n_per_class, self.val_per_class, self.seed, 10)
+        xt, yt = arrays["test"]
+        return Splits(
+            train=Split(x[train_idx], y[train_idx]),
+            val=Split(x[val_idx], y[val_idx]),
+            test=Split(xt, yt),
+            class_names=[str(i) for i in range(10)],
+            info={"train_indices": train_idx},
+        )

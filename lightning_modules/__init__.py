@@ -1,0 +1,1 @@
+"""LightningModules (classifier, conditional GAN) and their metrics. Never imports datamodules."""

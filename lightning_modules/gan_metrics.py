@@ -1,0 +1,107 @@
+"""GAN quality, offline, on features of a network of our own (a classifier trained on real data):
+FID and KID (torchmetrics, `feature=` our network), improved precision/recall (k-NN manifolds,
+Kynkäänniemi et al. 2019), and a memorization check (nearest-neighbour distances)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from xfergan import transforms as T
+
+
+class FeatureNet(nn.Module):
+    """Images in [0, 1] at any size/channels -> the classifier's penultimate-layer features,
+    with the classifier's own input preprocessing (size, channels, normalization)."""
+
+    def __init__(self, classifier: nn.Module, image_size: int, channels: int, normalize: str):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.image_size, self.channels, self.normalize = image_size, channels, normalize
+        with torch.no_grad():
+            self.num_features = int(self(torch.zeros(1, 1, image_size, image_size)).shape[-1])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = T.to_float(x)
+        x = T.set_channels(T.resize(x, self.image_size), self.channels)
+        return self.classifier.features(T.normalize(x, self.normalize)).flatten(1).double()
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + bs]) for i in range(0, len(x), bs)])
+
+
+def knn_radii(f: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(f, f)
+    return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def coverage_fraction(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor) -> float:
+    """Fraction of query points inside at least one ref point's k-NN ball."""
+    inside = torch.zeros(len(query), dtype=torch.bool)
+    for i in range(0, len(query), 1000):
+        d = torch.cdist(query[i : i + 1000], ref)
+        inside[i : i + 1000] = (d <= ref_radii[None, :]).any(dim=1)
+    return inside.float().mean().item()
+
+
+def precision_recall(real_f: torch.Tensor, fake_f: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    precision = coverage_fraction(fake_f, real_f, knn_radii(real_f, k))
+    recall = coverage_fraction(real_f, fake_f, knn_radii(fake_f, k))
+    return precision, recall
+
+
+def nn_distance(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    q, r = query.flatten(1).float(), ref.flatten(1).float()
+    return torch.cat(
+        [torch.cdist(q[i : i + 1000], r).min(dim=1).values for i in range(0, len(q), 1000)]
+    )
+
+
+def gan_quality(
+    features: FeatureNet,
+    real_test: torch.Tensor,
+    real_test_y: torch.Tensor,
+    fake: torch.Tensor,
+    fake_y: torch.Tensor,
+    train: torch.Tensor,
+    k: int = 3,
+) -> dict[str, float]:
+    """All images float in [0, 1], [N, C, H, W], at the GAN's resolution."""
+    out: dict[str, float] = {}
+    fid = FrechetInceptionDistance(feature=features, reset_real_features=True)
+    n = min(len(real_test), len(fake))
+    kid = KernelInceptionDistance(feature=features, subset_size=min(500, n), subsets=20)
+    for i in range(0, len(real_test), 500):
+        fid.update(real_test[i : i + 500], real=True)
+        kid.update(real_test[i : i + 500], real=True)
+    for i in range(0, len(fake), 500):
+        fid.update(fake[i : i + 500], real=False)
+        kid.update(fake[i : i + 500], real=False)
+    out["gan/fid"] = fid.compute().item()
+    kid_mean, kid_std = kid.compute()
+    out["gan/kid"], out["gan/kid_std"] = kid_mean.item(), kid_std.item()
+
+    real_f, fake_f = batched(features, real_test).float(), batched(features, fake).float()
+    out["gan/precision"], out["gan/recall"] = precision_recall(real_f, fake_f, k)
+    # per class: collapse inside a class (every "3" the same "3") shows as low recall there
+    recalls = []
+    for c in torch.unique(real_test_y).tolist():
+        rf, ff = real_f[real_test_y == c], fake_f[fake_y == c]
+        if len(rf) > k and len(ff) > k:
+            recalls.append(precision_recall(rf, ff, k)[1])
+    if recalls:
+        out["gan/recall_per_class_mean"] = sum(recalls) / len(recalls)
+        out["gan/recall_per_class_min"] = min(recalls)
+    # memorization: how close samples sit to the few training images, vs real test images
+    d_fake = nn_distance(fake, train)
+    d_test = nn_distance(real_test[: len(fake)], train)
+    out["gan/nn_dist_fake_to_train"] = d_fake.mean().item()
+    out["gan/nn_dist_test_to_train"] = d_test.mean().item()
+    out["gan/memorization_ratio"] = (d_fake.mean() / d_test.mean().clamp(min=1e-8)).item()
+    out["gan/frac_fake_closer_than_any_test"] = (d_fake < d_test.min()).float().mean().item()
+    return out

@@ -1,0 +1,65 @@
+"""Classification metrics, all torchmetrics: accuracy and per-class accuracy for any class count;
+for two classes also AUROC, Cohen's kappa, F1, sensitivity and specificity (positive = class 1)."""
+
+from __future__ import annotations
+
+import torch
+import torchmetrics
+from torchmetrics import classification as C
+
+
+class ClassificationMetrics(torch.nn.Module):
+    def __init__(self, num_classes: int, class_names: list[str] | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.acc = C.MulticlassAccuracy(num_classes, average="micro")
+        self.acc_class = C.MulticlassAccuracy(num_classes, average=None)
+        self.binary = (
+            torchmetrics.MetricCollection(
+                {
+                    "auroc": C.BinaryAUROC(),
+                    "kappa": C.BinaryCohenKappa(),
+                    "f1": C.BinaryF1Score(),
+                    "sensitivity": C.BinaryRecall(),
+                    "specificity": C.BinarySpecificity(),
+                }
+            )
+            if num_classes == 2
+            else None
+        )
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        self.acc.update(probs, target)
+        self.acc_class.update(probs, target)
+        if self.binary is not None:
+            self.binary.update(probs[:, 1], target)
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/acc": self.acc.compute().item()}
+        for name, v in zip(self.class_names, self.acc_class.compute().tolist()):
+            out[f"{prefix}/acc_class_{name}"] = v
+        if self.binary is not None:
+            out.update({f"{prefix}/{k}": v.item() for k, v in self.binary.compute().items()})
+        return out
+
+    def reset(self) -> None:
+        self.acc.reset()
+        self.acc_class.reset()
+        if self.binary is not None:
+            self.binary.reset()
+
+
+def binary_metrics(probs1: torch.Tensor, target: torch.Tensor, prefix: str) -> dict[str, float]:
+    """Binary metrics of positive-class probabilities (e.g. per study), threshold 0.5."""
+    m = ClassificationMetrics(2)
+    p = torch.stack([1 - probs1, probs1], dim=1)
+    m.update(p, target)
+    out = m.compute(prefix)
+    return {k: v for k, v in out.items() if "/acc_class_" not in k}
+
+
+def majority_acc(target: torch.Tensor, num_classes: int) -> float:
+    """Accuracy of always answering this split's most frequent class."""
+    counts = torch.bincount(target, minlength=num_classes)
+    return (counts.max().float() / counts.sum().clamp(min=1)).item()

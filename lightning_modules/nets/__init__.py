@@ -1,0 +1,1 @@
+"""Plain nn.Modules: classifier backbones, conditional generator and discriminator."""

@@ -1,0 +1,130 @@
+"""Conditional DCGAN generator and projection discriminator at any size 4·2^k or 7·2^k
+(28/32 px for MNIST, 64/128 px for X-rays), DCGAN weight init, optional spectral norm."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm as _sn
+
+
+def _plan(image_size: int) -> tuple[int, int]:
+    """(base resolution, number of x2 upsamplings) with base in {4..7}."""
+    n = 0
+    s = image_size
+    while s % 2 == 0 and s > 7:
+        s //= 2
+        n += 1
+    if s < 4 or s > 7 or n < 1:
+        raise ValueError(
+            f"gan.image_size={image_size} must be 4·2^k or 7·2^k (e.g. 28, 32, 64, 128)"
+        )
+    return s, n
+
+
+def dcgan_init(m: nn.Module) -> None:
+    """DCGAN init: conv weights N(0, 0.02), norm gains N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        w = getattr(m, "weight_orig", m.weight)
+        nn.init.normal_(w, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d) and m.affine:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose gain and bias come from the class label."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x, y):
+        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    """z ⊕ label embedding -> linear -> base×base -> (upsample, conv, cond-BN, ReLU)×n -> tanh."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        channels: int = 1,
+        z_dim: int = 64,
+        width: int = 64,
+        embed_dim: int = 32,
+    ):
+        super().__init__()
+        base, n_up = _plan(image_size)
+        self.z_dim, self.num_classes, self.image_size, self.channels = (
+            z_dim,
+            num_classes,
+            image_size,
+            channels,
+        )
+        chans = [min(8, 2 ** (n_up - i)) * width for i in range(n_up + 1)]
+        self.base, self.c0 = base, chans[0]
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.fc = nn.Linear(z_dim + embed_dim, chans[0] * base * base)
+        self.bn0 = ConditionalBatchNorm2d(chans[0], num_classes)
+        self.ups = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        for i in range(n_up):
+            self.ups.append(nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1, bias=False))
+            self.bns.append(ConditionalBatchNorm2d(chans[i + 1], num_classes))
+        self.out = nn.Conv2d(chans[-1], channels, 3, 1, 1)
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(-1, self.c0, self.base, self.base)
+        h = torch.relu(self.bn0(h, y))
+        for up, bn in zip(self.ups, self.bns):
+            h = torch.relu(bn(up(h), y))
+        return torch.tanh(self.out(h))
+
+
+class Discriminator(nn.Module):
+    """DCGAN conv stack (stride-2, LeakyReLU) -> global sum pool -> linear + projection of the
+    label embedding (Miyato & Koyama 2018). Outputs logits: no Sigmoid."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        channels: int = 1,
+        width: int = 64,
+        spectral_norm: bool = True,
+    ):
+        super().__init__()
+        _, n_down = _plan(image_size)
+        sn = _sn if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, width, 3, 1, 1)), nn.LeakyReLU(0.2, True)]
+        c = width
+        for i in range(n_down):
+            c_out = min(8, 2 ** (i + 1)) * width
+            layers += [sn(nn.Conv2d(c, c_out, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+            c = c_out
+        self.body = nn.Sequential(*layers)
+        self.linear = sn(nn.Linear(c, 1))
+        self.embed = sn(nn.Embedding(num_classes, c))
+        self.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.body(x).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+
+
+def num_upsamplings(image_size: int) -> int:
+    return _plan(image_size)[1]
+
+
+__all__ = ["Generator", "Discriminator", "dcgan_init", "num_upsamplings", "math"]

@@ -1,0 +1,121 @@
+"""task=classify: train a transfer classifier on real, synthetic or mixed data; test on real data."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
+from tasks import evaluation
+from tasks.common import (
+    build_datamodule,
+    build_loggers,
+    build_trainer,
+    output_dir,
+    scalar_metrics,
+    write_problems,
+)
+from xfergan.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
+    mc = cfg.model
+    min_size = MIN_IMAGE_SIZE.get(mc.backbone, 1)
+    if dm.image_size < min_size:
+        raise UserError(
+            f"dataset.image_size={dm.image_size} is too small for {mc.backbone} (needs >= "
+            f"{min_size}); raise dataset.image_size"
+        )
+    class_weights = None
+    if mc.class_weighted_loss:
+        counts = dm.class_counts("train")
+        total = sum(counts)
+        class_weights = [total / (len(counts) * max(1, c)) for c in counts]
+    return ClassifierModule(
+        backbone=mc.backbone,
+        num_classes=dm.num_classes,
+        in_channels=dm.channels,
+        init=mc.init,
+        weights=mc.weights,
+        finetune=mc.finetune,
+        finetune_last_n=mc.finetune_last_n,
+        dropout=mc.dropout,
+        width=mc.width,
+        optimizer=dict(mc.optimizer),
+        scheduler=dict(mc.scheduler),
+        label_smoothing=mc.label_smoothing,
+        class_weights=class_weights,
+        channels_last=mc.channels_last,
+        compile=mc.compile,
+        class_names=dm.class_names,
+        input_spec={
+            "image_size": dm.image_size,
+            "channels": dm.channels,
+            "normalize": dm.normalize,
+        },
+    )
+
+
+def checkpoint_callback(cfg: DictConfig, out: Path, has_val: bool) -> ModelCheckpoint:
+    cc = cfg.checkpoint
+    monitor = cc.monitor if has_val else None
+    return ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="best-{epoch:03d}" if monitor else "epoch-{epoch:03d}",
+        monitor=monitor,
+        mode=cc.mode,
+        save_top_k=1,
+        save_last=True,
+        every_n_epochs=cc.every_n_epochs,
+        auto_insert_metric_name=False,
+    )
+
+
+def resume_path(cfg: DictConfig, out: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        log.warning("resume=true but %s does not exist: starting from scratch", last)
+        return None
+    log.info("resuming from %s", last)
+    return str(last)
+
+
+def run(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    write_problems(out, dm)
+    sizes = dm.sizes()
+    if dm.problems:
+        sizes["n_skipped"] = len(dm.problems)
+    model = build_classifier(cfg, dm)
+    if model.init_report:
+        log.info("init from %s: %s", cfg.model.init, model.init_report)
+    loggers = build_loggers(cfg, out)
+    ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
+    callbacks = [ckpt]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = build_trainer(cfg, out, loggers, callbacks)
+    trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
+
+    which = cfg.checkpoint.test if ckpt.best_model_path else "last"
+    ckpt_path = ckpt.best_model_path if which == "best" else (ckpt.last_model_path or None)
+    trainer.test(model, datamodule=dm, ckpt_path=ckpt_path or None, weights_only=True)
+    metrics = scalar_metrics(trainer, "test/")
+    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
+    metrics["tested_checkpoint"] = Path(ckpt_path).name if ckpt_path else "final-weights"
+    metrics["best_checkpoint"] = ckpt.best_model_path or None
+    metrics["last_checkpoint"] = ckpt.last_model_path or None
+    metrics["epochs"] = trainer.current_epoch
+    metrics["global_step"] = trainer.global_step
+    metrics.update(sizes)
+    return metrics

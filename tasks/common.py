@@ -1,0 +1,128 @@
+"""Pieces every task shares: datamodule/trainer/logger construction, run metadata, metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from xfergan.io import atomic_write_json
+from xfergan.schema import enum_name
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def build_datamodule(cfg: DictConfig, **overrides: Any):
+    """The configured datamodule; `overrides` replace dataset keys (e.g. the GAN's image size)."""
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
+    ds.update(overrides)
+    return hydra.utils.instantiate(ds, seed=cfg.seed, _convert_="all")
+
+
+def is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+# ----------------------------------------------------------------------------- loggers
+def build_loggers(
+    cfg: DictConfig, out: Path, job_type: str | None = None, tags: list[str] | None = None
+) -> list:
+    lc = cfg.logger
+    loggers: list = []
+    if lc.csv:
+        loggers.append(pl.loggers.CSVLogger(save_dir=str(out), name="csv", version=""))
+    if lc.wandb and lc.mode != "disabled":
+        from tasks.wandb_utils import make_wandb_logger
+
+        wb = make_wandb_logger(cfg, out, job_type=job_type, tags=tags)
+        if wb is not None:
+            loggers.append(wb)
+    return loggers
+
+
+# ----------------------------------------------------------------------------- trainer
+def build_trainer(
+    cfg: DictConfig, out: Path, loggers: list, callbacks: list, **overrides: Any
+) -> pl.Trainer:
+    tc = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tc.update(overrides)
+    tc["default_root_dir"] = str(out)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+    return hydra.utils.instantiate(
+        tc, logger=loggers or False, callbacks=callbacks, _convert_="all"
+    )
+
+
+# ----------------------------------------------------------------------------- metrics.json
+def run_meta(cfg: DictConfig) -> dict[str, Any]:
+    """Flat keys every metrics.json carries, so reports can group runs without reading configs."""
+    meta: dict[str, Any] = {
+        "task": enum_name(cfg.task),
+        "seed": int(cfg.seed),
+        "name": cfg.name,
+        "dataset": cfg.dataset.name,
+        "source": cfg.dataset.source,
+        "n_per_class": cfg.dataset.n_per_class,
+        "body_part": enum_name(cfg.body_part),
+        "model": cfg.model.backbone,
+    }
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        meta["overrides"] = ",".join(hc.overrides.task)
+        meta["job_num"] = hc.job.num if hc.mode.name == "MULTIRUN" else None
+    except ValueError:  # not under Hydra (tests calling a task directly)
+        meta["overrides"] = ""
+    return meta
+
+
+def write_metrics(out: Path, metrics: dict[str, Any], cfg: DictConfig, **extra: Any) -> dict:
+    payload = {**run_meta(cfg), **extra, **metrics}
+    if is_global_zero():
+        atomic_write_json(out / METRICS_FILE, payload)
+    return payload
+
+
+def scalar_metrics(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(prefix) and not k.endswith("_bar")
+    }
+
+
+def write_problems(out: Path, dm) -> None:
+    """List every skipped input (path, reason) in the run dir, so nothing is lost silently."""
+    problems = getattr(dm, "problems", None)
+    if not problems or not is_global_zero():
+        return
+    import csv
+    import io
+
+    from xfergan.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["split", "path", "reason"])
+    w.writeheader()
+    w.writerows(problems)
+    atomic_write_text(out / "skipped_images.csv", buf.getvalue())

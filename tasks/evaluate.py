@@ -1,0 +1,98 @@
+"""task=evaluate run=<finished run dir>: re-test that run's best checkpoint with its own saved
+config; any other overrides on the command line change the test set, e.g.
+
+    python run.py task=evaluate run=outputs/runs/mura/... body_part=all
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lightning_modules.classifier import ClassifierModule
+from tasks import evaluation
+from tasks.common import build_datamodule, build_trainer, output_dir, scalar_metrics
+from xfergan.errors import UserError
+from xfergan.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+def _cli_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        items = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+    return [
+        o
+        for o in items
+        if o.split("=", 1)[0].lstrip("+~") not in ("task", "run") and not o.startswith("hydra.")
+    ]
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    m = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    for key in ("best_checkpoint", "last_checkpoint"):
+        p = m.get(key)
+        if p and Path(p).is_file():
+            return Path(p)
+    ckpts = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) or sorted(
+        (run_dir / "checkpoints").glob("last.ckpt")
+    )
+    if not ckpts:
+        raise UserError(
+            f"no checkpoint in {run_dir}/checkpoints: is it a finished task=classify run?"
+        )
+    return ckpts[-1]
+
+
+def run(cfg: DictConfig) -> dict:
+    if not cfg.run:
+        raise UserError("task=evaluate needs run=<a finished task=classify run dir>")
+    run_dir = Path(cfg.run)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"{run_dir} has no .hydra/config.yaml: pass a run dir written by run.py")
+    base = OmegaConf.load(saved)
+    overrides = _cli_overrides()
+    with open_dict(base):
+        for o in overrides:  # key=value overrides of the saved config (test set, body part, ...)
+            key, _, value = o.lstrip("+").partition("=")
+            if "=" not in o or key.split("/")[0] in ("logger", "trainer", "paths", "debug"):
+                continue
+            OmegaConf.update(base, key, yaml.safe_load(value), merge=False)
+        base.paths = cfg.paths
+        base.task = "evaluate"
+        base.logger = cfg.logger
+        base.trainer = cfg.trainer
+        if "body_part" in base.dataset:
+            base.dataset.body_part = base.body_part
+    eval_cfg = base
+    out = output_dir(cfg)
+    ckpt = find_checkpoint(run_dir)
+    model = ClassifierModule.load_safely(str(ckpt))
+    dm = build_datamodule(eval_cfg)
+    dm.setup()
+    if dm.num_classes != model.hparams.num_classes:
+        raise UserError(
+            f"{ckpt} predicts {model.hparams.num_classes} classes but the test set has "
+            f"{dm.num_classes}"
+        )
+    trainer = build_trainer(eval_cfg, out, [], [])
+    trainer.test(model, datamodule=dm)
+    metrics = scalar_metrics(trainer, "test/")
+    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, []))
+    metrics.update(
+        {
+            "evaluated_run": str(run_dir),
+            "evaluated_checkpoint": str(ckpt),
+            "eval_overrides": ",".join(overrides),
+            **dm.sizes(),
+        }
+    )
+    return metrics

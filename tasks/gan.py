@@ -1,0 +1,162 @@
+"""task=gan: train the conditional GAN on exactly the few-shot subset the classifier sees (same
+datamodule, same sampling code, same seed), save checkpoints, log a fixed-noise sample grid (one
+row per class) every N epochs, and measure quality offline (FID/KID/precision/recall/memorization)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torchvision.utils import save_image
+
+from lightning_modules.gan import ConditionalGAN, GANDivergedError
+from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir
+from tasks.wandb_utils import log_image
+from xfergan.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def gan_datamodule(cfg: DictConfig):
+    """The classifier's datamodule (same few-shot subset), at the GAN's size, scaled to [-1, 1],
+    real images only, native channels."""
+    g = cfg.gan
+    return build_datamodule(
+        cfg,
+        image_size=g.image_size,
+        channels=1 if cfg.dataset.channels in (1, 3) else 3,
+        normalize="half",
+        augment={"enabled": False},
+        batch_size=g.batch_size,
+        source="real",
+        balanced_sampler=False,
+    )
+
+
+class SampleGrid(pl.Callback):
+    """Every N epochs (and at the end): EMA samples, one row per class, same noise every time."""
+
+    def __init__(self, out: Path, every_n_epochs: int):
+        self.dir = out / "samples"
+        self.every = max(1, int(every_n_epochs))
+
+    def write(self, trainer, module: ConditionalGAN, name: str) -> Path:
+        grid = module.sample_grid_images().cpu()
+        path = self.dir / f"{name}.png"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path, nrow=len(grid) // module.hparams.num_classes, padding=2)
+        log_image(trainer.loggers, "gan/samples", path, caption=name)
+        return path
+
+    def on_train_epoch_end(self, trainer, module):
+        if (trainer.current_epoch + 1) % self.every == 0:
+            self.write(trainer, module, f"epoch_{trainer.current_epoch + 1:05d}")
+
+    def on_train_end(self, trainer, module):
+        p = self.write(trainer, module, "final")
+        (self.dir.parent / "samples_final.png").write_bytes(p.read_bytes())
+
+
+def build_gan(cfg: DictConfig, dm) -> ConditionalGAN:
+    g = dict(cfg.gan)
+    channels = dm.channels
+    return ConditionalGAN(
+        num_classes=dm.num_classes,
+        channels=channels,
+        class_names=dm.class_names,
+        **{k: v for k, v in g.items() if k != "channels"},
+    )
+
+
+def run(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    dm = gan_datamodule(cfg)
+    dm.setup()
+    model = build_gan(cfg, dm)
+    loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"])
+    ckpt = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="gan-{epoch:05d}",
+        every_n_epochs=cfg.gan.checkpoint_every_n_epochs,
+        save_top_k=-1,
+        save_last=True,
+        monitor=None,
+    )
+    trainer = build_trainer(
+        cfg,
+        out,
+        loggers,
+        [ckpt, SampleGrid(out, cfg.gan.sample_every_n_epochs)],
+        max_epochs=cfg.gan.epochs,
+        max_steps=cfg.gan.max_steps * 2 if cfg.gan.max_steps > 0 else -1,
+        limit_val_batches=0,
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        limit_train_batches=None,
+        gradient_clip_val=None,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.resume and last.is_file() else None
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+    except GANDivergedError as e:
+        good = ckpt.last_model_path or "none yet"
+        raise UserError(f"{e}; last good checkpoint: {good}") from None
+    if not ckpt.last_model_path:  # e.g. max_steps hit mid-epoch
+        trainer.save_checkpoint(str(last))
+    metrics = {
+        "gan/steps": int(model.steps),
+        "gan/epochs": trainer.current_epoch,
+        "gan/checkpoint": str(last),
+        **dm.sizes(),
+    }
+    metrics.update(evaluate_quality(cfg, model, dm))
+    return metrics
+
+
+def evaluate_quality(cfg: DictConfig, model: ConditionalGAN, dm) -> dict:
+    """FID/KID/precision/recall/memorization with a classifier of our own as the feature net."""
+    from lightning_modules.classifier import ClassifierModule
+    from lightning_modules.gan_metrics import FeatureNet, gan_quality
+
+    path = cfg.gan.feature_ckpt
+    if not path:
+        log.warning(
+            "gan.feature_ckpt not set: no FID/KID/precision/recall (pass a classifier "
+            "checkpoint trained on the full real set by task=classify)"
+        )
+        return {}
+    clf = ClassifierModule.load_safely(path)
+    spec = clf.hparams.input_spec or {}
+    feats = FeatureNet(
+        clf, spec.get("image_size", 32), spec.get("channels", 3), spec.get("normalize", "imagenet")
+    )
+    k = dm.num_classes
+    n = int(cfg.gan.eval_n_per_class)
+    test = dm.splits.test
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 12345)
+    idx = torch.randperm(len(test), generator=gen)[: n * k]
+    real = test.x[idx].float().cpu() / 255.0
+    real = (
+        torch.nn.functional.interpolate(
+            real, size=cfg.gan.image_size, mode="bilinear", antialias=True
+        )
+        if real.shape[-1] != cfg.gan.image_size
+        else real
+    )
+    real_y = test.y[idx].cpu()
+    fake_y = torch.arange(k).repeat_interleave(n)
+    model = model.cpu().eval()
+    fake = torch.cat(
+        [model.sample(fake_y[i : i + 500], generator=gen) for i in range(0, len(fake_y), 500)]
+    )
+    train = dm.splits.train.x.float().cpu() / 255.0
+    if train.shape[-1] != cfg.gan.image_size:
+        train = torch.nn.functional.interpolate(
+            train, size=cfg.gan.image_size, mode="bilinear", antialias=True
+        )
+    return gan_quality(feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k)

@@ -1,0 +1,291 @@
+"""task=report dir=<run or multirun dir>: every metrics.json below it -> grouped by the swept
+keys, aggregated over seeds (mean ± std, n) -> report.md, report.csv and PNG plots in that dir.
+Failed runs (status failed) and missing ones (a job dir without metrics.json: killed) are listed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from xfergan.errors import UserError
+from xfergan.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MAIN = [
+    "test/acc",
+    "test/auroc",
+    "test/kappa",
+    "test/study_acc",
+    "test/study_kappa",
+    "test/study_auroc",
+    "test/majority_acc",
+    "test/study_majority_acc",
+    "test/acc_real",
+    "test/acc_synthetic",
+    "test/acc_mixed",
+    "gan/fid",
+    "gan/kid",
+    "gan/precision",
+    "gan/recall",
+]
+IGNORED_KEYS = {"seed", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "task", "dir"}
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    f = job_dir / ".hydra" / "overrides.yaml"
+    if not f.is_file():
+        return {}
+    out = {}
+    for item in yaml.safe_load(f.read_text()) or []:
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.lstrip("+~")] = v
+    return out
+
+
+def collect(root: Path) -> tuple[list[dict], list[dict]]:
+    """(runs with metrics.json, job dirs without one). A pipeline's stage dirs are skipped: its
+    own metrics.json summarizes them."""
+    runs, missing = [], []
+    job_dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    if (root / "metrics.json").is_file():
+        job_dirs.add(root)
+    for d in sorted(job_dirs | {p.parent for p in root.rglob("metrics.json")}):
+        if any(
+            parent in job_dirs
+            and (parent / "metrics.json").is_file()
+            and _task(parent) == "pipeline"
+            for parent in d.parents
+        ):
+            continue
+        mf = d / "metrics.json"
+        if not mf.is_file():
+            if (d / ".hydra").is_dir():
+                missing.append({"dir": str(d), "overrides": _overrides(d)})
+            continue
+        try:
+            m = json.loads(mf.read_text())
+        except json.JSONDecodeError:
+            missing.append(
+                {"dir": str(d), "overrides": _overrides(d), "error": "unreadable metrics.json"}
+            )
+            continue
+        if m.get("task") == "report":
+            continue
+        m["_dir"], m["_overrides"] = str(d), _overrides(d)
+        runs.append(m)
+    return runs, missing
+
+
+def _task(d: Path) -> str | None:
+    try:
+        return json.loads((d / "metrics.json").read_text()).get("task")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def swept_keys(runs: list[dict], missing: list[dict]) -> list[str]:
+    keys = set()
+    for r in runs + missing:
+        keys |= set(
+            r.get("_overrides", r.get("overrides", {}))
+            if isinstance(r.get("_overrides", r.get("overrides")), dict)
+            else {}
+        )
+    varying = []
+    for k in sorted(keys - IGNORED_KEYS):
+        vals = {(r.get("_overrides") or r.get("overrides") or {}).get(k) for r in runs + missing}
+        if len(vals) > 1 or k.startswith("experiment") or k in ("dataset", "body_part"):
+            varying.append(k)
+    return varying
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r.get("status") != "ok":
+            continue
+        ov = r["_overrides"]
+        groups[tuple(ov.get(k, "") for k in keys)].append(r)
+    rows = []
+    for gkey, rs in sorted(groups.items()):
+        row = {
+            "group": dict(zip(keys, gkey)),
+            "n": len(rs),
+            "seeds": sorted(r.get("seed") for r in rs),
+            "metrics": {},
+        }
+        names = sorted(
+            {
+                k
+                for r in rs
+                for k, v in r.items()
+                if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        for name in names:
+            vals = [
+                float(r[name])
+                for r in rs
+                if isinstance(r.get(name), (int, float)) and r.get(name) is not None
+            ]
+            if vals:
+                row["metrics"][name] = (*mean_std(vals), len(vals))
+        rows.append(row)
+    return rows
+
+
+def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
+    keys = swept_keys(runs, missing)
+    rows = aggregate(runs, keys)
+    failed = [r for r in runs if r.get("status") != "ok"]
+    present = [m for m in MAIN if any(m in row["metrics"] for row in rows)]
+    lines = [
+        f"# Report: {root}",
+        "",
+        f"{len(runs)} runs ({len(runs) - len(failed)} ok, {len(failed)} failed), "
+        f"{len(missing)} missing (job dir without metrics.json: killed or still running).",
+        f"Grouped by: {', '.join(keys) if keys else '(nothing swept)'}; mean ± std over seeds.",
+        "",
+    ]
+    header = keys + ["n"] + present
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in rows:
+        cells = [row["group"][k] for k in keys] + [str(row["n"])]
+        for m in present:
+            v = row["metrics"].get(m)
+            cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    if failed or missing:
+        lines += ["", "## Failed or missing runs", ""]
+        for r in failed:
+            lines.append(f"- FAILED `{r['_dir']}` ({r.get('overrides', '')}): {r.get('error')}")
+        for m in missing:
+            ov = ",".join(f"{k}={v}" for k, v in m["overrides"].items())
+            lines.append(f"- MISSING `{m['dir']}` ({ov}): {m.get('error', 'no metrics.json')}")
+    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
+
+    buf = io.StringIO()
+    metric_names = sorted({m for row in rows for m in row["metrics"]})
+    w = csv.writer(buf)
+    w.writerow(keys + ["n"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")])
+    for row in rows:
+        vals = []
+        for m in metric_names:
+            v = row["metrics"].get(m)
+            vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
+        w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals)
+    atomic_write_text(root / "report.csv", buf.getvalue())
+    plots = make_plots(root, rows, keys, present)
+    return {
+        "report/runs": len(runs),
+        "report/failed": len(failed),
+        "report/missing": len(missing),
+        "report/groups": len(rows),
+        "report/plots": len(plots),
+    }
+
+
+def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.plots import _save, bar_chart_png
+
+    out = []
+    if not rows or not present:
+        return out
+    metric = present[0]
+    npc = next((k for k in keys if k.endswith("n_per_class")), None)
+    if npc:  # accuracy vs n_per_class, one line per other setting (e.g. real / synthetic / mixed)
+        others = [k for k in keys if k != npc]
+        lines: dict[str, list] = defaultdict(list)
+        for row in rows:
+            v = row["metrics"].get(metric)
+            try:
+                x = float(row["group"][npc])
+            except ValueError:
+                continue
+            if v:
+                lines[", ".join(f"{k}={row['group'][k]}" for k in others) or metric].append(
+                    (x, v[0], v[1])
+                )
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for label, pts in lines.items():
+            pts.sort()
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("images per class (n_per_class)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{metric} vs n_per_class")
+        out.append(_save(fig, root / "plot_vs_n_per_class.png"))
+    for m in [m for m in present if m.startswith("test/study_kappa") or m == metric][:2]:
+        values = {
+            " ".join(str(v) for v in row["group"].values()) or "all": row["metrics"][m][0]
+            for row in rows
+            if m in row["metrics"]
+        }
+        errors = {
+            " ".join(str(v) for v in row["group"].values()) or "all": row["metrics"][m][1]
+            for row in rows
+            if m in row["metrics"]
+        }
+        refs = {}
+        base = "test/study_majority_acc" if "study" in m else "test/majority_acc"
+        if "acc" in m and any(base in row["metrics"] for row in rows):
+            refs["majority class (mean)"] = sum(
+                row["metrics"][base][0] for row in rows if base in row["metrics"]
+            ) / len(rows)
+        safe = m.replace("/", "_")
+        out.append(
+            bar_chart_png(
+                values,
+                root / f"plot_{safe}.png",
+                title=f"{m} by setting",
+                ylabel=m,
+                errors=errors,
+                refs=refs,
+            )
+        )
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    if not cfg.dir:
+        raise UserError("task=report needs dir=<a run or multirun dir>")
+    root = Path(cfg.dir)
+    if not root.is_dir():
+        raise UserError(f"report dir {root} does not exist")
+    runs, missing = collect(root)
+    if not runs and not missing:
+        raise UserError(f"no metrics.json below {root}: nothing to report")
+    res = write_report(root, runs, missing)
+    print((root / "report.md").read_text())
+    log.info("wrote %s/report.md, report.csv and %d plots", root, res["report/plots"])
+    return res

@@ -1,0 +1,69 @@
+"""Shared test helpers. Tests run offline on the real data in ../shared (DATA_DIR, TORCH_HOME)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+os.environ.setdefault("DATA_DIR", str(SHARED / "data"))
+os.environ.setdefault("TORCH_HOME", str(SHARED / "weights"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+# absolute paths, so subprocesses started elsewhere find the same data
+os.environ["DATA_DIR"] = str(Path(os.environ["DATA_DIR"]).resolve())
+os.environ["TORCH_HOME"] = str(Path(os.environ["TORCH_HOME"]).resolve())
+DATA_DIR = Path(os.environ["DATA_DIR"])
+
+# tiny, fast settings shared by tests that train
+FAST = [
+    "model=small_cnn",
+    "model.width=8",
+    "dataset.image_size=28",
+    "dataset.channels=1",
+    "dataset.normalize=half",
+    "dataset.eval_batch_size=1000",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose(overrides: list[str], out: Path | None = None):
+    """Compose the real config (as run.py would) with `paths.output_dir` in a temp dir."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xfergan.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    extra = [f"paths.output_dir={out}", f"paths.cache_dir={out}/cache"] if out else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hcompose(config_name="config", overrides=overrides + extra)
+
+
+def run_py(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600):
+    """Run `python run.py ...` in a subprocess (as a user would); returns CompletedProcess."""
+    e = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    d.mkdir()
+    return d

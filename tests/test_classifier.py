@@ -1,0 +1,82 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.nets.backbones import build_backbone, load_init_checkpoint
+from tasks import run_task
+from tests.conftest import FAST, compose
+from xfergan.errors import UserError
+
+MOBILENET_FILE = (
+    Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
+)
+
+
+def test_imagenet_weights_load_from_torch_home_and_differ_from_scratch():
+    pre = build_backbone("mobilenet_v2", 10, init="imagenet", weights="IMAGENET1K_V1")
+    scratch = build_backbone("mobilenet_v2", 10, init="scratch")
+    ref = torch.load(MOBILENET_FILE, map_location="cpu", weights_only=True)
+    w = pre.body[0][0][0].weight  # first conv of features
+    assert torch.equal(w, ref["features.0.0.weight"])
+    assert not torch.equal(scratch.body[0][0][0].weight, ref["features.0.0.weight"])
+    assert torch.equal(pre.body[0][18][0].weight, ref["features.18.0.weight"])
+
+
+def test_backbones_build_and_run_offline():
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("resnet18", "resnet50", "densenet169", "small_cnn"):
+        net = build_backbone(name, 2, init="scratch")
+        assert net(x).shape == (2, 2)
+
+
+def test_short_real_mnist_training_beats_chance_and_writes_metrics(out):
+    cfg = compose(
+        FAST
+        + [
+            "dataset.n_per_class=50",
+            "trainer.max_epochs=4",
+            "logger=csv",
+            "experiment=null",
+            "dataset.val_per_class=10",
+            "seed=1",
+        ],
+        out,
+    )
+    metrics = run_task(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert saved["test/acc"] > 0.75, "500 real images, 4 epochs: far above 0.10 chance"
+    assert saved["task"] == "classify" and saved["seed"] == 1 and saved["status"] == "ok"
+    assert saved["n_train"] == 500 and saved["n_val"] == 100 and saved["n_test"] == 10000
+    assert len([k for k in saved if k.startswith("test/acc_class_")]) == 10
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert (out / "csv" / "metrics.csv").is_file()
+
+
+def test_init_from_checkpoint_and_mismatch_is_clear(out, tmp_path):
+    net = build_backbone("small_cnn", 10, in_channels=1, init="scratch", width=8)
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "a.ckpt"
+    )
+    other = build_backbone("small_cnn", 2, in_channels=1, init="scratch", width=8)
+    rep = load_init_checkpoint(other, str(tmp_path / "a.ckpt"))
+    assert rep["skipped"] == 2  # the 10-class head does not fit a 2-class head
+    assert torch.equal(other.body.blocks[0][0].weight, net.body.blocks[0][0].weight)
+    resnet = build_backbone("resnet18", 10, init="scratch")
+    with pytest.raises(UserError, match="does not fit this model"):
+        load_init_checkpoint(resnet, str(tmp_path / "a.ckpt"))
+
+
+def test_wandb_offline_run_files_written(out):
+    cfg = compose(
+        FAST + ["debug=smoke", "logger=default", "dataset.n_per_class=5", "name=wbtest"], out
+    )
+    run_task(cfg)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb"))
+    assert (out / "metrics.json").is_file()

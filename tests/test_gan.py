@@ -1,0 +1,142 @@
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from datamodules.synthetic import load_synthetic
+from lightning_modules.gan import ConditionalGAN
+from lightning_modules.gan_metrics import FeatureNet, gan_quality
+from lightning_modules.nets.backbones import build_backbone
+from tasks import run_task
+from tasks.common import build_datamodule
+from tasks.gan import gan_datamodule
+from tests.conftest import FAST, compose
+from xfergan.errors import UserError
+
+GAN_FAST = [
+    "gan.g_channels=8",
+    "gan.d_channels=8",
+    "gan.z_dim=16",
+    "gan.embed_dim=8",
+    "gan.image_size=28",
+    "gan.batch_size=20",
+]
+
+
+def test_gan_step_updates_both_generator_and_discriminator():
+    model = ConditionalGAN(
+        num_classes=10, image_size=28, channels=1, z_dim=16, g_channels=8, d_channels=8
+    )
+    g0 = [p.detach().clone() for p in model.G.parameters()]
+    d0 = [p.detach().clone() for p in model.D.parameters()]
+    e0 = [p.detach().clone() for p in model.ema.module.parameters()]
+    x = torch.rand(20, 1, 28, 28) * 2 - 1
+    y = torch.arange(10).repeat(2)
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(list(zip(x, y)), batch_size=10))
+    assert int(model.steps) == 2  # 2 batches; each: one D step + one G step (4 optimizer steps)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, model.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, model.D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(e0, model.ema.module.parameters()))
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_samples_shape_range_and_classes(size):
+    model = ConditionalGAN(
+        num_classes=3, image_size=size, channels=1, z_dim=16, g_channels=8, d_channels=8
+    )
+    y = torch.tensor([0, 1, 2, 2])
+    x = model.sample(y)
+    assert x.shape == (4, 1, size, size)
+    assert x.min() >= 0 and x.max() <= 1
+    grid = model.sample_grid_images(n_cols=5)
+    assert grid.shape == (15, 1, size, size)
+    assert model.D(x * 2 - 1, y).shape == (4,)
+
+
+def test_gan_sees_exactly_the_classifier_subset(tmp_path):
+    cfg = compose(FAST + ["dataset.n_per_class=7", "seed=5"] + GAN_FAST, tmp_path)
+    clf_dm = build_datamodule(cfg)
+    clf_dm.setup()
+    gan_dm = gan_datamodule(cfg)
+    gan_dm.setup()
+    assert torch.equal(clf_dm.splits.info["train_indices"], gan_dm.splits.info["train_indices"])
+    assert torch.equal(clf_dm.splits.train.x, gan_dm.splits.train.x)
+    assert len(gan_dm.splits.train) == 70
+
+
+def test_fid_real_vs_real_is_small_noise_vs_real_is_large():
+    net = build_backbone("small_cnn", 10, in_channels=1, init="scratch", width=8)
+    torch.manual_seed(0)
+    feats = FeatureNet(
+        type("C", (), {"features": net.features, "eval": lambda s: s})(), 28, 1, "half"
+    )
+    from datamodules.mnist import load_mnist_arrays
+    from tests.conftest import DATA_DIR
+
+    x, y = load_mnist_arrays(str(DATA_DIR / "mnist"))["test"]
+    a, b = x[:600].float() / 255, x[600:1200].float() / 255
+    noise = torch.rand(600, 1, 28, 28)
+    same = gan_quality(feats, a, y[:600], b, y[600:1200], x[1200:1300].float() / 255)
+    diff = gan_quality(feats, a, y[:600], noise, y[600:1200], x[1200:1300].float() / 255)
+    assert diff["gan/fid"] > 20 * max(same["gan/fid"], 1e-3)
+    assert same["gan/precision"] > 0.8 and same["gan/recall"] > 0.8
+    assert diff["gan/precision"] < 0.2
+
+
+def test_gan_synthesize_roundtrip_and_tamper_refused(tmp_path):
+    gan_out = tmp_path / "gan"
+    cfg = compose(
+        FAST + GAN_FAST + ["task=gan", "debug=smoke", "dataset.n_per_class=4", "logger=csv"],
+        gan_out,
+    )
+    m = run_task(cfg)
+    assert (gan_out / "samples_final.png").stat().st_size > 200
+    assert (gan_out / "checkpoints" / "last.ckpt").is_file() and m["gan/steps"] >= 1
+    syn_out = tmp_path / "syn"
+    cfg = compose(
+        FAST
+        + [
+            "task=synthesize",
+            f"synthesize.checkpoint={gan_out}",
+            "synthesize.n_per_class=6",
+            "seed=3",
+        ],
+        syn_out,
+    )
+    run_task(cfg)
+    manifest = json.loads((syn_out / "manifest.json").read_text())
+    assert manifest["counts_per_class"] == [6] * 10 and manifest["seed"] == 3
+    assert manifest["checkpoint"].endswith("last.ckpt") and len(manifest["checkpoint_sha256"]) == 64
+    split = load_synthetic(
+        syn_out, num_classes=10, like=torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    )
+    assert split.x.shape == (60, 1, 28, 28) and split.x.dtype == torch.uint8
+    # the datamodule trains on it, and tests on real data
+    cfg = compose(
+        FAST
+        + [
+            "dataset.source=mixed",
+            f"dataset.synthetic_path={syn_out}",
+            "dataset.n_per_class=4",
+            "dataset.synthetic_ratio=0.5",
+        ],
+        tmp_path / "c",
+    )
+    dm = build_datamodule(cfg)
+    dm.setup()
+    assert dm.sizes()["n_train"] == 40 + 30 and dm.sizes()["n_test"] == 10000
+    # tampering with the data file is caught by the manifest
+    blob = torch.load(syn_out / "synthetic.pt", weights_only=True)
+    blob["labels"][0] = (blob["labels"][0] + 1) % 10
+    torch.save(blob, syn_out / "synthetic.pt")
+    with pytest.raises(UserError, match="does not match its manifest"):
+        load_synthetic(syn_out, num_classes=10)

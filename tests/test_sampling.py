@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from datamodules.mnist import MNISTDataModule, load_mnist_arrays
+from datamodules.sampling import few_shot_split, stratified_sample
+from tests.conftest import DATA_DIR
+from xfergan.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist_arrays(str(DATA_DIR / "mnist"))
+
+
+def test_real_mnist_sizes(mnist):
+    assert mnist["train"][0].shape == (60000, 1, 28, 28)
+    assert mnist["test"][0].shape == (10000, 1, 28, 28)
+    assert mnist["train"][0].dtype == torch.uint8
+
+
+def test_exact_counts_per_class(mnist):
+    y = mnist["train"][1]
+    train, val = few_shot_split(y, 32, 10, seed=0, num_classes=10)
+    assert torch.bincount(y[train], minlength=10).tolist() == [32] * 10
+    assert torch.bincount(y[val], minlength=10).tolist() == [10] * 10
+    assert not set(train.tolist()) & set(val.tolist()), "val must not overlap train"
+
+
+def test_same_seed_same_images_other_seed_other_images(mnist):
+    y = mnist["train"][1]
+    a, _ = few_shot_split(y, 32, 10, seed=3, num_classes=10)
+    b, _ = few_shot_split(y, 32, 10, seed=3, num_classes=10)
+    c, _ = few_shot_split(y, 32, 10, seed=4, num_classes=10)
+    assert torch.equal(a, b)
+    assert len(set(a.tolist()) & set(c.tolist())) < len(a) // 2
+
+
+def test_full_data_uses_everything_but_val(mnist):
+    y = mnist["train"][1]
+    train, val = few_shot_split(y, None, 100, seed=0, num_classes=10)
+    assert len(train) == 60000 - 1000 and len(val) == 1000
+
+
+@pytest.mark.parametrize("n", [0, -3, 7000])
+def test_impossible_n_per_class_is_a_clear_error(mnist, n):
+    y = mnist["train"][1]
+    with pytest.raises(UserError, match="n_per_class"):
+        stratified_sample(y, n, 0, 10)
+
+
+def test_datamodule_test_set_is_official_10k():
+    dm = MNISTDataModule(
+        name="mnist",
+        root=str(DATA_DIR / "mnist"),
+        n_per_class=5,
+        val_per_class=2,
+        image_size=32,
+        channels=3,
+    )
+    dm.setup()
+    assert dm.sizes()["n_train"] == 50 and dm.sizes()["n_test"] == 10000
+    x, y = next(iter(dm.test_dataloader()))
+    x = dm.preprocess(x)
+    assert x.shape == (500, 3, 32, 32) and x.dtype == torch.float32
+    # ImageNet normalization: black background maps to about -mean/std
+    assert x.min().item() < -1.5 and x.max().item() > 1.5

@@ -1,0 +1,271 @@
+"""Dataclass schemas for every config group (NeMo-style), registered in Hydra's ConfigStore.
+
+Each YAML file in conf/<group>/ starts from its schema (`defaults: [schema_<kind>, _self_]`), so a
+typo'd key, in a YAML file or on the command line, fails at compose time, and enum-typed keys
+(`task`, `body_part`) fail with the list of valid values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class _NamedEnum(Enum):
+    """Enum whose str() is its bare name, so `${task}` interpolates as "classify"."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Task(_NamedEnum):
+    classify = "classify"
+    gan = "gan"
+    synthesize = "synthesize"
+    pipeline = "pipeline"
+    inspect = "inspect"
+    report = "report"
+    evaluate = "evaluate"
+
+
+class BodyPart(_NamedEnum):
+    all = "all"
+    elbow = "elbow"
+    finger = "finger"
+    forearm = "forearm"
+    hand = "hand"
+    humerus = "humerus"
+    shoulder = "shoulder"
+    wrist = "wrist"
+
+
+def enum_name(value: Any) -> Any:
+    """`BodyPart.elbow` -> "elbow"; strings pass through."""
+    return value.name if isinstance(value, Enum) else value
+
+
+# ----------------------------------------------------------------------------- dataset
+@dataclass
+class AugmentConfig:
+    enabled: bool = False
+    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    translate: float = 0.0  # fraction of the image size
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    hflip: bool = False
+    vflip: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    n_per_class: int | None = None  # few-shot: images per class in the train split; null = all
+    image_size: int = 32
+    channels: int = 3  # 3 repeats grayscale for ImageNet backbones
+    normalize: str = "imagenet"  # imagenet | half (to [-1, 1]) | none
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    num_workers: int = 0
+    balanced_sampler: bool = False
+    source: str = "real"  # real | synthetic | mixed
+    synthetic_path: str | None = None  # a synthetic.pt written by task=synthesize
+    synthetic_ratio: float = 1.0  # mixed: fraction of the synthetic set added to the real one
+
+
+@dataclass
+class MnistConfig(DatasetConfig):
+    val_per_class: int = 100  # held out of the 60k training pool, never the official test set
+    download: bool = False
+
+
+@dataclass
+class MedMnistConfig(DatasetConfig):
+    npz_path: str = MISSING
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MuraConfig(DatasetConfig):
+    body_part: BodyPart = BodyPart.all
+    val_fraction: float = 0.1  # of train patients, split by patient
+    on_bad_image: str = "skip"  # skip | error
+    max_bad_fraction: float = 0.05
+    cache_dir: str = MISSING
+    decode_workers: int = 0  # 0 = all cores
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine | step | none
+    warmup_epochs: int = 0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class ClassifierConfig:
+    backbone: str = MISSING  # mobilenet_v2 | resnet18 | resnet50 | densenet169 | small_cnn
+    init: str = "imagenet"  # imagenet | scratch | <path to a checkpoint>
+    weights: str = "DEFAULT"  # torchvision weights enum name used by init=imagenet
+    finetune: str = "full"  # full | head | last_n
+    finetune_last_n: int = 2
+    dropout: float = 0.2
+    width: int = 32  # small_cnn only
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 1e-4}
+    )
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    label_smoothing: float = 0.0
+    class_weighted_loss: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+# ----------------------------------------------------------------------------- GAN
+@dataclass
+class GANConfig:
+    image_size: int = 32
+    z_dim: int = 64
+    g_channels: int = 64
+    d_channels: int = 64
+    embed_dim: int = 32
+    loss: str = "hinge"  # hinge | bce
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    d_steps: int = 1
+    spectral_norm: bool = True
+    diffaugment: str = "color,translation,cutout"  # "" disables
+    label_smoothing: float = 0.0  # one-sided, bce loss only
+    ema_decay: float = 0.999
+    ema_start_step: int = 0
+    epochs: int = 3000
+    max_steps: int = -1
+    batch_size: int = 64
+    sample_every_n_epochs: int = 100
+    checkpoint_every_n_epochs: int = 100
+    divergence_patience: int = 200  # steps of NaN/collapse before the run stops
+    eval_n_per_class: int = 200  # samples per class for FID/KID/precision/recall at the end
+    feature_ckpt: str | None = None  # classifier checkpoint whose penultimate layer is the feature
+    knn_k: int = 3
+
+
+@dataclass
+class SynthesizeConfig:
+    checkpoint: str | None = None  # a GAN checkpoint (run dir/checkpoints/last.ckpt) or run dir
+    n_per_class: int = 3200
+    classes: list[int] | None = None  # null = every class; e.g. [1] to add only the rarer class
+    batch_size: int = 500
+    truncation: float | None = None
+
+
+@dataclass
+class PipelineConfig:
+    arms: list[str] = field(default_factory=lambda: ["real", "synthetic", "mixed"])
+    # per-arm dotted-key overrides for task=classify, e.g. {synthetic: {trainer.max_epochs: 3}}
+    arm_overrides: dict[str, Any] = field(default_factory=dict)
+    # train a feature classifier on the full real set first, for FID/KID/precision/recall
+    feature_net: bool = True
+    feature_net_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- trainer, logger
+@dataclass
+class TrainerConfig:
+    _target_: str = "pytorch_lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    min_epochs: int | None = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Any = None
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    deterministic: Any = False
+    benchmark: bool | None = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    default_root_dir: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    wandb: bool = True
+    project: str = "xfergan"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0  # seconds to wait for W&B online before falling back to offline
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/acc"  # falls back to the last epoch when there is no validation set
+    mode: str = "max"
+    test: str = "best"  # best | last: which checkpoint task=classify tests
+    every_n_epochs: int = 1
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    log_dir: str = MISSING
+
+
+# ----------------------------------------------------------------------------- top level
+@dataclass
+class Config:
+    task: Task = Task.classify
+    seed: int = 0
+    body_part: BodyPart = BodyPart.all
+    resume: bool = False
+    name: str = "default"  # experiment / sweep name: W&B group, report titles
+    dir: str | None = None  # task=report: a run or multirun dir
+    run: str | None = None  # task=evaluate: a finished run dir
+    dataset: Any = MISSING
+    model: ClassifierConfig = MISSING
+    gan: GANConfig = field(default_factory=GANConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="dataset", name="schema_mnist", node=MnistConfig)
+    cs.store(group="dataset", name="schema_medmnist", node=MedMnistConfig)
+    cs.store(group="dataset", name="schema_mura", node=MuraConfig)
+    cs.store(group="model", name="schema_classifier", node=ClassifierConfig)
+    cs.store(group="gan", name="schema_gan", node=GANConfig)
+    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="schema_logger", node=LoggerConfig)
+    cs.store(group="paths", name="schema_paths", node=PathsConfig)

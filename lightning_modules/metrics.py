@@ -51,12 +51,13 @@ class ClassificationMetrics(torch.nn.Module):
 
 
 def binary_metrics(probs1: torch.Tensor, target: torch.Tensor, prefix: str) -> dict[str, float]:
-    """Binary metrics of positive-class probabilities (e.g. per study), threshold 0.5."""
+    """Binary metrics of positive-class probabilities (e.g. per study), threshold 0.5; keys are
+    `prefix + name`, e.g. prefix "test/study_" gives "test/study_acc"."""
     m = ClassificationMetrics(2)
     p = torch.stack([1 - probs1, probs1], dim=1)
     m.update(p, target)
-    out = m.compute(prefix)
-    return {k: v for k, v in out.items() if "/acc_class_" not in k}
+    out = m.compute("x")
+    return {f"{prefix}{k[2:]}": v for k, v in out.items() if not k.startswith("x/acc_class_")}
 
 
 def majority_acc(target: torch.Tensor, num_classes: int) -> float:

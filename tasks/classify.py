@@ -107,14 +107,15 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, out, loggers, callbacks)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
 
-    which = cfg.checkpoint.test if ckpt.best_model_path else "last"
-    ckpt_path = ckpt.best_model_path if which == "best" else (ckpt.last_model_path or None)
+    best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
+    which = cfg.checkpoint.test if best else "last"
+    ckpt_path = best if which == "best" else (last or None)
     trainer.test(model, datamodule=dm, ckpt_path=ckpt_path or None, weights_only=True)
     metrics = scalar_metrics(trainer, "test/")
     metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
     metrics["tested_checkpoint"] = Path(ckpt_path).name if ckpt_path else "final-weights"
-    metrics["best_checkpoint"] = ckpt.best_model_path or None
-    metrics["last_checkpoint"] = ckpt.last_model_path or None
+    metrics["best_checkpoint"] = best or None
+    metrics["last_checkpoint"] = last or None
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
     metrics.update(sizes)

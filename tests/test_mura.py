@@ -1,0 +1,159 @@
+import csv
+import json
+
+import pytest
+import torch
+
+import datamodules.mura as mura
+from tasks import run_task
+from tasks.common import build_datamodule
+from tests.conftest import compose, run_py
+from tests.mura_tree import build_tree, damage
+from xfergan.errors import UserError
+
+SMALL = [
+    "dataset=mura",
+    "dataset.image_size=64",
+    "dataset.decode_workers=1",
+    "model=resnet18",
+    "model.init=scratch",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "dataset.eval_batch_size=64",
+]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return build_tree(tmp_path / "data" / "mura")
+
+
+def dm_for(tmp_path, overrides=()):
+    cfg = compose(SMALL + [f"paths.data_dir={tmp_path / 'data'}", *overrides], tmp_path / "run")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    return dm
+
+
+def test_counts_match_csv_rows_and_patients_are_disjoint(tree, tmp_path):
+    dm = dm_for(tmp_path)
+    s = dm.summary
+    for part in ("elbow", "wrist"):
+        n_train = s["train"].get(part, {}).get("images", 0) + s["val"].get(part, {}).get(
+            "images", 0
+        )
+        assert n_train == tree["counts"][("train", part)]
+        assert s["test"][part]["images"] == tree["counts"][("valid", part)]
+    assert s["skipped"]["count"] == 0
+    info = dm.splits.info
+    assert set(info["train_patients"]).isdisjoint(info["val_patients"])
+    assert set(info["train_patients"]).isdisjoint(info["test_patients"])
+    assert len(info["val_patients"]) >= 1
+    # the real MURA radiographs from ../shared are in the test split
+    assert "patient11185" in info["test_patients"]
+    assert dm.splits.test.x.shape[1:] == (1, 64, 64)
+
+
+def test_one_body_part_only(tree, tmp_path):
+    dm = dm_for(tmp_path, ["body_part=wrist"])
+    assert set(dm.group_parts) == {"wrist"}
+    assert dm.sizes()["n_test"] == tree["counts"][("valid", "wrist")]
+
+
+def test_cache_is_built_once_and_reused(tree, tmp_path, monkeypatch):
+    calls = []
+    real = mura._decode_job
+    monkeypatch.setattr(mura, "_decode_job", lambda a: calls.append(a) or real(a))
+    dm1 = dm_for(tmp_path)
+    n = len(calls)
+    assert n == sum(tree["counts"].values())
+    dm2 = dm_for(tmp_path)
+    assert len(calls) == n, "second run must read the cache, not decode again"
+    assert torch.equal(dm1.splits.test.x, dm2.splits.test.x)
+    # a damaged cache file is rebuilt, never half-used
+    cache = next((tmp_path / "run" / "cache" / "mura").glob("mura-*.pt"))
+    cache.write_bytes(cache.read_bytes()[:100])
+    dm3 = dm_for(tmp_path)
+    assert len(calls) > n and torch.equal(dm3.splits.test.x, dm1.splits.test.x)
+
+
+def test_damaged_files_are_skipped_counted_and_listed(tree, tmp_path):
+    kinds = damage(tree)
+    bad = set(kinds["truncated"] + kinds["missing"] + kinds["garbage"])
+    dm = dm_for(tmp_path, ["dataset.max_bad_fraction=0.5"])
+    skipped = {p["path"] for p in dm.problems}
+    assert skipped == bad, (
+        "exactly the damaged files are skipped; odd modes and stray files are fine"
+    )
+    listed = sum(tree["counts"].values())
+    assert sum(dm.sizes()[k] for k in ("n_train", "n_val", "n_test")) == listed - len(bad)
+    reasons = {p["path"]: p["reason"] for p in dm.problems}
+    assert all("missing" in reasons[p] for p in kinds["missing"])
+    assert all("truncated" in reasons[p] or "corrupt" in reasons[p] for p in kinds["truncated"])
+
+
+def test_bad_image_policies(tree, tmp_path):
+    damage(tree)
+    with pytest.raises(UserError, match="on_bad_image=skip"):
+        dm_for(tmp_path, ["dataset.on_bad_image=error"])
+    with pytest.raises(UserError, match="max_bad_fraction"):
+        dm_for(tmp_path, ["dataset.max_bad_fraction=0.01"])
+
+
+def test_csv_paths_outside_the_root_are_refused(tree, tmp_path):
+    f = tree["root"] / "MURA-v1.1" / "train_image_paths.csv"
+    with open(f, "a", newline="") as fh:
+        csv.writer(fh).writerow(["MURA-v1.1/train/XR_ELBOW/../../../../../etc/passwd"])
+    dm = dm_for(tmp_path, ["dataset.max_bad_fraction=0.5"])
+    assert any(p["reason"] == "path outside the dataset root" for p in dm.problems)
+
+
+def test_inspect_writes_data_summary(tree, tmp_path):
+    damage(tree)
+    out = tmp_path / "inspect"
+    cfg = compose(
+        SMALL
+        + [f"paths.data_dir={tmp_path / 'data'}", "task=inspect", "dataset.max_bad_fraction=0.5"],
+        out,
+    )
+    run_task(cfg)
+    s = json.loads((out / "data_summary.json").read_text())
+    assert s["skipped"]["count"] == 5
+    assert {"images", "studies", "patients", "abnormal_images", "abnormal_studies"} <= set(
+        s["test"]["wrist"]
+    )
+    assert (out / "skipped_images.csv").read_text().count("\n") == 6
+
+
+def test_multirun_one_run_per_body_part_with_study_metrics(tree, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_py(
+        [
+            "-m",
+            *SMALL,
+            "body_part=elbow,wrist",
+            "debug=smoke",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = sorted(sweep.glob("*/metrics.json"))
+    assert len(metrics) == 2
+    parts = set()
+    for m in metrics:
+        d = json.loads(m.read_text())
+        assert d["status"] == "ok", d
+        parts.add(d["body_part"])
+        for k in (
+            "test/study_acc",
+            "test/study_kappa",
+            "test/majority_acc",
+            "test/study_majority_acc",
+            "test/auroc",
+        ):
+            assert k in d
+        assert (m.parent / "roc.png").is_file() and (m.parent / "confusion_matrix.png").is_file()
+    assert parts == {"elbow", "wrist"}

@@ -157,6 +157,11 @@ class ClassifierModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+        if self.trainer.world_size > 1:  # DDP: every rank saw a shard; gather all predictions
+            for k, v in self.test_outputs.items():
+                if v:
+                    g = self.all_gather(torch.cat(v).to(self.device))
+                    self.test_outputs[k] = [g.reshape(-1, *g.shape[2:]).cpu()]
 
     def collected_test_outputs(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.test_outputs.items() if v}

@@ -37,8 +37,10 @@ class ConditionalGAN(pl.LightningModule):
         beta2: float = 0.99,
         d_steps: int = 1,
         spectral_norm: bool = True,
+        mbstd: bool = True,
         diffaugment: str = "color,translation,cutout",
         label_smoothing: float = 0.0,
+        mode_seeking: float = 0.0,
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
         divergence_patience: int = 200,
@@ -53,7 +55,7 @@ class ConditionalGAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.G = Generator(num_classes, image_size, channels, z_dim, g_channels, embed_dim)
-        self.D = Discriminator(num_classes, image_size, channels, d_channels, spectral_norm)
+        self.D = Discriminator(num_classes, image_size, channels, d_channels, spectral_norm, mbstd)
         self.ema = AveragedModel(
             self.G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
         )
@@ -138,7 +140,19 @@ class ConditionalGAN(pl.LightningModule):
 
         self.toggle_optimizer(opt_g)
         y_g = y[torch.randperm(n, device=y.device)]
-        loss_g = self._g_loss(self.D(self._aug(self.G(self._z(n), y_g)), y_g))
+        if self.hparams.mode_seeking > 0 and n >= 4:
+            # pairs (z1, y), (z2, y) in one batch: mode seeking (Mao et al. 2019) rewards G for
+            # sending different z of the same class to different images
+            half = n // 2
+            y_g = torch.cat([y_g[:half], y_g[:half]])
+            z = self._z(2 * half)
+            fake = self.G(z, y_g)
+            loss_g = self._g_loss(self.D(self._aug(fake), y_g))
+            d_img = (fake[:half] - fake[half:]).abs().mean(dim=(1, 2, 3))
+            d_z = (z[:half] - z[half:]).abs().mean(dim=1)
+            loss_g = loss_g + self.hparams.mode_seeking / ((d_img / d_z).mean() + 1e-5)
+        else:
+            loss_g = self._g_loss(self.D(self._aug(self.G(self._z(n), y_g)), y_g))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()

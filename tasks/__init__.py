@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 import traceback
 from typing import Any
@@ -41,6 +42,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t0 = time.time()
     failed = True
+    pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)
+    pid_file.write_text(f"{os.getpid()}\n")
     try:
         module = importlib.import_module(TASKS[task])
         metrics = module.run(cfg)
@@ -64,3 +67,4 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         finish_wandb(failed=failed)
+        pid_file.unlink(missing_ok=True)

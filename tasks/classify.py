@@ -104,6 +104,11 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [ckpt]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if cfg.dataset.source != "real":
+        from tasks.wandb_utils import artifact_name, record_lineage
+
+        syn = str(cfg.dataset.synthetic_path)
+        record_lineage(loggers, {artifact_name("synthetic", syn): syn})
     trainer = build_trainer(cfg, out, loggers, callbacks)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
 

@@ -59,12 +59,33 @@ def build_loggers(
 
 
 # ----------------------------------------------------------------------------- trainer
+class EpochSeed(pl.Callback):
+    """Reseeds every RNG at the start of each epoch from (seed, epoch): shuffling, augmentation,
+    dropout and GAN noise are then a function of the epoch alone, so a run resumed from a
+    checkpoint continues exactly as the uninterrupted run would have."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        s = self.seed * 100_003 + trainer.current_epoch
+        pl.seed_everything(s, workers=True, verbose=False)
+
+
 def build_trainer(
     cfg: DictConfig, out: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:
     tc = OmegaConf.to_container(cfg.trainer, resolve=True)
     tc.update(overrides)
     tc["default_root_dir"] = str(out)
+    if "ddp" in str(tc.get("strategy", "")):
+        from xfergan.ddp import patch_lightning_launcher
+
+        patch_lightning_launcher()
+    callbacks = [EpochSeed(int(cfg.seed)), *callbacks]
+    from xfergan.checkpoint_io import AtomicCheckpointIO
+
+    tc.setdefault("plugins", [AtomicCheckpointIO()])
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
     return hydra.utils.instantiate(

@@ -15,7 +15,7 @@ from torchvision.utils import save_image
 
 from lightning_modules.gan import ConditionalGAN, GANDivergedError
 from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir
-from tasks.wandb_utils import log_image
+from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ def build_gan(cfg: DictConfig, dm) -> ConditionalGAN:
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = gan_datamodule(cfg)
-    dm.setup()
     model = build_gan(cfg, dm)
     loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"])
     ckpt = ModelCheckpoint(
@@ -108,6 +107,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"{e}; last good checkpoint: {good}") from None
     if not ckpt.last_model_path:  # e.g. max_steps hit mid-epoch
         trainer.save_checkpoint(str(last))
+    record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
     metrics = {
         "gan/steps": int(model.steps),
         "gan/epochs": trainer.current_epoch,

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from datamodules.synthetic import write_synthetic
 from lightning_modules.gan import ConditionalGAN
-from tasks.common import output_dir
+from tasks.common import build_loggers, output_dir
+from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
 from xfergan.io import safe_torch_load, sha256_file
 
@@ -79,6 +80,13 @@ def run(cfg: DictConfig) -> dict:
     path = write_synthetic(out, images, labels, meta)
     preview = torch.cat([images[labels == c][:10] for c in classes]).float() / 255
     save_image(preview, out / "synthetic_preview.png", nrow=10)
+    loggers = build_loggers(cfg, out, job_type="synthesize", tags=["synthetic"])
+    log_image(loggers, "synthetic/preview", out / "synthetic_preview.png")
+    record_lineage(
+        loggers,
+        {artifact_name("gan", ckpt): str(ckpt)},
+        (artifact_name("synthetic", out), "dataset", str(out)),
+    )
     log.info("wrote %s (%d images)", path, len(labels))
     return {
         "synthetic_path": str(path),

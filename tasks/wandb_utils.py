@@ -80,3 +80,51 @@ def log_image(loggers: list, key: str, path: Path, caption: str = "", step: int 
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.log_image(key=key, images=[str(path)], caption=[caption], step=step)
+
+
+def _wandb_run(loggers: list):
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            return lg.experiment
+    return None
+
+
+def record_lineage(
+    loggers: list, inputs: dict[str, str], output: tuple[str, str, str] | None = None
+):
+    """Lineage GAN checkpoint -> synthetic dataset -> classifier. Online: the output is logged as
+    an artifact and the inputs are `use_artifact`-ed by name, so W&B draws the graph. Offline (or
+    if anything fails): the local paths are recorded in the run's config, with no error.
+
+    inputs: {artifact_name: local_path}; output: (artifact_name, type, local_path)."""
+    run = _wandb_run(loggers)
+    if run is None:
+        return
+    run.config.update({f"lineage/{k}": v for k, v in inputs.items()}, allow_val_change=True)
+    if output:
+        run.config.update({f"lineage/output/{output[0]}": output[2]}, allow_val_change=True)
+    if getattr(run.settings, "mode", "offline") != "online":
+        return
+    try:
+        import wandb
+
+        for name in inputs:
+            run.use_artifact(f"{name}:latest")
+        if output:
+            art = wandb.Artifact(output[0], type=output[1])
+            p = Path(output[2])
+            art.add_dir(str(p)) if p.is_dir() else art.add_file(str(p))
+            run.log_artifact(art)
+    except Exception as e:  # noqa: BLE001 - lineage is a nicety, never a failure
+        log.warning("W&B lineage not recorded (%s); local paths are in the run config", e)
+
+
+def artifact_name(kind: str, path: str | Path) -> str:
+    """A stable artifact name for a local output (kind + its run dir name)."""
+    p = Path(path).resolve()
+    run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent if p.is_file() else p
+    tag = f"{run_dir.parent.name}-{run_dir.name}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)[-80:]
+    return f"{kind}-{safe}"

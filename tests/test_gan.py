@@ -140,3 +140,39 @@ def test_gan_synthesize_roundtrip_and_tamper_refused(tmp_path):
     torch.save(blob, syn_out / "synthetic.pt")
     with pytest.raises(UserError, match="does not match its manifest"):
         load_synthetic(syn_out, num_classes=10)
+
+
+def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
+    from tests.test_experiments import _wandb_meta
+
+    out = tmp_path / "pipe"
+    cfg = compose(
+        [
+            "experiment=paper_table3",
+            "task=pipeline",
+            "debug=smoke",
+            "logger=default",
+            "trainer.enable_progress_bar=false",
+            "model.width=8",
+            "gan.g_channels=8",
+            "gan.d_channels=8",
+            "gan.z_dim=16",
+        ],
+        out,
+    )
+    m = run_task(cfg)
+    for arm in ("real", "synthetic", "mixed"):
+        assert f"test/acc_{arm}" in m
+        assert json.loads((out / f"classify_{arm}" / "metrics.json").read_text())["status"] == "ok"
+    table = json.loads((out / "table3.json").read_text())
+    assert set(table["arms"]) == {"real", "synthetic", "mixed"}
+    assert "| synthetic |" in (out / "table3.md").read_text()
+    assert (out / "table3.png").stat().st_size > 1000
+    assert "gan/fid" in m and "gan/recall" in m  # the feature net stage fed the GAN metrics
+    jobs = {d: _wandb_meta(out / d) for d in ("gan", "synthesize", "classify_mixed")}
+    assert {v["group"] for v in jobs.values()} == {"paper_table3"}
+    assert [jobs[d]["job_type"] for d in ("gan", "synthesize", "classify_mixed")] == [
+        "gan",
+        "synthesize",
+        "classify",
+    ]

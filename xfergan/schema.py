@@ -145,8 +145,10 @@ class GANConfig:
     beta2: float = 0.99
     d_steps: int = 1
     spectral_norm: bool = True
+    mbstd: bool = True  # minibatch-stddev layer in D against collapse inside a class
     diffaugment: str = "color,translation,cutout"  # "" disables
     label_smoothing: float = 0.0  # one-sided, bce loss only
+    mode_seeking: float = 1.0  # weight of the mode-seeking term (0 = off): diversity within a class
     ema_decay: float = 0.999
     ema_start_step: int = 0
     epochs: int = 3000

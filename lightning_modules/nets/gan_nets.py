@@ -92,9 +92,27 @@ class Generator(nn.Module):
         return torch.tanh(self.out(h))
 
 
+class MinibatchStd(nn.Module):
+    """Appends the batch's feature standard deviation as a channel (Karras et al. 2018): D sees
+    when every sample of a batch looks alike, which fights collapse inside a class."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        g = min(self.group, b)
+        while b % g:
+            g -= 1
+        s = x.view(g, -1, c, h, w).std(dim=0, unbiased=False).mean(dim=(1, 2, 3))  # [b/g]
+        s = s.view(-1, 1, 1, 1).repeat(g, 1, h, w)
+        return torch.cat([x, s], dim=1)
+
+
 class Discriminator(nn.Module):
-    """DCGAN conv stack (stride-2, LeakyReLU) -> global sum pool -> linear + projection of the
-    label embedding (Miyato & Koyama 2018). Outputs logits: no Sigmoid."""
+    """DCGAN conv stack (stride-2, LeakyReLU) [-> minibatch std] -> global sum pool -> linear +
+    projection of the label embedding (Miyato & Koyama 2018). Outputs logits: no Sigmoid."""
 
     def __init__(
         self,
@@ -103,6 +121,7 @@ class Discriminator(nn.Module):
         channels: int = 1,
         width: int = 64,
         spectral_norm: bool = True,
+        mbstd: bool = True,
     ):
         super().__init__()
         _, n_down = _plan(image_size)
@@ -113,6 +132,8 @@ class Discriminator(nn.Module):
             c_out = min(8, 2 ** (i + 1)) * width
             layers += [sn(nn.Conv2d(c, c_out, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
             c = c_out
+        if mbstd:
+            layers += [MinibatchStd(), sn(nn.Conv2d(c + 1, c, 3, 1, 1)), nn.LeakyReLU(0.2, True)]
         self.body = nn.Sequential(*layers)
         self.linear = sn(nn.Linear(c, 1))
         self.embed = sn(nn.Embedding(num_classes, c))

@@ -1,0 +1,203 @@
+"""Resumable runs, clear errors, W&B without network, DDP on 2 CPU processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import FAST, ROOT, run_py
+
+RESUME = FAST + [
+    "dataset.n_per_class=20",
+    "dataset.val_per_class=5",
+    "dataset.batch_size=20",
+    "trainer.max_epochs=5",
+    "trainer.deterministic=true",
+    "logger=csv",
+    "dataset.augment.enabled=true",
+    "dataset.augment.rotation=10",
+    "seed=7",
+]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    ref = tmp_path / "ref"
+    r = run_py(RESUME + [f"hydra.run.dir={ref}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = json.loads((ref / "metrics.json").read_text())
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *RESUME,
+            f"hydra.run.dir={run}",
+            "trainer.max_epochs=5",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), "the run never wrote its first checkpoint"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (
+        not (run / "metrics.json").exists()
+        or json.loads((run / "metrics.json").read_text())["status"] != "ok"
+    ), "killed before the end"
+
+    r = run_py(RESUME + [f"hydra.run.dir={run}", "resume=true"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((run / "metrics.json").read_text())
+    assert got["global_step"] == expected["global_step"]
+    assert got["epochs"] == expected["epochs"]
+    assert got["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)
+    assert got["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dataset.n_per_class=9000"], "dataset.n_per_class=9000 but class 0 has only"),
+        (["dataset.n_per_class=0"], "dataset.n_per_class=0 must be a positive number"),
+        (
+            ["model=resnet18", "model.init=scratch", "dataset.image_size=16"],
+            "dataset.image_size=16 is too small for resnet18",
+        ),
+        (
+            ["model.init=/nonexistent/model.ckpt"],
+            "init checkpoint /nonexistent/model.ckpt does not exist",
+        ),
+        (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
+        (["dataset=mura", "paths.data_dir=/tmp"], "no MURA-v1.1/ folder in /tmp"),
+        (["task=synthesize", "synthesize.checkpoint=/nonexistent"], "GAN checkpoint /nonexistent"),
+    ],
+)
+def test_clear_one_line_errors(args, message, tmp_path):
+    r = run_py(FAST + ["logger=none", f"hydra.run.dir={tmp_path}"] + args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("xfergan: error: ") and message in last, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_checkpoint_that_does_not_fit_the_model(tmp_path):
+    import torch
+
+    from lightning_modules.nets.backbones import build_backbone
+
+    net = build_backbone("small_cnn", 10, in_channels=1, init="scratch", width=8)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "cnn.ckpt")
+    r = run_py(
+        FAST
+        + [
+            "logger=none",
+            f"hydra.run.dir={tmp_path}/o",
+            "model=resnet18",
+            "dataset.image_size=32",
+            f"model.init={tmp_path / 'cnn.ckpt'}",
+        ]
+    )
+    assert r.returncode == 2
+    assert "does not fit this model" in r.stderr.strip().splitlines()[-1]
+
+
+def test_untrusted_checkpoint_is_refused(tmp_path):
+    """A pickle that would run code on load is refused by weights_only=True."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
+    r = run_py(
+        FAST
+        + ["logger=none", f"hydra.run.dir={tmp_path}/o", f"model.init={tmp_path / 'evil.ckpt'}"]
+    )
+    assert r.returncode == 2 and "weights_only=True" in r.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_wandb_online_without_network_falls_back_offline_in_bounded_time(tmp_path):
+    env = {
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "x" * 40,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB__SERVICE_WAIT": "20",
+    }
+    t0 = time.time()
+    r = run_py(
+        FAST
+        + [
+            "debug=smoke",
+            "logger=default",
+            "logger.init_timeout=10",
+            "dataset.n_per_class=5",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env=env,
+        timeout=240,
+    )
+    took = time.time() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert took < 150, f"took {took:.0f}s"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "fell back to an offline run"
+
+
+def test_ddp_on_two_cpu_processes_one_dir_one_metrics(tmp_path):
+    runs = tmp_path / "runs"
+    r = run_py(
+        FAST
+        + [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "debug=smoke",
+            "logger=csv",
+            "dataset.n_per_class=10",
+            f"paths.log_dir={runs}",
+            f"hydra.run.dir={runs}/ddp",
+        ],
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    dirs = [p for p in runs.rglob("*") if p.is_dir() and (p / ".hydra").is_dir()]
+    assert dirs == [runs / "ddp"], dirs
+    metrics = list(runs.rglob("metrics.json"))
+    assert metrics == [runs / "ddp" / "metrics.json"]
+    m = json.loads(metrics[0].read_text())
+    assert m["status"] == "ok" and m["n_test"] == 10000
+
+
+def test_ddp_inside_a_multirun_makes_no_extra_dirs(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_py(
+        [
+            "-m",
+            *FAST,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "debug=smoke",
+            "logger=none",
+            "dataset.n_per_class=10",
+            "seed=0,1",
+            f"paths.log_dir={tmp_path}/logs",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=400,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    assert not (tmp_path / "logs").exists(), "a DDP child started a run of its own"

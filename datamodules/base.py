@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from xfergan import transforms as T
 from xfergan.errors import UserError
@@ -69,6 +69,31 @@ class IndexedTensors(torch.utils.data.Dataset):
 
 def _identity(batch):
     return batch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled (or class-balanced, with replacement) order that depends only on (seed, epoch).
+    Lightning calls set_epoch before every epoch, resumed runs included. Starting an epoch also
+    reseeds every RNG from (seed, epoch), before the first batch is augmented: augmentation,
+    dropout and GAN noise are a function of the epoch too, so a run resumed from a checkpoint
+    continues exactly as the uninterrupted run would have."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        s = self.seed * 1_000_003 + self.epoch
+        pl.seed_everything(s % (2**32), workers=True, verbose=False)
+        g = torch.Generator().manual_seed(s)
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -221,17 +246,16 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, split: Split, train: bool) -> DataLoader:
         sampler = None
-        shuffle = train
-        if train and self.balanced_sampler:
-            counts = torch.bincount(split.y.cpu(), minlength=self.num_classes).clamp(min=1)
-            weights = (1.0 / counts.double())[split.y.cpu()]
-            sampler = WeightedRandomSampler(weights, num_samples=len(split), replacement=True)
-            shuffle = False
+        if train:
+            weights = None
+            if self.balanced_sampler:
+                counts = torch.bincount(split.y.cpu(), minlength=self.num_classes).clamp(min=1)
+                weights = (1.0 / counts.double())[split.y.cpu()]
+            sampler = EpochSampler(len(split), self.seed, weights)
         on_cpu = split.x.device.type == "cpu"
         return DataLoader(
             IndexedTensors(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers if on_cpu else 0,

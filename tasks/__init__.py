@@ -15,10 +15,11 @@ import traceback
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from tasks.common import output_dir, write_metrics
 from tasks.wandb_utils import finish_wandb
+from xfergan.devices import device_slot, visible_gpus
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_text
 from xfergan.schema import enum_name
@@ -36,6 +37,26 @@ TASKS = {
 }
 
 
+def _pool_size(cfg: DictConfig) -> int:
+    """GPUs to share out, one per job: only for jobs of a multirun asking for one device."""
+    if not cfg.get("device_pool", True) or str(cfg.trainer.accelerator) not in (
+        "auto",
+        "gpu",
+        "cuda",
+    ):
+        return 0
+    if str(cfg.trainer.devices) not in ("1", "auto") or "ddp" in str(cfg.trainer.strategy):
+        return 0
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            return 0
+    except ValueError:
+        return 0
+    return visible_gpus()
+
+
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     task = enum_name(cfg.task)
     out = output_dir(cfg)
@@ -46,7 +67,12 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     pid_file.write_text(f"{os.getpid()}\n")
     try:
         module = importlib.import_module(TASKS[task])
-        metrics = module.run(cfg)
+        with device_slot(_pool_size(cfg)) as slot:
+            if slot is not None:  # a parallel sweep job on a multi-GPU machine: one GPU each
+                with open_dict(cfg):
+                    cfg.trainer.devices = [slot]
+                log.info("sweep job pinned to GPU %d", slot)
+            metrics = module.run(cfg)
         failed = False
         return write_metrics(out, metrics, cfg, status="ok", wall_s=round(time.time() - t0, 2))
     except BaseException as e:

@@ -32,9 +32,18 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig, **overrides: Any):
     """The configured datamodule; `overrides` replace dataset keys (e.g. the GAN's image size)."""
+    from hydra.errors import InstantiationException
+
+    from xfergan.errors import UserError
+
     ds = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
     ds.update(overrides)
-    return hydra.utils.instantiate(ds, seed=cfg.seed, _convert_="all")
+    try:
+        return hydra.utils.instantiate(ds, seed=cfg.seed, _convert_="all")
+    except InstantiationException as e:  # a UserError inside the constructor stays one line
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
 
 
 def is_global_zero() -> bool:
@@ -59,19 +68,6 @@ def build_loggers(
 
 
 # ----------------------------------------------------------------------------- trainer
-class EpochSeed(pl.Callback):
-    """Reseeds every RNG at the start of each epoch from (seed, epoch): shuffling, augmentation,
-    dropout and GAN noise are then a function of the epoch alone, so a run resumed from a
-    checkpoint continues exactly as the uninterrupted run would have."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        s = self.seed * 100_003 + trainer.current_epoch
-        pl.seed_everything(s, workers=True, verbose=False)
-
-
 def build_trainer(
     cfg: DictConfig, out: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:
@@ -82,7 +78,6 @@ def build_trainer(
         from xfergan.ddp import patch_lightning_launcher
 
         patch_lightning_launcher()
-    callbacks = [EpochSeed(int(cfg.seed)), *callbacks]
     from xfergan.checkpoint_io import AtomicCheckpointIO
 
     tc.setdefault("plugins", [AtomicCheckpointIO()])

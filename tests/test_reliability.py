@@ -201,3 +201,69 @@ def test_ddp_inside_a_multirun_makes_no_extra_dirs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
     assert not (tmp_path / "logs").exists(), "a DDP child started a run of its own"
+
+
+def test_parallel_jobs_get_distinct_device_slots(tmp_path):
+    """What a 2-GPU machine's parallel sweep does, on the CPU: two jobs at once take different
+    slots; a third waits for a free one."""
+    code = (
+        "import sys, time; from xfergan.devices import device_slot\n"
+        f"with device_slot(2, '{tmp_path}', poll_s=0.05) as s:\n"
+        "    print(s, flush=True); time.sleep(1.5)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    slots = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    assert sorted(slots[:2]) == [0, 1] or len(set(slots)) == 2
+    assert set(slots) == {0, 1}
+
+
+def test_gan_divergence_stops_with_a_clear_message(tmp_path):
+    r = run_py(
+        FAST
+        + [
+            "task=gan",
+            "debug=smoke",
+            "logger=none",
+            "dataset.n_per_class=4",
+            "gan.max_steps=30",
+            "gan.epochs=30",
+            "gan.spectral_norm=false",
+            "gan.lr_d=1e30",
+            "gan.lr_g=1e30",
+            "gan.image_size=28",
+            "gan.g_channels=8",
+            "gan.d_channels=8",
+            "gan.batch_size=20",
+            f"hydra.run.dir={tmp_path}",
+        ]
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "GAN diverged at step" in last and "last good checkpoint" in last
+
+
+def test_collapsed_discriminator_is_detected():
+    import torch
+
+    from lightning_modules.gan import ConditionalGAN, GANDivergedError
+
+    m = ConditionalGAN(
+        num_classes=2,
+        image_size=28,
+        channels=1,
+        z_dim=8,
+        g_channels=4,
+        d_channels=4,
+        divergence_patience=5,
+    )
+    for _ in range(4):
+        m._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
+    with pytest.raises(GANDivergedError, match="discriminator loss stayed at ~0"):
+        m._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
+    m._bad_steps = 0
+    m._check_divergence(torch.tensor(0.5), torch.tensor(1.0))  # healthy
+    with pytest.raises(GANDivergedError, match="NaN/Inf"):
+        m._check_divergence(torch.tensor(float("nan")), torch.tensor(1.0))

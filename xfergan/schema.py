@@ -245,6 +245,7 @@ class Config:
     seed: int = 0
     body_part: BodyPart = BodyPart.all
     resume: bool = False
+    device_pool: bool = True  # multirun on a multi-GPU machine: each job gets a GPU of its own
     name: str = "default"  # experiment / sweep name: W&B group, report titles
     dir: str | None = None  # task=report: a run or multirun dir
     run: str | None = None  # task=evaluate: a finished run dir

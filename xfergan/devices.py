@@ -1,0 +1,59 @@
+"""One GPU per sweep job on a multi-GPU machine.
+
+Parallel local launchers (joblib) start N jobs at once; Lightning would put every one of them on
+GPU 0. Each job instead takes the first free slot among the visible GPUs (an exclusive file lock
+per GPU, held until the job ends) and trains on that device alone. With no GPU (or one), nothing
+changes: jobs run on the CPU (or share the one GPU)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def default_lock_dir() -> Path:
+    return Path(
+        os.environ.get("XFERGAN_GPU_LOCKS", Path(tempfile.gettempdir()) / "xfergan-gpu-locks")
+    )
+
+
+@contextmanager
+def device_slot(
+    n_devices: int, lock_dir: Path | None = None, poll_s: float = 1.0
+) -> Iterator[int | None]:
+    """Yields the index of a device no other job holds (waits for one), or None if n_devices < 2."""
+    if n_devices < 2:
+        yield None
+        return
+    from filelock import FileLock, Timeout
+
+    lock_dir = Path(lock_dir or default_lock_dir())
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        for i in range(n_devices):
+            lock = FileLock(
+                str(lock_dir / f"device{i}.lock"), thread_local=False, is_singleton=False
+            )
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                yield i
+            finally:
+                lock.release()
+            return
+        time.sleep(poll_s)
+
+
+def visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0

@@ -83,7 +83,7 @@ def test_fid_real_vs_real_is_small_noise_vs_real_is_large():
     net = build_backbone("small_cnn", 10, in_channels=1, init="scratch", width=8)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     xt, yt = data["train"][0][:4000].float() / 255 * 2 - 1, data["train"][1][:4000]
-    for i in range(150):
+    for _ in range(150):
         idx = torch.randint(0, 4000, (64,))
         loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
         opt.zero_grad()

@@ -76,6 +76,18 @@ class StepTimer(pl.Callback):
         return trainer.fit_loop.epoch_loop.total_batch_idx
 
 
+def timed(step, steps: int, warmup: int) -> float:
+    """Seconds for `steps` calls of step(), after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0
+
+
 def trainer(max_steps: int, precision: str, callbacks) -> pl.Trainer:
     return pl.Trainer(
         max_steps=max_steps,
@@ -126,11 +138,8 @@ def bench_classifier(
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     amp = precision.startswith("bf16")
     mf = torch.channels_last if channels_last else torch.contiguous_format
-    t0 = None
-    for i in range(steps + warmup):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
+
+    def step():
         idx = torch.randint(0, n, (batch,), device=dev)
         x = dm.preprocess(x_all[idx]).contiguous(memory_format=mf)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -138,9 +147,8 @@ def bench_classifier(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    sync()
-    plain = batch * steps / (time.perf_counter() - t0)
-    del model, net, opt
+
+    plain = batch * steps / timed(step, steps, warmup)
     # our path
     dm2 = RandomImages(n, size, 3, 10, batch_size=batch, normalize="imagenet")
     model = ClassifierModule(**kw)
@@ -166,11 +174,8 @@ def bench_gan(size: int, batch: int, steps: int, warmup: int, width: int) -> dic
     opt_g, opt_d = model.configure_optimizers()
     x_all = torch.rand(n, 1, size, size, device=dev) * 2 - 1
     y_all = torch.randint(0, 10, (n,), device=dev)
-    t0 = None
-    for i in range(steps + warmup):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
+
+    def step():
         idx = torch.randint(0, n, (batch,), device=dev)
         x, y = x_all[idx], y_all[idx]
         with torch.no_grad():
@@ -186,8 +191,8 @@ def bench_gan(size: int, batch: int, steps: int, warmup: int, width: int) -> dic
         opt_g.step()
         model.ema.update_parameters(model.G)
         float(ld)  # the Lightning path checks losses for divergence every step too
-    sync()
-    plain = steps / (time.perf_counter() - t0)
+
+    plain = steps / timed(step, steps, warmup)
     dm = RandomImages(n, size, 1, 10, batch_size=batch, normalize="half")
     model = ConditionalGAN(**kw)
     timer = StepTimer(warmup)

@@ -174,11 +174,13 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
         out,
     )
     m = run_task(cfg)
-    for arm in ("real", "synthetic", "mixed"):
+    for arm in ("real", "synthetic", "mixed", "finetune"):
         assert f"test/acc_{arm}" in m
         assert json.loads((out / f"classify_{arm}" / "metrics.json").read_text())["status"] == "ok"
     table = json.loads((out / "table3.json").read_text())
-    assert set(table["arms"]) == {"real", "synthetic", "mixed"}
+    assert set(table["arms"]) == {"real", "synthetic", "mixed", "finetune"}
+    ft = json.loads((out / "classify_finetune" / "metrics.json").read_text())
+    assert ft["source"] == "real" and ft["n_train"] == table["arms"]["real"]["n_train_real"]
     assert "| synthetic |" in (out / "table3.md").read_text()
     assert (out / "table3.png").stat().st_size > 1000
     assert "gan/fid" in m and "gan/recall" in m  # the feature net stage fed the GAN metrics
@@ -194,8 +196,17 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
 def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
     """Stopped after 2 of 4 epochs and resumed: G, D, EMA and optimizer states end where an
     uninterrupted 4-epoch run ends."""
-    args = FAST + GAN_FAST + ["task=gan", "dataset.n_per_class=4", "logger=none",
-                              "gan.checkpoint_every_n_epochs=1", "gan.eval_n_per_class=8"]
+    args = (
+        FAST
+        + GAN_FAST
+        + [
+            "task=gan",
+            "dataset.n_per_class=4",
+            "logger=none",
+            "gan.checkpoint_every_n_epochs=1",
+            "gan.eval_n_per_class=8",
+        ]
+    )
     full = tmp_path / "full"
     run_task(compose(args + ["gan.epochs=4"], full))
     part = tmp_path / "part"

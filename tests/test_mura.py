@@ -163,18 +163,36 @@ def test_xray_gan_at_64px_synthesizes_the_rarer_class_for_mixed_training(tree, t
     """The GAN path on X-rays: conditioned on normal/abnormal within a body part, 64 px; the
     synthetic abnormal images join the real ones (dataset.source=mixed)."""
     data = f"paths.data_dir={tmp_path / 'data'}"
-    base = SMALL + [data, f"paths.cache_dir={tmp_path / 'cache'}", "body_part=elbow",
-                    "debug=smoke"]
+    base = SMALL + [data, f"paths.cache_dir={tmp_path / 'cache'}", "body_part=elbow", "debug=smoke"]
     gan = tmp_path / "gan"
-    cfg = compose(base + ["task=gan", "gan.image_size=64", "gan.g_channels=8",
-                          "gan.d_channels=8", "gan.batch_size=8"], gan)
+    cfg = compose(
+        base
+        + [
+            "task=gan",
+            "gan.image_size=64",
+            "gan.g_channels=8",
+            "gan.d_channels=8",
+            "gan.batch_size=8",
+        ],
+        gan,
+    )
     run_task(cfg)
     from PIL import Image
 
     assert Image.open(gan / "samples_final.png").size[1] > 2 * 64  # two rows: normal, abnormal
     syn = tmp_path / "syn"
-    run_task(compose(base + ["task=synthesize", f"synthesize.checkpoint={gan}",
-                             "synthesize.classes=[1]", "synthesize.n_per_class=12"], syn))
+    run_task(
+        compose(
+            base
+            + [
+                "task=synthesize",
+                f"synthesize.checkpoint={gan}",
+                "synthesize.classes=[1]",
+                "synthesize.n_per_class=12",
+            ],
+            syn,
+        )
+    )
     manifest = json.loads((syn / "manifest.json").read_text())
     assert manifest["counts_per_class"] == [0, 12] and manifest["image_size"] == 64
     out = tmp_path / "mixed"
@@ -190,8 +208,16 @@ def test_evaluate_a_finished_run_on_another_body_part(tree, tmp_path):
     r = run_py(base + ["body_part=elbow", "debug=smoke", f"hydra.run.dir={run_dir}"])
     assert r.returncode == 0, r.stderr[-2000:]
     ev = tmp_path / "eval"
-    r = run_py(["task=evaluate", f"run={run_dir}", "body_part=all", "logger=none",
-                "trainer.enable_progress_bar=false", f"hydra.run.dir={ev}"])
+    r = run_py(
+        [
+            "task=evaluate",
+            f"run={run_dir}",
+            "body_part=all",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={ev}",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((ev / "metrics.json").read_text())
     assert m["status"] == "ok" and m["task"] == "evaluate"

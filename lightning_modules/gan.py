@@ -10,10 +10,26 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from lightning_modules.diffaugment import diff_augment, parse_policy
 from lightning_modules.nets.gan_nets import Discriminator, Generator
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel(multi_avg_fn=...): decay ramps up as (1+n)/(10+n) until it
+    reaches `decay`, so early sample grids show the generator, not its random init."""
+
+    def update(ema_params, params, n_averaged):
+        n = float(n_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        else:  # integer buffers (BatchNorm's step count): follow the generator
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+
+    return update
 
 
 class GANDivergedError(RuntimeError):
@@ -56,9 +72,7 @@ class ConditionalGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.G = Generator(num_classes, image_size, channels, z_dim, g_channels, embed_dim)
         self.D = Discriminator(num_classes, image_size, channels, d_channels, spectral_norm, mbstd)
-        self.ema = AveragedModel(
-            self.G, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-        )
+        self.ema = AveragedModel(self.G, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
         self.augment = parse_policy(diffaugment)
         self.register_buffer(
             "fixed_z", torch.randn(10, z_dim, generator=torch.Generator().manual_seed(0))

@@ -71,3 +71,23 @@ def test_missing_data_dir_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
     metrics = Path(tmp_path / "o" / "metrics.json").read_text()
     assert '"status": "failed"' in metrics
+
+
+SWEEPS = sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_composes_with_its_params(sweep, tmp_path):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xfergan.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=[f"sweep={sweep}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params, f"sweep={sweep} sweeps nothing"
+    if sweep == "optuna":
+        assert "OptunaSweeper" in cfg.hydra.sweeper._target_

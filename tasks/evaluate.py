@@ -63,10 +63,11 @@ def run(cfg: DictConfig) -> dict:
     with open_dict(base):
         for o in overrides:  # key=value overrides of the saved config (test set, body part, ...)
             key, _, value = o.lstrip("+").partition("=")
-            if "=" not in o or key.split("/")[0] in ("logger", "trainer", "paths", "debug"):
+            if "=" not in o or key.split("/")[0].split(".")[0] in ("logger", "trainer", "debug"):
                 continue
             OmegaConf.update(base, key, yaml.safe_load(value), merge=False)
-        base.paths = cfg.paths
+        # the run's own data paths, this run's output dir
+        base.paths.output_dir = cfg.paths.output_dir
         base.task = "evaluate"
         base.logger = cfg.logger
         base.trainer = cfg.trainer

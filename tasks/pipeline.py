@@ -48,8 +48,6 @@ def _run(sub: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    from tasks import run_task  # noqa: F401  (stages share the task wrapper)
-
     out = output_dir(cfg)
     pc = cfg.pipeline
     bad = [a for a in pc.arms if a not in ARMS]

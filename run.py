@@ -20,10 +20,13 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from tasks import run_task
+    from xfergan.ddp import job_scope
 
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    objective = str(cfg.sweep.objective)
     try:
-        metrics = run_task(cfg)
+        with job_scope():
+            metrics = run_task(cfg)
     except UserError as e:
         if multirun:  # record it (done by run_task) and let the other jobs go on
             log.error("job failed: %s", e)
@@ -35,8 +38,12 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("job failed: %s", e)
             return None
         raise
-    value = metrics.get("test/acc")  # returned for sweepers (Optuna)
-    return float(value) if isinstance(value, (int, float)) else None
+    value = metrics.get(objective)  # returned to sweepers (Optuna): a validation number
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if multirun:
+            log.warning("sweep.objective=%s is not in this job's metrics.json", objective)
+        return None
+    return float(value)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ A subclass implements `load()` and returns `Splits`; everything else is here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -17,10 +19,31 @@ from torch.utils.data import DataLoader
 
 from xfergan import transforms as T
 from xfergan.errors import UserError
+from xfergan.schema import DatasetConfig
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("real", "synthetic", "mixed")
+_D = DatasetConfig()  # the schema is the one source of defaults
+
+
+def uids_of(names: list[str]) -> torch.Tensor:
+    """A stable 64-bit id per sample name (e.g. "mnist/train/123", a MURA path): what provenance
+    records and compares, whatever size or preprocessing the images are read at."""
+    return torch.tensor(
+        [
+            int.from_bytes(
+                hashlib.blake2b(n.encode(), digest_size=8).digest(), "little", signed=True
+            )
+            for n in names
+        ],
+        dtype=torch.long,
+    )
+
+
+def uids_digest(uids: torch.Tensor) -> str:
+    """sha256 of the sorted ids: the identity of a set of images."""
+    return hashlib.sha256(torch.sort(uids.cpu()).values.numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -28,13 +51,45 @@ class Split:
     x: torch.Tensor  # uint8 [N, C, H, W]
     y: torch.Tensor  # int64 [N]
     group: torch.Tensor | None = None  # int64 [N], e.g. the study of each MURA image
+    uid: torch.Tensor | None = None  # int64 [N], see uids_of (None for generated images)
+    soft: torch.Tensor | None = None  # float [N, K] target distributions (teacher soft labels)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: torch.Tensor) -> Split:
-        g = self.group[idx] if self.group is not None else None
-        return Split(self.x[idx], self.y[idx], g)
+        def pick(t):
+            return t[idx] if t is not None else None
+
+        return Split(self.x[idx], self.y[idx], pick(self.group), pick(self.uid), pick(self.soft))
+
+    def to(self, device) -> Split:
+        def mv(t):
+            return t.to(device) if t is not None else None
+
+        return Split(mv(self.x), mv(self.y), mv(self.group), self.uid, mv(self.soft))
+
+
+def concat(a: Split, b: Split, num_classes: int) -> Split:
+    """Real + extra images; group -1 and no uid for the extra ones; soft targets one-hot for the
+    part that has none."""
+
+    def soft(s: Split):
+        return (
+            s.soft if s.soft is not None else torch.nn.functional.one_hot(s.y, num_classes).float()
+        )
+
+    group = None
+    if a.group is not None:
+        group = torch.cat([a.group, torch.full_like(b.y, -1)])
+    both_soft = a.soft is not None or b.soft is not None
+    return Split(
+        torch.cat([a.x, b.x]),
+        torch.cat([a.y, b.y]),
+        group,
+        None,
+        torch.cat([soft(a), soft(b)]) if both_soft else None,
+    )
 
 
 @dataclass
@@ -46,9 +101,16 @@ class Splits:
     info: dict[str, Any] = field(default_factory=dict)  # extra metadata (e.g. study -> body part)
 
 
+class Batch(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+    group: torch.Tensor | None = None
+    soft: torch.Tensor | None = None
+
+
 class IndexedTensors(torch.utils.data.Dataset):
     """Batches are sliced from tensors with one indexing op (`__getitems__`), no per-image
-    Python work and no collation; works with any sampler, DistributedSampler included."""
+    Python work and no collation; works with any sampler."""
 
     def __init__(self, split: Split):
         self.split = split
@@ -59,12 +121,15 @@ class IndexedTensors(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return self.__getitems__([i])
 
-    def __getitems__(self, idx: list[int]):
-        idx_t = torch.as_tensor(idx, device=self.split.y.device)
+    def __getitems__(self, idx: list[int]) -> Batch:
         s = self.split
-        if s.group is None:
-            return s.x[idx_t], s.y[idx_t]
-        return s.x[idx_t], s.y[idx_t], s.group[idx_t]
+        i = torch.as_tensor(idx, device=s.y.device)
+        return Batch(
+            s.x[i],
+            s.y[i],
+            s.group[i] if s.group is not None else None,
+            s.soft[i] if s.soft is not None else None,
+        )
 
 
 def _identity(batch):
@@ -72,28 +137,58 @@ def _identity(batch):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffled (or class-balanced, with replacement) order that depends only on (seed, epoch).
+    """Shuffled (or weighted, with replacement) order that depends only on (seed, epoch).
     Lightning calls set_epoch before every epoch, resumed runs included. Starting an epoch also
-    reseeds every RNG from (seed, epoch), before the first batch is augmented: augmentation,
-    dropout and GAN noise are a function of the epoch too, so a run resumed from a checkpoint
-    continues exactly as the uninterrupted run would have."""
+    reseeds every RNG from (seed, epoch, rank), before the first batch is augmented:
+    augmentation, dropout and GAN noise are a function of the epoch too, so a run resumed from a
+    checkpoint continues exactly as the uninterrupted run would have.
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+    Under DDP (world > 1) each rank takes every world-th index of the same order, padded to equal
+    length (every rank must run the same number of steps)."""
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        weights: torch.Tensor | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / self.world)
 
     def __iter__(self):
         s = self.seed * 1_000_003 + self.epoch
-        pl.seed_everything(s % (2**32), workers=True, verbose=False)
+        pl.seed_everything((s + 7919 * self.rank) % (2**32), workers=True, verbose=False)
         g = torch.Generator().manual_seed(s)
         if self.weights is None:
-            return iter(torch.randperm(self.n, generator=g).tolist())
-        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        if self.world > 1:
+            total = len(self) * self.world
+            order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
+        return iter(order.tolist())
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation order under DDP: rank r reads r, r+W, r+2W, ... -- no padding, so no image is
+    counted twice; `gather_shards` puts the pieces back in dataset order."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -101,20 +196,21 @@ class ImageDataModule(pl.LightningDataModule):
         self,
         name: str,
         root: str,
-        n_per_class: int | None = None,
-        image_size: int = 32,
-        channels: int = 3,
-        normalize: str = "imagenet",
+        n_per_class: int | None = _D.n_per_class,
+        image_size: int = _D.image_size,
+        channels: int | None = _D.channels,
+        normalize: str = _D.normalize,
         augment: dict | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 500,
-        num_workers: int = 0,
-        balanced_sampler: bool = False,
-        source: str = "real",
-        synthetic_path: str | None = None,
-        synthetic_ratio: float = 1.0,
+        batch_size: int = _D.batch_size,
+        eval_batch_size: int = _D.eval_batch_size,
+        num_workers: int = _D.num_workers,
+        balanced_sampler: bool = _D.balanced_sampler,
+        source: str = _D.source,
+        synthetic_path: str | None = _D.synthetic_path,
+        synthetic_ratio: float = _D.synthetic_ratio,
+        synthetic_provenance: str = _D.synthetic_provenance,
+        mix_balance: float | None = _D.mix_balance,
         seed: int = 0,
-        **_ignored: Any,
     ):
         super().__init__()
         if source not in SOURCES:
@@ -126,13 +222,19 @@ class ImageDataModule(pl.LightningDataModule):
             )
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise UserError(f"dataset.synthetic_ratio={synthetic_ratio} must be in [0, 1]")
+        if mix_balance is not None and not 0.0 < mix_balance < 1.0:
+            raise UserError(f"dataset.mix_balance={mix_balance} must be in (0, 1) or null")
+        if synthetic_provenance not in ("check", "ignore"):
+            raise UserError(
+                f"dataset.synthetic_provenance={synthetic_provenance!r}: use check or ignore"
+            )
         if normalize not in ("imagenet", "half", "none"):
             raise UserError(f"dataset.normalize={normalize!r}: use imagenet, half or none")
         self.name = name
         self.root = root
         self.n_per_class = n_per_class
         self.image_size = int(image_size)
-        self.channels = int(channels)
+        self._channels = int(channels) if channels else None  # None: the data's own channels
         self.normalize = normalize
         self.augment = dict(augment or {})
         self.batch_size = int(batch_size)
@@ -142,17 +244,25 @@ class ImageDataModule(pl.LightningDataModule):
         self.source = source
         self.synthetic_path = synthetic_path
         self.synthetic_ratio = float(synthetic_ratio)
+        self.synthetic_provenance = synthetic_provenance
+        self.mix_balance = mix_balance
         self.seed = int(seed)
         self.splits: Splits | None = None
         self.problems: list[dict] = []  # skipped inputs: {"split", "path", "reason"}
         self.summary: dict = {}  # what task=inspect prints (per split: counts)
         self.real_train: Split | None = None
         self.synthetic_train: Split | None = None
+        self.synthetic_info: dict[str, Any] = {}  # provenance check results (metrics.json)
 
     # ------------------------------------------------------------------ to implement
     def load(self) -> Splits:
-        """Return all splits as uint8 tensors; `train` already restricted to the few-shot subset."""
+        """Return all splits as uint8 tensors; `train` already restricted to the few-shot subset.
+        Each split carries `uid` (see uids_of) for the images it was read from."""
         raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """What selects this run's real images, besides the seed (subclasses add their keys)."""
+        return {"dataset": self.name, "n_per_class": self.n_per_class}
 
     # ------------------------------------------------------------------ shared
     @property
@@ -164,23 +274,36 @@ class ImageDataModule(pl.LightningDataModule):
         self._ensure_loaded()
         return self.splits.class_names
 
+    @property
+    def channels(self) -> int:
+        """Channels the model sees: dataset.channels, or the data's own when that is null."""
+        if self._channels:
+            return self._channels
+        self._ensure_loaded()
+        return int(self.real_train.x.shape[1])
+
     def _ensure_loaded(self) -> None:
         if self.splits is None:
             self.setup()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
+        """Loads once; every call made with a Trainer attached (whichever order the task touched
+        the datamodule in) moves small sets to the Trainer's device."""
+        if self.splits is None:
+            self._load_all()
+        self._maybe_move_to_device()
+
+    def _load_all(self) -> None:
         splits = self.load()
         self.real_train = splits.train
         if self.source != "real":
-            from datamodules.synthetic import load_synthetic
+            from datamodules.synthetic import check_provenance, load_synthetic
 
-            syn = load_synthetic(
-                self.synthetic_path,
-                num_classes=len(splits.class_names),
-                like=splits.train.x,
+            loaded = load_synthetic(
+                self.synthetic_path, num_classes=len(splits.class_names), like=splits.train.x
             )
+            self.synthetic_info = check_provenance(loaded, self, splits)
+            syn = loaded.split
             if self.synthetic_ratio < 1.0:
                 keep = []
                 g = torch.Generator().manual_seed(self.seed)
@@ -193,16 +316,24 @@ class ImageDataModule(pl.LightningDataModule):
             if self.source == "synthetic":
                 splits.train = syn
             else:
-                r = splits.train
-                group = None
-                if r.group is not None:
-                    group = torch.cat([r.group, torch.full_like(syn.y, -1)])
-                splits.train = Split(torch.cat([r.x, syn.x]), torch.cat([r.y, syn.y]), group)
+                splits.train = concat(splits.train, syn, len(splits.class_names))
         self.splits = splits
         if len(splits.train) == 0:
             raise UserError(f"{self.name}: the training set is empty; check n_per_class / source")
-        self._maybe_move_to_device()
         log.info("dataset %s: %s", self.name, self.sizes())
+
+    def provenance(self) -> dict[str, Any]:
+        """The identity of this run's real training images: what a GAN trained on them records
+        and what a run that uses the GAN's images must match."""
+        if self.real_train is None:
+            self._ensure_loaded()
+        uid = self.real_train.uid
+        return {
+            **self.identity(),
+            "seed": self.seed,
+            "n_images": len(self.real_train),
+            "train_ids_sha256": uids_digest(uid) if uid is not None else None,
+        }
 
     def _maybe_move_to_device(self, max_bytes: int = 2 << 30) -> None:
         """Tiny sets live on the accelerator: batches are sliced there, no host->device copies."""
@@ -210,32 +341,28 @@ class ImageDataModule(pl.LightningDataModule):
         if trainer is None:
             return
         dev = trainer.strategy.root_device
-        if dev.type == "cpu":
-            return
         s = self.splits
+        if dev.type == "cpu" or s.train.x.device == dev:
+            return
         total = sum(p.x.numel() for p in (s.train, s.val, s.test))
         if total > max_bytes:
+            log.info("dataset %s: %d MB stays in host memory", self.name, total >> 20)
             return
         for name in ("train", "val", "test"):
-            sp = getattr(s, name)
-            g = sp.group.to(dev) if sp.group is not None else None
-            setattr(s, name, Split(sp.x.to(dev), sp.y.to(dev), g))
+            setattr(s, name, getattr(s, name).to(dev))
+        log.info("dataset %s: on %s (%d MB)", self.name, dev, total >> 20)
 
-    def sizes(self) -> dict[str, int]:
+    def sizes(self) -> dict[str, Any]:
         self._ensure_loaded()
         s = self.splits
-        out = {
+        out: dict[str, Any] = {
             "n_train": len(s.train),
             "n_val": len(s.val),
             "n_test": len(s.test),
-            "n_train_real": len(s.train) if self.source == "real" else 0,
-            "n_train_synthetic": 0,
+            "n_train_real": len(self.real_train) if self.source != "synthetic" else 0,
+            "n_train_synthetic": len(self.synthetic_train) if self.source != "real" else 0,
         }
-        if self.source == "synthetic":
-            out["n_train_synthetic"] = len(s.train)
-        elif self.source == "mixed":
-            out["n_train_synthetic"] = len(self.synthetic_train)
-            out["n_train_real"] = len(self.real_train)
+        out.update(self.synthetic_info)
         return out
 
     def class_counts(self, split: str = "train") -> list[int]:
@@ -244,14 +371,36 @@ class ImageDataModule(pl.LightningDataModule):
         c = Counter(y)
         return [c.get(i, 0) for i in range(self.num_classes)]
 
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        if t is None:
+            return 0, 1
+        return int(t.global_rank), int(t.world_size)
+
+    def _train_weights(self, split: Split) -> torch.Tensor | None:
+        w = None
+        y = split.y.cpu()
+        if self.balanced_sampler:
+            counts = torch.bincount(y, minlength=self.num_classes).clamp(min=1)
+            w = (1.0 / counts.double())[y]
+        if self.mix_balance is not None and self.source == "mixed":
+            n_real = len(self.real_train)
+            n_syn = len(split) - n_real
+            src = torch.cat(
+                [
+                    torch.full((n_real,), (1 - self.mix_balance) / max(1, n_real)),
+                    torch.full((n_syn,), self.mix_balance / max(1, n_syn)),
+                ]
+            ).double()
+            w = src if w is None else w * src
+        return w
+
     def _loader(self, split: Split, train: bool) -> DataLoader:
-        sampler = None
+        rank, world = self._rank_world()
         if train:
-            weights = None
-            if self.balanced_sampler:
-                counts = torch.bincount(split.y.cpu(), minlength=self.num_classes).clamp(min=1)
-                weights = (1.0 / counts.double())[split.y.cpu()]
-            sampler = EpochSampler(len(split), self.seed, weights)
+            sampler = EpochSampler(len(split), self.seed, self._train_weights(split), rank, world)
+        else:
+            sampler = ShardSampler(len(split), rank, world)
         on_cpu = split.x.device.type == "cpu"
         return DataLoader(
             IndexedTensors(split),
@@ -294,11 +443,11 @@ class ImageDataModule(pl.LightningDataModule):
                 hflip=a.get("hflip", False),
                 vflip=a.get("vflip", False),
             )
-        x = T.set_channels(x, self.channels)
+        if self._channels:
+            x = T.set_channels(x, self._channels)
         return T.normalize(x, self.normalize).contiguous()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         trainer = self.trainer
         train = bool(trainer is not None and trainer.training)
-        x, *rest = batch
-        return (self.preprocess(x, train=train), *rest)
+        return batch._replace(x=self.preprocess(batch.x, train=train))

@@ -7,9 +7,12 @@ from pathlib import Path
 import torch
 from torchvision.datasets import MNIST
 
-from datamodules.base import ImageDataModule, Split, Splits
+from datamodules.base import ImageDataModule, Split, Splits, uids_of
 from datamodules.sampling import few_shot_split
 from xfergan.errors import UserError
+from xfergan.schema import MnistConfig
+
+_D = MnistConfig()
 
 
 def load_mnist_arrays(
@@ -30,20 +33,29 @@ def load_mnist_arrays(
 
 
 class MNISTDataModule(ImageDataModule):
-    def __init__(self, val_per_class: int = 100, download: bool = False, **kwargs):
+    def __init__(
+        self, val_per_class: int = _D.val_per_class, download: bool = _D.download, **kwargs
+    ):
         super().__init__(**kwargs)
         self.val_per_class = int(val_per_class or 0)
         self.download = download
+
+    def identity(self) -> dict:
+        return {**super().identity(), "val_per_class": self.val_per_class}
 
     def load(self) -> Splits:
         arrays = load_mnist_arrays(self.root, self.download)
         x, y = arrays["train"]
         train_idx, val_idx = few_shot_split(y, self.n_per_class, self.val_per_class, self.seed, 10)
         xt, yt = arrays["test"]
+
+        def ids(split, idx):
+            return uids_of([f"mnist/{split}/{i}" for i in idx.tolist()])
+
         return Splits(
-            train=Split(x[train_idx], y[train_idx]),
-            val=Split(x[val_idx], y[val_idx]),
-            test=Split(xt, yt),
+            train=Split(x[train_idx], y[train_idx], uid=ids("train", train_idx)),
+            val=Split(x[val_idx], y[val_idx], uid=ids("train", val_idx)),
+            test=Split(xt, yt, uid=ids("test", torch.arange(len(yt)))),
             class_names=[str(i) for i in range(10)],
             info={"train_indices": train_idx},
         )

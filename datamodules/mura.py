@@ -25,10 +25,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.base import ImageDataModule, Split, Splits
+from datamodules.base import ImageDataModule, Split, Splits, uids_of
 from datamodules.sampling import stratified_sample
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save, atomic_write_json
+from xfergan.schema import MuraConfig
+
+_D = MuraConfig()
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +233,12 @@ def patient_split(rows: list[Row], val_fraction: float, seed: int) -> tuple[list
 class MURADataModule(ImageDataModule):
     def __init__(
         self,
-        body_part: str = "all",
-        val_fraction: float = 0.1,
-        on_bad_image: str = "skip",
-        max_bad_fraction: float = 0.05,
-        cache_dir: str = "outputs/cache",
-        decode_workers: int = 0,
+        cache_dir: str,
+        body_part: str = _D.body_part.name,
+        val_fraction: float = _D.val_fraction,
+        on_bad_image: str = _D.on_bad_image,
+        max_bad_fraction: float = _D.max_bad_fraction,
+        decode_workers: int = _D.decode_workers,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -251,6 +254,13 @@ class MURADataModule(ImageDataModule):
         self.cache_dir = Path(cache_dir) / "mura"
         self.decode_workers = int(decode_workers)
         self.group_parts: list[str] = []
+
+    def identity(self) -> dict:
+        return {
+            **super().identity(),
+            "body_part": self.body_part,
+            "val_fraction": self.val_fraction,
+        }
 
     def _select(self, rows: list[Row]) -> list[Row]:
         if self.body_part == "all":
@@ -323,7 +333,7 @@ class MURADataModule(ImageDataModule):
         def as_split(rows: list[Row], x: torch.Tensor) -> Split:
             y = torch.tensor([r.label for r in rows], dtype=torch.long)
             g = torch.tensor([study_ids[r.study] for r in rows], dtype=torch.long)
-            return Split(x, y, g)
+            return Split(x, y, g, uids_of([r.path for r in rows]))
 
         train_rows, train_x = decoded["train"]
         tr, va = patient_split(train_rows, self.val_fraction, self.seed)

@@ -1,10 +1,16 @@
-"""Synthetic datasets written by task=synthesize: `synthetic.pt` (uint8 images + labels) next to
-`manifest.json` (source checkpoint + sha256, seed, counts per class, image size, file sha256).
-A file whose manifest does not match is refused."""
+"""Synthetic datasets written by task=synthesize (or task=pseudolabel): `synthetic.pt` (uint8
+images, labels, optional teacher soft labels, and the ids of the real images the GAN saw) next to
+`manifest.json` (source checkpoint + sha256, seed, counts per class, image size, file sha256,
+`real_data`: the identity of the GAN's real training images). A file whose manifest does not
+match is refused; a set made from other real images than the run's own is refused too (see
+`check_provenance`)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,8 +19,18 @@ from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save, atomic_write_json, read_json, sha256_file
 from xfergan.transforms import resize
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 DATA_FILE = "synthetic.pt"
+
+
+@dataclass
+class SyntheticSet:
+    split: Split
+    manifest: dict[str, Any]
+    path: Path
+    real_uids: torch.Tensor | None  # ids of the real images its GAN (or teacher set) came from
 
 
 def resolve_synthetic(path: str | Path) -> Path:
@@ -24,15 +40,25 @@ def resolve_synthetic(path: str | Path) -> Path:
     return p
 
 
-def write_synthetic(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> Path:
+def write_synthetic(
+    out_dir: Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    meta: dict,
+    real_uids: torch.Tensor | None = None,
+    soft: torch.Tensor | None = None,
+) -> Path:
     """Write synthetic.pt, then manifest.json (both atomically). The manifest is written last, so a
     reader never sees a manifest without its finished data file."""
     if images.dtype != torch.uint8:
         raise ValueError("synthetic images must be uint8")
     data_path = out_dir / DATA_FILE
-    atomic_torch_save(
-        {"images": images.cpu().contiguous(), "labels": labels.cpu().long()}, data_path
-    )
+    blob = {"images": images.cpu().contiguous(), "labels": labels.cpu().long()}
+    if real_uids is not None:
+        blob["real_train_uids"] = real_uids.cpu().long()
+    if soft is not None:
+        blob["soft"] = soft.cpu().float()
+    atomic_torch_save(blob, data_path)
     counts = torch.bincount(labels.cpu(), minlength=meta.get("num_classes", 0)).tolist()
     manifest = {
         **meta,
@@ -42,12 +68,15 @@ def write_synthetic(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, m
         "counts_per_class": counts,
         "image_size": int(images.shape[-1]),
         "channels": int(images.shape[1]),
+        "soft_labels": soft is not None,
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
     return data_path
 
 
-def load_synthetic(path: str | Path, num_classes: int, like: torch.Tensor | None = None) -> Split:
+def load_synthetic(
+    path: str | Path, num_classes: int, like: torch.Tensor | None = None
+) -> SyntheticSet:
     """Load and check a synthetic set; resize it to the real images' size/channels (`like`)."""
     data_path = resolve_synthetic(path)
     manifest_path = data_path.parent / MANIFEST
@@ -84,4 +113,74 @@ def load_synthetic(path: str | Path, num_classes: int, like: torch.Tensor | None
             if xf.shape[1] != c:
                 xf = xf.mean(1, keepdim=True) if c == 1 else xf.expand(-1, c, -1, -1)
             x = (xf.clamp(0, 1) * 255).round().to(torch.uint8)
-    return Split(x.contiguous(), y)
+    soft = blob.get("soft")
+    return SyntheticSet(
+        Split(x.contiguous(), y, soft=soft.float() if soft is not None else None),
+        m,
+        data_path,
+        blob.get("real_train_uids"),
+    )
+
+
+def describe(p: dict | None) -> str:
+    """One line naming a set of real images: 'mnist n_per_class=32 seed=0 (320 images, ids 1a2b3c4d)'."""
+    if not p:
+        return "unknown real images"
+    keys = [
+        k
+        for k in ("dataset", "body_part", "n_per_class", "val_per_class", "val_fraction", "seed")
+        if k in p
+    ]
+    head = p.get("dataset", "?")
+    parts = [f"{k}={p[k]}" for k in keys if k != "dataset"]
+    ids = str(p.get("train_ids_sha256") or "none")[:8]
+    return f"{head} {' '.join(parts)} ({p.get('n_images', '?')} images, ids {ids})"
+
+
+def check_provenance(s: SyntheticSet, dm, splits) -> dict[str, Any]:
+    """The synthetic images must come from a GAN trained on exactly this run's real training
+    images, and on none of its val or test images. A GAN that saw test images is always refused;
+    anything else can be overridden with dataset.synthetic_provenance=ignore, and is then
+    flagged in metrics.json (`synthetic_foreign: true`)."""
+    policy = dm.synthetic_provenance
+    theirs = s.manifest.get("real_data")
+    own = dm.provenance()
+    info: dict[str, Any] = {
+        "synthetic_provenance": policy,
+        "synthetic_real_data": describe(theirs) if theirs else None,
+        "synthetic_foreign": False,
+    }
+    leak = {}
+    if s.real_uids is not None:
+        for name in ("val", "test"):
+            uid = getattr(splits, name).uid
+            leak[name] = int(torch.isin(s.real_uids, uid).sum()) if uid is not None else 0
+    if leak.get("test"):
+        raise UserError(
+            f"synthetic set {s.path} comes from a GAN that saw {leak['test']} images of this "
+            f"run's test split ({describe(theirs)}): refused whatever "
+            "dataset.synthetic_provenance says; train the GAN on training images only"
+        )
+    problems = []
+    if theirs is None or s.real_uids is None:
+        problems.append("it records no provenance (re-run task=gan and task=synthesize)")
+    elif own.get("train_ids_sha256") is None:
+        problems.append(f"this dataset ({dm.name}) records no sample ids to compare")
+    elif theirs.get("train_ids_sha256") != own["train_ids_sha256"]:
+        problems.append(f"its GAN was trained on {describe(theirs)}, this run on {describe(own)}")
+    if leak.get("val"):
+        problems.append(f"its GAN saw {leak['val']} images of this run's val split")
+    if problems:
+        reason = "; ".join(problems)
+        if policy != "ignore":
+            raise UserError(
+                f"synthetic set {s.path}: {reason}. Synthesize from a GAN trained on this run's "
+                "own subset (same dataset, n_per_class and seed), or set "
+                "dataset.synthetic_provenance=ignore to use it anyway (flagged in metrics.json)"
+            )
+        log.warning(
+            "using a foreign synthetic set (dataset.synthetic_provenance=ignore): %s", reason
+        )
+        info.update(synthetic_foreign=True, synthetic_foreign_reason=reason)
+    info["synthetic_leak_val"] = leak.get("val", 0)
+    return info

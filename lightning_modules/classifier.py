@@ -12,6 +12,26 @@ import torch.nn.functional as F
 
 from lightning_modules.metrics import ClassificationMetrics
 from lightning_modules.nets.backbones import apply_finetune, build_backbone, load_init_checkpoint
+from xfergan.schema import ClassifierConfig
+
+_D = ClassifierConfig()  # the schema is the one source of defaults
+
+
+def gather_shards(module: pl.LightningModule, t: torch.Tensor) -> torch.Tensor:
+    """Every rank's evaluation shard (rank r holds items r, r+W, ...; see ShardSampler) -> the
+    whole set in dataset order, on every rank. Shards may differ in length by one: they are
+    padded for the collective, and the padding is dropped again."""
+    world = module.trainer.world_size
+    n = torch.tensor([len(t)], device=module.device)
+    sizes = module.all_gather(n).flatten().tolist()
+    m = max(sizes)
+    pad = torch.zeros((m - len(t), *t.shape[1:]), dtype=t.dtype, device=module.device)
+    g = module.all_gather(torch.cat([t.to(module.device), pad]))  # [W, m, ...]
+    total = sum(sizes)
+    out = torch.empty((total, *t.shape[1:]), dtype=t.dtype, device=module.device)
+    for r in range(world):
+        out[r::world] = g[r, : sizes[r]]
+    return out.cpu()
 
 
 class ClassifierModule(pl.LightningModule):
@@ -20,23 +40,24 @@ class ClassifierModule(pl.LightningModule):
         backbone: str,
         num_classes: int,
         in_channels: int = 3,
-        init: str = "imagenet",
-        weights: str = "DEFAULT",
-        finetune: str = "full",
-        finetune_last_n: int = 2,
-        dropout: float = 0.2,
-        width: int = 32,
+        init: str = _D.init,
+        weights: str = _D.weights,
+        finetune: str = _D.finetune,
+        finetune_last_n: int = _D.finetune_last_n,
+        dropout: float = _D.dropout,
+        width: int = _D.width,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = _D.label_smoothing,
         class_weights: list[float] | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
+        channels_last: bool = _D.channels_last,
+        compile: bool = _D.compile,
         class_names: list[str] | None = None,
         input_spec: dict[str, Any] | None = None,
-        **_ignored: Any,
     ):
         super().__init__()
+        optimizer = dict(_D.optimizer if optimizer is None else optimizer)
+        scheduler = dict(vars(_D.scheduler) if scheduler is None else scheduler)
         self.save_hyperparameters()
         from_ckpt = init not in ("imagenet", "scratch")
         self.net = build_backbone(
@@ -101,27 +122,26 @@ class ClassifierModule(pl.LightningModule):
         return model.eval()
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch[0], batch[1]
+        x, y = batch.x, batch.y
         logits = self(x)
+        # soft targets (teacher probabilities; one-hot for real images) where the batch has them
+        target = batch.soft if batch.soft is not None and stage == "train" else y
         loss = F.cross_entropy(
-            logits, y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+            logits,
+            target,
+            weight=self.class_weights,
+            label_smoothing=self.hparams.label_smoothing,
         )
         probs = logits.detach().float().softmax(dim=1)
-        self.stage_metrics[f"{stage}_metrics"].update(probs, y)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=stage != "test",
-            batch_size=len(y),
-            sync_dist=stage != "train",
-        )
+        metrics = self.stage_metrics[f"{stage}_metrics"]
+        metrics.update(probs, y, loss.detach().float(), len(y))
+        if stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         if stage == "test":
             self.test_outputs["probs"].append(probs.cpu())
             self.test_outputs["labels"].append(y.cpu())
-            if len(batch) > 2:
-                self.test_outputs["groups"].append(batch[2].cpu())
+            if batch.group is not None:
+                self.test_outputs["groups"].append(batch.group.cpu())
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -134,7 +154,7 @@ class ClassifierModule(pl.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        return self(batch[0]).float().softmax(dim=1)
+        return self(batch.x).float().softmax(dim=1)
 
     def on_test_epoch_start(self) -> None:
         self.test_outputs = {"probs": [], "labels": [], "groups": []}
@@ -143,7 +163,7 @@ class ClassifierModule(pl.LightningModule):
         m = self.stage_metrics[f"{stage}_metrics"]
         if m.acc.update_count == 0:
             return
-        values = m.compute(stage)
+        values = m.compute(stage)  # torchmetrics syncs across DDP ranks: exact, no duplicates
         self.log_dict(values, prog_bar=False, sync_dist=True)
         if stage != "train":
             self.log(f"{stage}/acc_bar", values[f"{stage}/acc"], prog_bar=True, logger=False)
@@ -160,8 +180,7 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # DDP: every rank saw a shard; gather all predictions
             for k, v in self.test_outputs.items():
                 if v:
-                    g = self.all_gather(torch.cat(v).to(self.device))
-                    self.test_outputs[k] = [g.reshape(-1, *g.shape[2:]).cpu()]
+                    self.test_outputs[k] = [gather_shards(self, torch.cat(v))]
 
     def collected_test_outputs(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.test_outputs.items() if v}

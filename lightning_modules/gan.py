@@ -13,7 +13,51 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_modules.diffaugment import diff_augment, parse_policy
-from lightning_modules.nets.gan_nets import Discriminator, Generator
+from xfergan.schema import GANConfig
+
+_D = GANConfig()  # the schema is the one source of defaults
+
+
+def build_net(spec: dict[str, Any], what: str, **sizes: Any) -> torch.nn.Module:
+    """A network from its `_target_` config plus the sizes the task knows."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    from xfergan.errors import UserError
+
+    if "_target_" not in spec:
+        raise UserError(f"{what} needs a _target_ (the class to build), e.g. in conf/gan/*.yaml")
+    try:
+        return hydra.utils.instantiate(spec, **sizes, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from None
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UserError(f"cannot build {what} ({spec['_target_']}): {first[:200]}") from None
+
+
+def truncated_normal(
+    n: int,
+    dim: int,
+    truncation: float | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """N(0, 1) noise; with `truncation` t, every value outside [-t, t] is drawn again (the
+    truncation trick: samples nearer the mode, fewer odd ones)."""
+    z = torch.randn(n, dim, generator=generator, device=device)
+    if truncation is None:
+        return z
+    if truncation <= 0:
+        from xfergan.errors import UserError
+
+        raise UserError(f"synthesize.truncation={truncation} must be positive (or null)")
+    bad = z.abs() > truncation
+    while bad.any():
+        z[bad] = torch.randn(int(bad.sum()), generator=generator, device=device)
+        bad = z.abs() > truncation
+    return z
 
 
 def ema_with_warmup(decay: float):
@@ -37,41 +81,43 @@ class GANDivergedError(RuntimeError):
 
 
 class ConditionalGAN(pl.LightningModule):
+    """The training procedure. The networks come from `_target_` configs (conf/gan/*.yaml), so a
+    new architecture is a class plus a yaml; checkpoints record this class's import path and the
+    identity of the real images trained on (`provenance`)."""
+
     def __init__(
         self,
         num_classes: int,
-        image_size: int = 32,
-        channels: int = 1,
-        z_dim: int = 64,
-        g_channels: int = 64,
-        d_channels: int = 64,
-        embed_dim: int = 32,
-        loss: str = "hinge",
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
-        beta1: float = 0.0,
-        beta2: float = 0.99,
-        d_steps: int = 1,
-        spectral_norm: bool = True,
-        mbstd: bool = True,
-        diffaugment: str = "color,translation,cutout",
-        label_smoothing: float = 0.0,
-        mode_seeking: float = 0.0,
-        ema_decay: float = 0.999,
-        ema_start_step: int = 0,
-        divergence_patience: int = 200,
+        channels: int,
+        generator: dict[str, Any],
+        discriminator: dict[str, Any],
+        image_size: int = _D.image_size,
+        z_dim: int = _D.z_dim,
+        loss: str = _D.loss,
+        lr_g: float = _D.lr_g,
+        lr_d: float = _D.lr_d,
+        beta1: float = _D.beta1,
+        beta2: float = _D.beta2,
+        d_steps: int = _D.d_steps,
+        diffaugment: str = _D.diffaugment,
+        label_smoothing: float = _D.label_smoothing,
+        mode_seeking: float = _D.mode_seeking,
+        ema_decay: float = _D.ema_decay,
+        ema_start_step: int = _D.ema_start_step,
+        divergence_patience: int = _D.divergence_patience,
         class_names: list[str] | None = None,
-        **_ignored: Any,
     ):
         super().__init__()
         if loss not in ("hinge", "bce"):
             from xfergan.errors import UserError
 
             raise UserError(f"gan.loss={loss!r}: use hinge or bce")
+        generator, discriminator = dict(generator), dict(discriminator)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.G = Generator(num_classes, image_size, channels, z_dim, g_channels, embed_dim)
-        self.D = Discriminator(num_classes, image_size, channels, d_channels, spectral_norm, mbstd)
+        size = {"num_classes": num_classes, "image_size": image_size, "channels": channels}
+        self.G = build_net(generator, "gan.generator", **size, z_dim=z_dim)
+        self.D = build_net(discriminator, "gan.discriminator", **size)
         self.ema = AveragedModel(self.G, multi_avg_fn=ema_with_warmup(ema_decay), use_buffers=True)
         self.augment = parse_policy(diffaugment)
         self.register_buffer(
@@ -79,6 +125,16 @@ class ConditionalGAN(pl.LightningModule):
         )
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # G+D steps, resumable
         self._bad_steps = 0
+        # identity of the real training images (set by task=gan), saved in every checkpoint
+        self.provenance: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint["xfergan_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        checkpoint["xfergan_provenance"] = self.provenance
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.provenance = checkpoint.get("xfergan_provenance")
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -93,17 +149,19 @@ class ConditionalGAN(pl.LightningModule):
         z: torch.Tensor | None = None,
         ema: bool = True,
         generator: torch.Generator | None = None,
+        truncation: float | None = None,
     ) -> torch.Tensor:
         """Images in [0, 1], shape [N, C, H, W]."""
         g = self.generator if ema else self.G
         was = g.training
         g.eval()
         if z is None:
-            z = torch.randn(
+            z = truncated_normal(
                 len(labels),
                 self.hparams.z_dim,
-                generator=generator,
-                device=generator.device if generator is not None else "cpu",
+                truncation,
+                generator,
+                generator.device if generator is not None else "cpu",
             )
         x = g(z.to(self.device), labels.to(self.device))
         g.train(was)

@@ -1,5 +1,8 @@
-"""Classification metrics, all torchmetrics: accuracy and per-class accuracy for any class count;
-for two classes also AUROC, Cohen's kappa, F1, sensitivity and specificity (positive = class 1)."""
+"""Classification metrics, all torchmetrics: loss, accuracy, balanced accuracy and per-class
+accuracy for any class count; for two classes also AUROC, Cohen's kappa, F1, sensitivity and
+specificity (positive = class 1). Under DDP torchmetrics syncs the states (sums and
+concatenations), so every value equals the single-process one. Majority-class baselines are
+classifiers fitted on the training labels."""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ class ClassificationMetrics(torch.nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.loss = torchmetrics.MeanMetric()
         self.acc = C.MulticlassAccuracy(num_classes, average="micro")
+        self.acc_balanced = C.MulticlassAccuracy(num_classes, average="macro")
         self.acc_class = C.MulticlassAccuracy(num_classes, average=None)
         self.binary = (
             torchmetrics.MetricCollection(
@@ -29,14 +34,28 @@ class ClassificationMetrics(torch.nn.Module):
             else None
         )
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+    def update(
+        self,
+        probs: torch.Tensor,
+        target: torch.Tensor,
+        loss: torch.Tensor | None = None,
+        n: int | None = None,
+    ) -> None:
+        if loss is not None:
+            self.loss.update(loss, weight=n or len(target))
         self.acc.update(probs, target)
+        self.acc_balanced.update(probs, target)
         self.acc_class.update(probs, target)
         if self.binary is not None:
             self.binary.update(probs[:, 1], target)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}/acc": self.acc.compute().item()}
+        out = {
+            f"{prefix}/acc": self.acc.compute().item(),
+            f"{prefix}/balanced_acc": self.acc_balanced.compute().item(),
+        }
+        if self.loss.update_count:
+            out[f"{prefix}/loss"] = self.loss.compute().item()
         for name, v in zip(self.class_names, self.acc_class.compute().tolist()):
             out[f"{prefix}/acc_class_{name}"] = v
         if self.binary is not None:
@@ -44,6 +63,8 @@ class ClassificationMetrics(torch.nn.Module):
         return out
 
     def reset(self) -> None:
+        self.loss.reset()
+        self.acc_balanced.reset()
         self.acc.reset()
         self.acc_class.reset()
         if self.binary is not None:
@@ -60,7 +81,22 @@ def binary_metrics(probs1: torch.Tensor, target: torch.Tensor, prefix: str) -> d
     return {f"{prefix}{k[2:]}": v for k, v in out.items() if not k.startswith("x/acc_class_")}
 
 
-def majority_acc(target: torch.Tensor, num_classes: int) -> float:
-    """Accuracy of always answering this split's most frequent class."""
-    counts = torch.bincount(target, minlength=num_classes)
+def majority_class(train_target: torch.Tensor, num_classes: int) -> int:
+    """The training split's most frequent class (ties: the lowest class index, as scikit-learn's
+    DummyClassifier) -- the majority baseline's one answer."""
+    counts = torch.bincount(train_target.cpu(), minlength=num_classes)
+    return int(torch.argmax(counts))  # argmax returns the first maximal index
+
+
+def majority_baseline(
+    train_target: torch.Tensor, test_target: torch.Tensor, num_classes: int
+) -> tuple[float, int]:
+    """(accuracy on test, class) of the classifier that always answers the training majority."""
+    c = majority_class(train_target, num_classes)
+    return (test_target.cpu() == c).float().mean().item() if len(test_target) else 0.0, c
+
+
+def max_class_share(target: torch.Tensor, num_classes: int) -> float:
+    """Share of a split's own most frequent class (a property of that split, not a baseline)."""
+    counts = torch.bincount(target.cpu(), minlength=num_classes)
     return (counts.max().float() / counts.sum().clamp(min=1)).item()

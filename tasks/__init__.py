@@ -17,7 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from tasks.common import output_dir, write_metrics
+from tasks.common import is_global_zero, output_dir, write_metrics
 from tasks.wandb_utils import finish_wandb
 from xfergan.devices import device_slot, visible_gpus
 from xfergan.errors import UserError
@@ -34,6 +34,7 @@ TASKS = {
     "inspect": "tasks.inspect",
     "report": "tasks.report",
     "evaluate": "tasks.evaluate",
+    "pseudolabel": "tasks.pseudolabel",
 }
 
 
@@ -57,15 +58,34 @@ def _pool_size(cfg: DictConfig) -> int:
     return visible_gpus()
 
 
+def check_selection(cfg: DictConfig) -> None:
+    """No test label in any choice: what picks a checkpoint or a hyper-parameter is a train/ or
+    val/ number."""
+    for key, value in (
+        ("sweep.objective", cfg.sweep.objective),
+        ("checkpoint.monitor", cfg.checkpoint.monitor),
+    ):
+        if str(value).startswith("test/"):
+            raise UserError(
+                f"{key}={value}: choices (checkpoints, sweeps) may only use a train/ or val/ "
+                "metric -- test numbers are reported, never chosen on; use e.g. val/acc"
+            )
+    if cfg.checkpoint.test not in ("best", "last"):
+        raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")
+
+
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     task = enum_name(cfg.task)
     out = output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t0 = time.time()
     failed = True
+    zero = is_global_zero()  # only rank zero writes files (DDP children write none)
     pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)
-    pid_file.write_text(f"{os.getpid()}\n")
+    if zero:
+        pid_file.write_text(f"{os.getpid()}\n")
     try:
+        check_selection(cfg)
         module = importlib.import_module(TASKS[task])
         with device_slot(_pool_size(cfg)) as slot:
             if slot is not None:  # a parallel sweep job on a multi-GPU machine: one GPU each
@@ -79,7 +99,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         kind = "error" if isinstance(e, UserError) else type(e).__name__
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         try:
-            atomic_write_text(out / "error.txt", traceback.format_exc())
+            if zero:
+                atomic_write_text(out / "error.txt", traceback.format_exc())
             write_metrics(
                 out,
                 {},
@@ -93,4 +114,5 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         finish_wandb(failed=failed)
-        pid_file.unlink(missing_ok=True)
+        if zero:
+            pid_file.unlink(missing_ok=True)

@@ -63,7 +63,7 @@ def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
 
 
 def checkpoint_callback(cfg: DictConfig, out: Path, has_val: bool) -> ModelCheckpoint:
-    cc = cfg.checkpoint
+    cc = cfg.checkpoint  # monitor: a val/ or train/ metric (tasks.check_selection)
     monitor = cc.monitor if has_val else None
     return ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
@@ -88,6 +88,27 @@ def resume_path(cfg: DictConfig, out: Path) -> str | None:
     return str(last)
 
 
+def step_budget(cfg: DictConfig, dm) -> dict:
+    """trainer.max_steps > 0 (a budget that does not depend on the training set's size: arms on
+    80 or 10,000 images get the same number of steps) runs whole epochs: max_steps is rounded up
+    to whole passes, so checkpoints fall on epoch ends and resumed runs continue exactly."""
+    steps = cfg.trainer.max_steps
+    if not steps or steps <= 0:
+        return {}
+    import math
+
+    world = 1
+    tc = cfg.trainer
+    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
+        world = int(tc.devices) * int(tc.num_nodes)
+    limit = tc.limit_train_batches
+    n = math.ceil(math.ceil(len(dm.splits.train) / world) / dm.batch_size)
+    if isinstance(limit, int) and limit > 0:
+        n = min(n, limit)
+    epochs = math.ceil(int(steps) / max(1, n))
+    return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None}
+
+
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
@@ -109,16 +130,21 @@ def run(cfg: DictConfig) -> dict:
 
         syn = str(cfg.dataset.synthetic_path)
         record_lineage(loggers, {artifact_name("synthetic", syn): syn})
-    trainer = build_trainer(cfg, out, loggers, callbacks)
+    trainer = build_trainer(cfg, out, loggers, callbacks, **step_budget(cfg, dm))
     trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
 
     best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
     which = cfg.checkpoint.test if best else "last"
-    ckpt_path = best if which == "best" else (last or None)
-    trainer.test(model, datamodule=dm, ckpt_path=ckpt_path or None, weights_only=True)
-    metrics = scalar_metrics(trainer, "test/")
+    ckpt_path = (best if which == "best" else last) or None  # chosen on val only
+    metrics: dict = {}
+    if sizes["n_val"] > 0:  # the val numbers of exactly the model that is tested
+        trainer.validate(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        metrics.update(scalar_metrics(trainer, "val/"))
+    trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    metrics.update(scalar_metrics(trainer, "test/"))
     metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
-    metrics["tested_checkpoint"] = Path(ckpt_path).name if ckpt_path else "final-weights"
+    metrics["tested_checkpoint"] = ckpt_path or "final-weights"
+    metrics["tested_checkpoint_kind"] = which if ckpt_path else "final-weights"
     metrics["best_checkpoint"] = best or None
     metrics["last_checkpoint"] = last or None
     metrics["epochs"] = trainer.current_epoch

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from xfergan.io import atomic_write_json
+from xfergan.ranks import is_global_zero
 from xfergan.schema import enum_name
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,36 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
         raise
 
 
-def is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+class ProcessRecord(pl.Callback):
+    """Under DDP every process writes processes/rank<r>.json: pid, argv, Hydra mode, seed, world
+    size -- which processes ran this job, and how they were started."""
+
+    def __init__(self, out: Path, seed: int):
+        self.out, self.seed = out, seed
+
+    def setup(self, trainer, pl_module, stage):
+        if trainer.world_size < 2:
+            return
+        import sys
+
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            mode = HydraConfig.get().mode.name
+        except ValueError:
+            mode = None
+        atomic_write_json(
+            self.out / "processes" / f"rank{trainer.global_rank}.json",
+            {
+                "rank": trainer.global_rank,
+                "world_size": trainer.world_size,
+                "pid": os.getpid(),
+                "argv": sys.argv,
+                "hydra_mode": mode,
+                "seed": self.seed,
+                "stage": stage,
+            },
+        )
 
 
 # ----------------------------------------------------------------------------- loggers
@@ -74,10 +103,13 @@ def build_trainer(
     tc = OmegaConf.to_container(cfg.trainer, resolve=True)
     tc.update(overrides)
     tc["default_root_dir"] = str(out)
+    # our datamodules shard every split themselves (no padding duplicates in evaluation)
+    tc["use_distributed_sampler"] = False
     if "ddp" in str(tc.get("strategy", "")):
         from xfergan.ddp import patch_lightning_launcher
 
         patch_lightning_launcher()
+    callbacks = [*callbacks, ProcessRecord(out, int(cfg.seed))]
     from xfergan.checkpoint_io import AtomicCheckpointIO
 
     tc.setdefault("plugins", [AtomicCheckpointIO()])
@@ -100,6 +132,7 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
         "n_per_class": cfg.dataset.n_per_class,
         "body_part": enum_name(cfg.body_part),
         "model": cfg.model.backbone,
+        "arm": cfg.get("arm"),
     }
     try:
         from hydra.core.hydra_config import HydraConfig

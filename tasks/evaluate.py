@@ -1,4 +1,5 @@
-"""task=evaluate run=<finished run dir>: re-test that run's best checkpoint with its own saved
+"""task=evaluate run=<finished run dir>: re-test the checkpoint that run tested (its
+`tested_checkpoint`; `evaluate.checkpoint=best|last|<path>` picks another) with its own saved
 config; any other overrides on the command line change the test set, e.g.
 
     python run.py task=evaluate run=outputs/runs/mura/... body_part=all
@@ -31,24 +32,33 @@ def _cli_overrides() -> list[str]:
     return [
         o
         for o in items
-        if o.split("=", 1)[0].lstrip("+~") not in ("task", "run") and not o.startswith("hydra.")
+        if o.split("=", 1)[0].lstrip("+~") not in ("task", "run")
+        and not o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "evaluate."))
     ]
 
 
-def find_checkpoint(run_dir: Path) -> Path:
-    m = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-    for key in ("best_checkpoint", "last_checkpoint"):
-        p = m.get(key)
-        if p and Path(p).is_file():
-            return Path(p)
-    ckpts = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) or sorted(
-        (run_dir / "checkpoints").glob("last.ckpt")
-    )
-    if not ckpts:
+def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
+    """(checkpoint, kind): the one the run tested, or best / last / a path."""
+    if which not in ("tested", "best", "last"):
+        p = Path(which)
+        if not p.is_file():
+            raise UserError(f"evaluate.checkpoint={which}: no such file (use tested, best, last)")
+        return p, "path"
+    mf = run_dir / "metrics.json"
+    if not mf.is_file():
+        raise UserError(f"{run_dir} has no metrics.json: is it a finished task=classify run?")
+    m = read_json(mf)
+    key = {"tested": "tested_checkpoint", "best": "best_checkpoint", "last": "last_checkpoint"}
+    p = m.get(key[which])
+    if which == "tested" and p and not Path(p).is_absolute():  # older runs: a file name
+        p = str(run_dir / "checkpoints" / p)
+    if not p or not Path(p).is_file():
         raise UserError(
-            f"no checkpoint in {run_dir}/checkpoints: is it a finished task=classify run?"
+            f"{run_dir}: its {which} checkpoint ({p or 'none recorded'}) does not exist; pass "
+            "evaluate.checkpoint=best|last|<path>"
         )
-    return ckpts[-1]
+    kind = m.get("tested_checkpoint_kind", which) if which == "tested" else which
+    return Path(p), kind
 
 
 def run(cfg: DictConfig) -> dict:
@@ -75,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
             base.dataset.body_part = base.body_part
     eval_cfg = base
     out = output_dir(cfg)
-    ckpt = find_checkpoint(run_dir)
+    ckpt, kind = find_checkpoint(run_dir, str(cfg.evaluate.checkpoint))
     model = ClassifierModule.load_safely(str(ckpt))
     dm = build_datamodule(eval_cfg)
     dm.setup()
@@ -92,6 +102,7 @@ def run(cfg: DictConfig) -> dict:
         {
             "evaluated_run": str(run_dir),
             "evaluated_checkpoint": str(ckpt),
+            "evaluated_checkpoint_kind": kind,
             "eval_overrides": ",".join(overrides),
             **dm.sizes(),
         }

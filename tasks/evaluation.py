@@ -1,5 +1,6 @@
-"""Evaluation after trainer.test: majority baseline, study-level (grouped) metrics, per-part
-metrics, confusion matrix and ROC PNGs. Uses the module's collected test probabilities."""
+"""Evaluation after trainer.test: majority baselines (classifiers fitted on the training labels),
+study-level (grouped) metrics, per-part metrics, confusion matrix and ROC PNGs. Uses the module's
+collected test probabilities."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.metrics import binary_metrics, majority_acc
+from lightning_modules.metrics import binary_metrics, majority_baseline, max_class_share
 from tasks import plots
+from tasks.common import is_global_zero
 from tasks.wandb_utils import log_image
 
 
@@ -24,22 +26,62 @@ def group_mean(p1: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor):
     return (s / c).float(), y, ids
 
 
-def grouped_metrics(p1, labels, groups, group_parts: list[str] | None, prefix: str = "test/"):
+def group_labels(labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label, id) of every group: a study's label is its images' label."""
+    ids, inv = torch.unique(groups, return_inverse=True)
+    y = torch.zeros(len(ids), dtype=torch.long).scatter_(0, inv, labels)
+    return y, ids
+
+
+def _baseline(out: dict, key: str, train_y, test_y, k: int, names: list[str]) -> None:
+    """`<key>majority_acc`: test accuracy of always answering the training majority class;
+    `<key>max_class_share`: the test split's own largest class share (not a baseline)."""
+    if len(train_y):
+        acc, c = majority_baseline(train_y, test_y, k)
+        out[f"{key}majority_acc"] = acc
+        out[f"{key}majority_class"] = names[c]
+    out[f"{key}max_class_share"] = max_class_share(test_y, k)
+
+
+def grouped_metrics(
+    p1,
+    labels,
+    groups,
+    group_parts: list[str] | None,
+    train_y: torch.Tensor,
+    train_groups: torch.Tensor | None,
+    names: list[str],
+    prefix: str = "test/",
+):
+    """Study-level metrics (mean probability of a study's images, threshold 0.5), the study-level
+    majority baseline (fitted on the training studies), and per body part the same at image and
+    study level (baselines fitted on that part's training images / studies)."""
     sp, sy, ids = group_mean(p1, labels, groups)
     out = binary_metrics(sp, sy, f"{prefix}study_")
-    out[f"{prefix}study_majority_acc"] = majority_acc(sy, 2)
     out[f"{prefix}n_studies"] = len(ids)
+    ty, tids = (
+        group_labels(train_y, train_groups)
+        if train_groups is not None and len(train_groups)
+        else (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    )
+    _baseline(out, f"{prefix}study_", ty, sy, 2, names)
     if group_parts:
         parts = [group_parts[int(i)] for i in ids]
         img_parts = [group_parts[int(g)] for g in groups]
+        train_img_parts = (
+            [group_parts[int(g)] for g in train_groups] if train_groups is not None else []
+        )
+        train_study_parts = [group_parts[int(i)] for i in tids]
         for part in sorted(set(parts)):
             sm = torch.tensor([q == part for q in parts])
             im = torch.tensor([q == part for q in img_parts])
+            tim = torch.tensor([q == part for q in train_img_parts], dtype=torch.bool)
+            tsm = torch.tensor([q == part for q in train_study_parts], dtype=torch.bool)
             pp = f"{prefix}{part}/"
             out.update(binary_metrics(p1[im], labels[im], pp))
-            out[f"{pp}majority_acc"] = majority_acc(labels[im], 2)
+            _baseline(out, pp, train_y[tim] if len(tim) else train_y[:0], labels[im], 2, names)
             out.update(binary_metrics(sp[sm], sy[sm], f"{pp}study_"))
-            out[f"{pp}study_majority_acc"] = majority_acc(sy[sm], 2)
+            _baseline(out, f"{pp}study_", ty[tsm] if len(tsm) else ty[:0], sy[sm], 2, names)
     return out, (sp, sy)
 
 
@@ -49,24 +91,35 @@ def evaluate_test_outputs(model, dm, out: Path, loggers: list) -> dict[str, floa
         return {}
     probs, labels = o["probs"], o["labels"]
     names = dm.class_names
-    metrics: dict[str, float] = {"test/majority_acc": majority_acc(labels, len(names))}
-    cm = plots.confusion_matrix_png(
-        probs,
-        labels,
-        names,
-        out / "confusion_matrix.png",
-        title=f"{dm.name} test ({len(labels)} images)",
-    )
-    log_image(loggers, "test/confusion_matrix", cm)
+    train = dm.real_train  # the baselines are fitted on the run's real training images
+    metrics: dict = {}
+    _baseline(metrics, "test/", train.y, labels, len(names), names)
+    plot = is_global_zero()
+    if plot:
+        cm = plots.confusion_matrix_png(
+            probs,
+            labels,
+            names,
+            out / "confusion_matrix.png",
+            title=f"{dm.name} test ({len(labels)} images)",
+        )
+        log_image(loggers, "test/confusion_matrix", cm)
     if len(names) == 2:
         curves = {"image": (probs[:, 1], labels)}
         groups = o.get("groups")
         if groups is not None and (groups >= 0).all():
             gm, (sp, sy) = grouped_metrics(
-                probs[:, 1], labels, groups, getattr(dm, "group_parts", None)
+                probs[:, 1],
+                labels,
+                groups,
+                getattr(dm, "group_parts", None),
+                train.y.cpu(),
+                train.group.cpu() if train.group is not None else None,
+                names,
             )
             metrics.update(gm)
             curves["study"] = (sp, sy)
-        roc = plots.roc_png(curves, out / "roc.png", title=f"{dm.name} ROC (test)")
-        log_image(loggers, "test/roc", roc)
+        if plot:
+            roc = plots.roc_png(curves, out / "roc.png", title=f"{dm.name} ROC (test)")
+            log_image(loggers, "test/roc", roc)
     return metrics

@@ -5,6 +5,7 @@ row per class) every N epochs, and measure quality offline (FID/KID/precision/re
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -13,22 +14,23 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torchvision.utils import save_image
 
-from lightning_modules.gan import ConditionalGAN, GANDivergedError
+from lightning_modules.gan import GANDivergedError
 from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir
 from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
+from xfergan.schema import GAN_LOOP_KEYS
 
 log = logging.getLogger(__name__)
 
 
 def gan_datamodule(cfg: DictConfig):
     """The classifier's datamodule (same few-shot subset), at the GAN's size, scaled to [-1, 1],
-    real images only, native channels."""
+    real images only, the data's own channels (1 for X-rays and MNIST, 3 for colour images)."""
     g = cfg.gan
     return build_datamodule(
         cfg,
         image_size=g.image_size,
-        channels=1 if cfg.dataset.channels in (1, 3) else 3,
+        channels=None,
         normalize="half",
         augment={"enabled": False},
         batch_size=g.batch_size,
@@ -38,13 +40,14 @@ def gan_datamodule(cfg: DictConfig):
 
 
 class SampleGrid(pl.Callback):
-    """Every N epochs (and at the end): EMA samples, one row per class, same noise every time."""
+    """Every N G+D steps (and at the end): EMA samples, one row per class, same noise every
+    time; written to samples/ and logged to every logger that takes images."""
 
-    def __init__(self, out: Path, every_n_epochs: int):
+    def __init__(self, out: Path, every_n_steps: int):
         self.dir = out / "samples"
-        self.every = max(1, int(every_n_epochs))
+        self.every = max(1, int(every_n_steps))
 
-    def write(self, trainer, module: ConditionalGAN, name: str) -> Path:
+    def write(self, trainer, module, name: str) -> Path:
         grid = module.sample_grid_images().cpu()
         path = self.dir / f"{name}.png"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -52,35 +55,58 @@ class SampleGrid(pl.Callback):
         log_image(trainer.loggers, "gan/samples", path, caption=name)
         return path
 
-    def on_train_epoch_end(self, trainer, module):
-        if (trainer.current_epoch + 1) % self.every == 0:
-            self.write(trainer, module, f"epoch_{trainer.current_epoch + 1:05d}")
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.is_global_zero and int(module.steps) % self.every == 0:
+            self.write(trainer, module, f"step_{int(module.steps):06d}")
 
     def on_train_end(self, trainer, module):
-        p = self.write(trainer, module, "final")
-        (self.dir.parent / "samples_final.png").write_bytes(p.read_bytes())
+        if trainer.is_global_zero:
+            p = self.write(trainer, module, "final")
+            (self.dir.parent / "samples_final.png").write_bytes(p.read_bytes())
 
 
-def build_gan(cfg: DictConfig, dm) -> ConditionalGAN:
-    g = dict(cfg.gan)
-    channels = dm.channels
-    return ConditionalGAN(
+def batches_per_epoch(cfg: DictConfig, n_train: int) -> int:
+    """G+D steps per pass over the real images, per process (DDP shards the images)."""
+    tc = cfg.trainer
+    world = 1
+    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
+        world = int(tc.devices) * int(tc.num_nodes)
+    return max(1, math.ceil(math.ceil(n_train / world) / int(cfg.gan.batch_size)))
+
+
+def build_gan(cfg: DictConfig, dm):
+    """The configured GAN module (`gan._target_`) for this datamodule's classes and channels."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    g = OmegaConf.to_container(cfg.gan, resolve=True)
+    args = {k: v for k, v in g.items() if k not in GAN_LOOP_KEYS}
+    return hydra.utils.instantiate(
+        {"_target_": g["_target_"], **args},
         num_classes=dm.num_classes,
-        channels=channels,
+        channels=dm.channels,
         class_names=dm.class_names,
-        **{k: v for k, v in g.items() if k != "channels"},
+        _convert_="all",
+        _recursive_=False,
     )
 
 
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = gan_datamodule(cfg)
+    dm.setup()
     model = build_gan(cfg, dm)
+    model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
     loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"])
+    # The budget runs in whole passes over the real images (a step budget is rounded up to
+    # whole epochs), and checkpoints are taken at epoch ends: a resumed run then continues
+    # exactly as the uninterrupted one (Lightning's mid-epoch restore replays batches wrongly).
+    bpe = batches_per_epoch(cfg, len(dm.splits.train))
+    epochs = math.ceil(int(cfg.gan.steps) / bpe) if cfg.gan.steps else int(cfg.gan.epochs)
     ckpt = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
         filename="gan-{epoch:05d}",
-        every_n_epochs=cfg.gan.checkpoint_every_n_epochs,
+        every_n_epochs=max(1, round(int(cfg.gan.checkpoint_every_n_steps) / bpe)),
         save_top_k=-1,
         save_last=True,
         monitor=None,
@@ -89,9 +115,9 @@ def run(cfg: DictConfig) -> dict:
         cfg,
         out,
         loggers,
-        [ckpt, SampleGrid(out, cfg.gan.sample_every_n_epochs)],
-        max_epochs=cfg.gan.epochs,
-        max_steps=cfg.gan.max_steps * 2 if cfg.gan.max_steps > 0 else -1,
+        [ckpt, SampleGrid(out, cfg.gan.sample_every_n_steps)],
+        max_epochs=epochs,
+        max_steps=-1,
         limit_val_batches=0,
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
@@ -105,8 +131,7 @@ def run(cfg: DictConfig) -> dict:
     except GANDivergedError as e:
         good = ckpt.last_model_path or "none yet"
         raise UserError(f"{e}; last good checkpoint: {good}") from None
-    if not ckpt.last_model_path:  # e.g. max_steps hit mid-epoch
-        trainer.save_checkpoint(str(last))
+    trainer.save_checkpoint(str(last))  # the final state, whatever the save cadence
     record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
     metrics = {
         "gan/steps": int(model.steps),
@@ -118,7 +143,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-def evaluate_quality(cfg: DictConfig, model: ConditionalGAN, dm) -> dict:
+def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     """FID/KID/precision/recall/memorization with a classifier of our own as the feature net."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality

@@ -1,11 +1,21 @@
-"""task=pipeline (paper Table 3): [feature net ->] gan -> synthesize -> classify on real few-shot,
-synthetic only, and real+synthetic; writes table3.md, table3.json and a bar chart. Every stage
-runs in its own sub-dir with its own metrics.json, and W&B run (same group, job_type = stage)."""
+"""task=pipeline (paper Table 3 and the ablations): the arms in `pipeline.arms`, each a
+task=classify stage in its own sub-dir (own metrics.json, own W&B run in the same group), tested
+on the real test set; writes table3.md, table3.json and a bar chart.
+
+An arm says what its classifier trains on (ARMS below); what an arm needs is built once, when the
+first arm asks for it, from this run's own seed and real subset:
+  feature net (FID features; cached across runs) -> gan -> synthesize   (synthetic, mixed, ...)
+  teacher (the ImageNet transfer classifier)  -> pseudolabel_<source>   (distill_real/_gan)
+`pipeline.variants` adds named variants of an arm (e.g. mixed at other ratios), and
+`pipeline.arm_overrides` tunes any arm's classify stage."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +29,16 @@ from xfergan.io import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 PAPER = {"real": 0.8094, "synthetic": 0.9188, "full": 0.9563}
-ARMS = ("real", "synthetic", "mixed", "finetune")  # finetune: pre-train on synthetic, then real
-LABELS = {
-    "real": "real",
-    "synthetic": "synthetic only",
-    "mixed": "real + synthetic",
-    "finetune": "synthetic, then fine-tuned on real",
-}
+# per-arm numbers the pipeline's metrics.json carries (as <key>_<arm>) when the stage has them
+ARM_KEYS = (
+    "test/acc",
+    "test/balanced_acc",
+    "test/auroc",
+    "test/kappa",
+    "test/study_kappa",
+    "val/acc",
+    "val/auroc",
+)
 
 
 def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) -> DictConfig:
@@ -39,66 +52,221 @@ def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) 
 
 
 def _run(sub: DictConfig) -> dict:
+    """Run a stage, or reuse it when resume=true and it already finished."""
     from tasks import run_task
 
+    done = Path(sub.paths.output_dir) / "metrics.json"
+    if sub.resume and done.is_file():
+        m = json.loads(done.read_text())
+        if m.get("status") == "ok":
+            log.info("resume: stage %s already finished, reusing it", done.parent.name)
+            return m
     m = run_task(sub)
     if m.get("status") != "ok":
         raise UserError(f"pipeline stage {sub.task} failed: {m.get('error')}")
     return m
 
 
+class Context:
+    """What arms need, built on first use and then shared by every arm of this run."""
+
+    def __init__(self, cfg: DictConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.results: dict[str, Any] = {}
+        self.stage_metrics: dict[str, dict] = {}
+        self._synthetic: str | None = None
+        self._pseudo: dict[str, str] = {}
+
+    def stage(self, name: str, task: str, overrides: dict[str, Any]) -> dict:
+        m = _run(stage_cfg(self.cfg, self.out / name, task, overrides))
+        self.stage_metrics[name] = m
+        return m
+
+    def synthetic(self) -> str:
+        if self._synthetic is None:
+            over: dict[str, Any] = {}
+            if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
+                over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
+            gm = self.stage("gan", "gan", over)
+            self.results.update({k: v for k, v in gm.items() if k.startswith("gan/")})
+            sm = self.stage(
+                "synthesize", "synthesize", {"synthesize.checkpoint": gm["gan/checkpoint"]}
+            )
+            self._synthetic = sm["synthetic_path"]
+        return self._synthetic
+
+    def checkpoint(self, arm: str) -> str:
+        m = self.stage_metrics.get(f"classify_{arm}")
+        if m is None:
+            raise UserError(f"pipeline.arms: this arm needs the {arm} arm; list {arm} before it")
+        return m["last_checkpoint"]
+
+    def teacher(self) -> list[str]:
+        """The run dirs of the arms that label images (pipeline.teacher_ensemble), each trained
+        now if the arm list has not run it yet."""
+        dirs = []
+        for arm in self.cfg.pipeline.teacher_ensemble:
+            arm_spec(self.cfg, arm)
+            if f"classify_{arm}" not in self.stage_metrics:
+                run_arm(self, arm)
+            dirs.append(str(self.out / f"classify_{arm}"))
+        return dirs
+
+    def pseudolabelled(self, source: str) -> str:
+        if source not in self._pseudo:
+            over: dict[str, Any] = {
+                "distill.teacher": self.teacher(),
+                "distill.source": source,
+                "distill.evaluate_teacher": not self._pseudo,  # once per pipeline
+            }
+            if source == "synthetic":
+                over["dataset.synthetic_path"] = self.synthetic()
+            m = self.stage(f"pseudolabel_{source}", "pseudolabel", over)
+            self.results.update(
+                {f"{k}_{source}": v for k, v in m.items() if k.startswith("distill/")}
+            )
+            self.results.update({k: v for k, v in m.items() if k.startswith("teacher/")})
+            self._pseudo[source] = m["synthetic_path"]
+        return self._pseudo[source]
+
+
+def _distill(source: str) -> Callable[[Context], dict]:
+    def arm(ctx: Context) -> dict:
+        return {
+            "dataset.source": "mixed",
+            "dataset.synthetic_path": ctx.pseudolabelled(source),
+            "dataset.mix_balance": 0.5,  # every batch: half real, half teacher-labelled
+        }
+
+    return arm
+
+
+# arm -> (label, classify overrides built from the context)
+ARMS: dict[str, tuple[str, Callable[[Context], dict]]] = {
+    "real": ("real", lambda ctx: {"dataset.source": "real"}),
+    "synthetic": (
+        "synthetic only",
+        lambda ctx: {"dataset.source": "synthetic", "dataset.synthetic_path": ctx.synthetic()},
+    ),
+    "mixed": (
+        "real + synthetic",
+        lambda ctx: {"dataset.source": "mixed", "dataset.synthetic_path": ctx.synthetic()},
+    ),
+    "finetune": (
+        "synthetic, then fine-tuned on real",
+        lambda ctx: {"dataset.source": "real", "model.init": ctx.checkpoint("synthetic")},
+    ),
+    "teacher": (
+        "teacher (ImageNet transfer) on real",
+        lambda ctx: {"dataset.source": "real", **dict(ctx.cfg.pipeline.teacher_overrides)},
+    ),
+    "distill_real": ("real + teacher soft labels on augmented real", _distill("real")),
+    "distill_gan": ("real + teacher soft labels on filtered GAN images", _distill("synthetic")),
+}
+
+
+def arm_spec(cfg: DictConfig, name: str) -> tuple[str, str, dict]:
+    """(base arm, label, variant overrides) of an arm name or a pipeline.variants entry."""
+    variants = OmegaConf.to_container(cfg.pipeline.variants, resolve=True) or {}
+    if name in variants:
+        v = variants[name] or {}
+        base = v.get("arm")
+        if base not in ARMS:
+            raise UserError(f"pipeline.variants.{name}.arm={base!r}: use one of {', '.join(ARMS)}")
+        label = v.get("label") or f"{ARMS[base][0]} ({name})"
+        return base, label, dict(v.get("overrides") or {})
+    if name not in ARMS:
+        raise UserError(
+            f"pipeline.arms: unknown arm {name!r}; use one of {', '.join(ARMS)} or a name "
+            "defined in pipeline.variants"
+        )
+    return name, ARMS[name][0], {}
+
+
+def run_arm(ctx: Context, name: str) -> dict:
+    """A variant trains like its base arm (its arm_overrides too), then its own overrides."""
+    base, _, variant = arm_spec(ctx.cfg, name)
+    tuned = ctx.cfg.pipeline.arm_overrides or {}
+    over = dict(ARMS[base][1](ctx))
+    if base != name:
+        over.update(dict(tuned.get(base, {}) or {}))
+    over.update(variant)
+    over.update(dict(tuned.get(name, {}) or {}))
+    over["arm"] = name
+    return ctx.stage(f"classify_{name}", "classify", over)
+
+
+def feature_net(cfg: DictConfig, results: dict) -> str:
+    """The FID feature classifier (full real training set, seed 0): an instrument shared by every
+    pipeline with the same settings, trained once into paths.cache_dir and reused."""
+    from filelock import FileLock
+
+    fo = {
+        "dataset.n_per_class": None,
+        "dataset.source": "real",
+        "checkpoint.test": "last",
+        "seed": 0,
+        "resume": False,
+        "logger.wandb": False,
+        **dict(cfg.pipeline.feature_net_overrides),
+    }
+    probe = stage_cfg(cfg, Path("."), "classify", fo)
+    keyed = {k: OmegaConf.to_container(probe[k], resolve=True) for k in ("dataset", "model")}
+    keyed["trainer"] = {
+        k: v
+        for k, v in OmegaConf.to_container(probe.trainer, resolve=True).items()
+        if k not in ("enable_progress_bar", "enable_model_summary", "default_root_dir")
+    }
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = Path(cfg.paths.cache_dir) / "feature_nets" / key
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache.parent / f"{key}.lock")):
+        done = cache / "metrics.json"
+        m = json.loads(done.read_text()) if done.is_file() else {}
+        if m.get("status") != "ok" or not Path(m.get("last_checkpoint") or "").is_file():
+            from tasks import run_task
+
+            m = run_task(stage_cfg(cfg, cache, "classify", fo))
+            if m.get("status") != "ok":
+                raise UserError(f"the feature net failed: {m.get('error')}")
+        else:
+            log.info("feature net: reusing %s", cache)
+    results["feature_net/test/acc"] = m["test/acc"]
+    results["feature_net/dir"] = str(cache)
+    return m["last_checkpoint"]
+
+
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
-    pc = cfg.pipeline
-    bad = [a for a in pc.arms if a not in ARMS]
-    if bad:
-        raise UserError(f"pipeline.arms: unknown {bad}; use {', '.join(ARMS)}")
-    if "finetune" in pc.arms and "synthetic" not in pc.arms[: list(pc.arms).index("finetune")]:
-        raise UserError(
-            "pipeline.arms: finetune starts from the synthetic arm's model; list "
-            "synthetic before it"
-        )
-    results: dict[str, Any] = {}
-    gan_over: dict[str, Any] = {}
-    if pc.feature_net and not cfg.gan.feature_ckpt:
-        fo = {
-            "dataset.n_per_class": None,
-            "dataset.source": "real",
-            "checkpoint.test": "last",
-            **dict(pc.feature_net_overrides),
-        }
-        m = _run(stage_cfg(cfg, out / "feature_net", "classify", fo))
-        results["feature_net/test/acc"] = m["test/acc"]
-        gan_over["gan.feature_ckpt"] = m["last_checkpoint"]
-    gm = _run(stage_cfg(cfg, out / "gan", "gan", gan_over))
-    results.update({k: v for k, v in gm.items() if k.startswith("gan/")})
-    sm = _run(
-        stage_cfg(
-            cfg, out / "synthesize", "synthesize", {"synthesize.checkpoint": gm["gan/checkpoint"]}
-        )
-    )
-    table, last_ckpt = {}, {}
-    for arm in pc.arms:
-        over: dict[str, Any] = {"dataset.source": arm}
-        if arm in ("synthetic", "mixed"):
-            over["dataset.synthetic_path"] = sm["synthetic_path"]
-        if arm == "finetune":  # the synthetic-only classifier, fine-tuned on the real images
-            over = {"dataset.source": "real", "model.init": last_ckpt["synthetic"]}
-        over.update(dict((pc.arm_overrides or {}).get(arm, {}) or {}))
-        m = _run(stage_cfg(cfg, out / f"classify_{arm}", "classify", over))
-        last_ckpt[arm] = m["last_checkpoint"]
-        table[arm] = {
+    arms = list(cfg.pipeline.arms)
+    for name in arms:
+        arm_spec(cfg, name)  # every name is known before anything trains
+    if len(set(arms)) != len(arms):
+        raise UserError(f"pipeline.arms lists an arm twice: {arms}")
+    ctx = Context(cfg, out)
+    table = {}
+    for name in arms:
+        m = run_arm(ctx, name)
+        base, label, _ = arm_spec(cfg, name)
+        n_syn = m["n_train_synthetic"]
+        if base == "finetune":  # it saw the synthetic set too (in pre-training)
+            n_syn = ctx.stage_metrics["classify_synthetic"]["n_train_synthetic"]
+        table[name] = {
+            "label": label,
             "test/acc": m["test/acc"],
             "n_train_real": m["n_train_real"],
-            # finetune saw the synthetic set too (in pre-training)
-            "n_train_synthetic": table["synthetic"]["n_train_synthetic"]
-            if arm == "finetune"
-            else m["n_train_synthetic"],
+            "n_train_synthetic": n_syn,
             "wall_s": m.get("wall_s"),
         }
-        results[f"test/acc_{arm}"] = m["test/acc"]
-    write_table3(out, cfg, table, results)
-    return results
+        for k in ARM_KEYS:
+            if isinstance(m.get(k), (int, float)):
+                ctx.results[f"{k}_{name}"] = m[k]
+        if "real" in table and name != "real":
+            ctx.results[f"diff/test/acc_{name}-real"] = m["test/acc"] - table["real"]["test/acc"]
+    ctx.results["arms"] = arms
+    ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}
+    write_table3(out, cfg, table, ctx.results)
+    return ctx.results
 
 
 def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None:
@@ -107,18 +275,21 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
         out / "table3.json",
         {"arms": table, "gan": results, "paper": paper_ref, "seed": int(cfg.seed)},
     )
+    base = table.get("real", {}).get("test/acc")
     lines = [
         f"# Table 3 — {cfg.dataset.name}, {cfg.dataset.n_per_class or 'all'} real images per class, "
         f"seed {cfg.seed}",
         "",
-        "| training data | real images | synthetic images | test acc (real test set) | paper |",
-        "|---|---:|---:|---:|---:|",
+        "| arm | training data | real images | synthetic / extra images | test acc (real test "
+        "set) | vs real | paper |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for arm, row in table.items():
         paper = paper_ref.get(arm)
+        diff = f"{row['test/acc'] - base:+.4f}" if base is not None and arm != "real" else "—"
         lines.append(
-            f"| {LABELS[arm]} | {row['n_train_real']} | {row['n_train_synthetic']} | "
-            f"{row['test/acc']:.4f} | {paper if paper is not None else '—'} |"
+            f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
+            f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
     gan_keys = [
         k
@@ -127,6 +298,7 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
             "gan/kid",
             "gan/precision",
             "gan/recall",
+            "gan/recall_per_class_min",
             "gan/memorization_ratio",
             "gan/steps",
         )
@@ -134,6 +306,12 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
     ]
     if gan_keys:
         lines += ["", "GAN: " + ", ".join(f"{k.split('/')[1]} {results[k]:.4g}" for k in gan_keys)]
+    kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
+    for k in kept:
+        lines.append(
+            f"Teacher filter ({k.rsplit('_', 1)[-1]}): min kept fraction per class {results[k]:.3f}"
+        )
+    lines += ["", "One seed: paired differences over seeds are in task=report's report.md."]
     atomic_write_text(out / "table3.md", "\n".join(lines) + "\n")
     bar_chart_png(
         {a: r["test/acc"] for a, r in table.items()},

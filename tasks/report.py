@@ -29,9 +29,6 @@ MAIN = [
     "test/study_auroc",
     "test/majority_acc",
     "test/study_majority_acc",
-    "test/acc_real",
-    "test/acc_synthetic",
-    "test/acc_mixed",
     "gan/fid",
     "gan/kid",
     "gan/precision",
@@ -150,6 +147,149 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
     return rows
 
 
+# the arms' numbers a pipeline run carries as <metric>_<arm>
+ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "test/study_kappa")
+# paired comparisons beyond "every arm vs real": (arm, baseline)
+EXTRA_PAIRS = (("distill_gan", "distill_real"), ("distill_gan", "teacher"))
+GAN_COLUMNS = (
+    "gan/fid",
+    "gan/kid",
+    "gan/precision",
+    "gan/recall",
+    "gan/recall_per_class_min",
+    "gan/memorization_ratio",
+    "gan/steps",
+)
+
+
+def _fmt_ci(m: float, lo: float, hi: float, n: int) -> str:
+    if math.isnan(lo):
+        return f"{m:.4f} (n={n})"
+    return f"{m:.4f} [{lo:.4f}, {hi:.4f}] (n={n})"
+
+
+def arm_analysis(runs: list[dict], keys: list[str]) -> dict:
+    """For pipeline runs: per group (the swept keys but the seed) and arm, the metric by seed;
+    mean and 95% CI over seeds; paired differences (every arm - real, and EXTRA_PAIRS) with a
+    paired t-test and a verdict. What report.md, report.json and the arms plot show."""
+    from xfergan.stats import mean_ci, paired, verdict
+
+    pipes = [r for r in runs if r.get("status") == "ok" and r.get("task") == "pipeline"]
+    if not pipes:
+        return {}
+    arms: list[str] = []
+    for r in pipes:
+        arms += [a for a in r.get("arms") or [] if a not in arms]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in pipes:
+        groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
+    metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
+    out: dict = {"keys": keys, "arms": arms, "metrics": metrics, "groups": []}
+    for gkey, rs in sorted(groups.items(), key=lambda kv: [_num(v) for v in kv[0]]):
+        g: dict = {"group": dict(zip(keys, gkey)), "seeds": sorted(r.get("seed") for r in rs)}
+        g["arms"], g["paired"], g["gan"] = {}, [], {}
+        for m in metrics:
+            by_arm = {
+                a: {r.get("seed"): float(r[f"{m}_{a}"]) for r in rs if f"{m}_{a}" in r}
+                for a in arms
+            }
+            g["arms"][m] = {
+                a: dict(zip(("mean", "low", "high", "n"), mean_ci(list(v.values()))), by_seed=v)
+                for a, v in by_arm.items()
+                if v
+            }
+            pairs = [(a, "real") for a in arms if a != "real" and "real" in by_arm]
+            pairs += [(a, b) for a, b in EXTRA_PAIRS if a in arms and b in arms]
+            for a, b in pairs:
+                if by_arm.get(a) and by_arm.get(b):
+                    d = paired(by_arm[a], by_arm[b])
+                    d.update(metric=m, arm=a, baseline=b, verdict=verdict(d["low"], d["high"]))
+                    g["paired"].append(d)
+        for k in GAN_COLUMNS + tuple(k for k in rs[0] if k.startswith("distill/kept_fraction_min")):
+            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float))]
+            if vals:
+                g["gan"][k] = mean_ci(vals)
+        out["groups"].append(g)
+    return out
+
+
+def _num(v: str):
+    try:
+        return (0, float(v))
+    except (TypeError, ValueError):
+        return (1, str(v))
+
+
+def arm_lines(a: dict) -> list[str]:
+    if not a:
+        return []
+    keys, arms = a["keys"], a["arms"]
+    lines = []
+    for m in a["metrics"]:
+        lines += [
+            "",
+            f"## Arms: {m} on the real test set, mean [95% CI] over seeds",
+            "",
+            "| " + " | ".join(keys + arms) + " |",
+            "|" + "---|" * (len(keys) + len(arms)),
+        ]
+        for g in a["groups"]:
+            cells = [g["group"][k] for k in keys]
+            for arm in arms:
+                v = g["arms"][m].get(arm)
+                cells.append(_fmt_ci(v["mean"], v["low"], v["high"], v["n"]) if v else "—")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Paired differences by seed (same seed = same real images in every arm)",
+        "",
+        "| " + " | ".join(keys) + " | metric | comparison | mean | 95% CI | p (paired t) | n |"
+        " verdict |",
+        "|" + "---|" * (len(keys) + 7),
+    ]
+    for g in a["groups"]:
+        for d in g["paired"]:
+            ci = "—" if math.isnan(d["low"]) else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+            p = "—" if math.isnan(d["p"]) else f"{d['p']:.3g}"
+            lines.append(
+                "| "
+                + " | ".join([g["group"][k] for k in keys])
+                + f" | {d['metric']} | {d['arm']} − {d['baseline']} | {d['mean']:+.4f} | {ci} | "
+                f"{p} | {d['n']} | {d['verdict']} |"
+            )
+    main = a["metrics"][0]
+    lines += [
+        "",
+        f"Verdicts ({main}; helps / hurts = the 95% CI of the paired difference is "
+        "above / below 0):",
+    ]
+    for g in a["groups"]:
+        where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
+        said = [
+            f"{d['arm']} vs {d['baseline']}: {d['verdict']} ({100 * d['mean']:+.2f} pp)"
+            for d in g["paired"]
+            if d["metric"] == main
+        ]
+        lines.append(f"- {where}: " + ("; ".join(said) if said else "nothing to compare"))
+    if any(g["gan"] for g in a["groups"]):
+        cols = sorted(
+            {k for g in a["groups"] for k in g["gan"]},
+            key=lambda k: (GAN_COLUMNS.index(k) if k in GAN_COLUMNS else 99, k),
+        )
+        lines += [
+            "",
+            "## GAN quality next to it (mean over seeds; FID/KID on our own features)",
+            "",
+            "| " + " | ".join(keys + [c.split("/", 1)[1] for c in cols]) + " |",
+            "|" + "---|" * (len(keys) + len(cols)),
+        ]
+        for g in a["groups"]:
+            cells = [g["group"][k] for k in keys]
+            cells += [f"{g['gan'][c][0]:.4g}" if c in g["gan"] else "—" for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
     keys = swept_keys(runs, missing)
     rows = aggregate(runs, keys)
@@ -172,6 +312,16 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             v = row["metrics"].get(m)
             cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    arms = arm_analysis(runs, keys)
+    lines += arm_lines(arms)
+    foreign = [r for r in runs if r.get("synthetic_foreign")]
+    if foreign:
+        lines += [
+            "",
+            "## Runs with a foreign synthetic set (dataset.synthetic_provenance=ignore)",
+            "",
+        ]
+        lines += [f"- `{r['_dir']}`: {r.get('synthetic_foreign_reason')}" for r in foreign]
     if failed or missing:
         lines += ["", "## Failed or missing runs", ""]
         for r in failed:
@@ -192,7 +342,15 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
         w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals)
     atomic_write_text(root / "report.csv", buf.getvalue())
+    from xfergan.io import atomic_write_json
+
+    atomic_write_json(
+        root / "report.json",
+        {"keys": keys, "rows": rows, "arms": arms, "failed": len(failed), "missing": len(missing)},
+    )
     plots = make_plots(root, rows, keys, present)
+    if arms:
+        plots.append(arms_plot(root, arms))
     return {
         "report/runs": len(runs),
         "report/failed": len(failed),
@@ -200,6 +358,49 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
         "report/groups": len(rows),
         "report/plots": len(plots),
     }
+
+
+def arms_plot(root: Path, a: dict) -> Path:
+    """Accuracy vs n_per_class, one line per arm, 95% CI error bars (or bars per arm when
+    nothing else is swept)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.plots import _save
+
+    m = a["metrics"][0]
+    npc = next((k for k in a["keys"] if k.endswith("n_per_class")), None)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, arm in enumerate(a["arms"]):
+        pts = []
+        for j, g in enumerate(a["groups"]):
+            v = g["arms"][m].get(arm)
+            if not v:
+                continue
+            x = float(g["group"][npc]) if npc else j
+            err = 0.0 if math.isnan(v["low"]) else v["mean"] - v["low"]
+            pts.append((x, v["mean"], err))
+        if not pts:
+            continue
+        pts.sort()
+        off = (i - len(a["arms"]) / 2) * 0.02  # small dodge so error bars do not overlap
+        xs = [p[0] * (1 + off) if npc else p[0] + off * 5 for p in pts]
+        ax.errorbar(
+            xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=arm
+        )
+    if npc:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("real images per class (n_per_class)")
+    else:
+        ax.set_xticks(
+            range(len(a["groups"])), [" ".join(g["group"].values()) or "all" for g in a["groups"]]
+        )
+    ax.set_ylabel(f"{m} (real test set)")
+    ax.set_title(f"{m} by arm: mean and 95% CI over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, root / "plot_arms.png")
 
 
 def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]) -> list[Path]:

@@ -12,7 +12,6 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from datamodules.synthetic import write_synthetic
-from lightning_modules.gan import ConditionalGAN
 from tasks.common import build_loggers, output_dir
 from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
@@ -32,16 +31,32 @@ def resolve_gan_checkpoint(path: str | None) -> Path:
     return p
 
 
-def load_gan(path: Path) -> ConditionalGAN:
+def load_gan(path: Path):
+    """The GAN module a checkpoint was written by (its class path is in the checkpoint), with its
+    weights and the provenance of its real training images."""
+    import hydra
+
     blob = safe_torch_load(path, "GAN checkpoint")
     hp = blob.get("hyper_parameters") if isinstance(blob, dict) else None
-    if not hp or "z_dim" not in hp or "state_dict" not in blob:
-        raise UserError(f"{path} is not a GAN checkpoint written by task=gan")
-    model = ConditionalGAN(**hp)
+    cls_path = blob.get("xfergan_class") if isinstance(blob, dict) else None
+    if not hp or not cls_path or "state_dict" not in blob:
+        raise UserError(
+            f"{path} is not a GAN checkpoint written by task=gan of this version (no class path "
+            "or provenance); re-run task=gan"
+        )
+    try:
+        cls = hydra.utils.get_class(cls_path)
+    except Exception as e:  # noqa: BLE001 - an import failure of the user's module
+        raise UserError(
+            f"GAN checkpoint {path} needs {cls_path}, which does not import ({e}); put its "
+            "module on PYTHONPATH"
+        ) from None
+    model = cls(**hp)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
         raise UserError(f"GAN checkpoint {path} does not fit its model: {str(e)[:200]}") from None
+    model.provenance = blob.get("xfergan_provenance")
     return model.eval()
 
 
@@ -65,9 +80,11 @@ def run(cfg: DictConfig) -> dict:
     for i in tqdm(
         range(0, len(labels), bs), desc=f"synthesizing {len(labels)} images", unit="batch"
     ):
-        x = model.sample(labels[i : i + bs], generator=gen)
+        x = model.sample(labels[i : i + bs], generator=gen, truncation=sc.truncation)
         chunks.append((x.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     images = torch.cat(chunks)
+    prov = dict(model.provenance or {})
+    real_uids = prov.pop("train_uids", None)
     meta = {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_sha256": sha256_file(ckpt),
@@ -76,8 +93,10 @@ def run(cfg: DictConfig) -> dict:
         "class_names": list(model.hparams.class_names or [str(i) for i in range(k)]),
         "classes": classes,
         "generator": "ema",
+        "truncation": sc.truncation,
+        "real_data": prov or None,  # the identity of the real images the GAN was trained on
     }
-    path = write_synthetic(out, images, labels, meta)
+    path = write_synthetic(out, images, labels, meta, real_uids=real_uids)
     preview = torch.cat([images[labels == c][:10] for c in classes]).float() / 255
     save_image(preview, out / "synthetic_preview.png", nrow=10)
     loggers = build_loggers(cfg, out, job_type="synthesize", tags=["synthetic"])

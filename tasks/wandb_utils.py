@@ -20,7 +20,7 @@ def make_wandb_logger(
     from tasks.common import resolved_config
 
     lc = cfg.logger
-    mode = lc.mode
+    mode = "offline" if lc.mode == "dryrun" else lc.mode  # wandb sets WANDB_MODE=dryrun itself
     settings = wandb.Settings(init_timeout=float(lc.init_timeout), silent=True)
     all_tags = [str(t) for t in list(lc.tags) + list(tags or []) if t]
     kwargs = dict(
@@ -40,14 +40,18 @@ def make_wandb_logger(
         return logger
     except Exception as e:  # noqa: BLE001 - any W&B failure must not cost the run
         if mode == "offline":
-            log.warning("W&B offline logging failed (%s); continuing without W&B", e)
+            log.warning(
+                "W&B could not start (%s); this run goes on without W&B (metrics.json and csv/ "
+                "still hold every number)",
+                reason(e),
+            )
             return None
         log.warning(
             "W&B %s could not start within %ss (%s); logging offline instead "
             "(`wandb sync %s/wandb` uploads later)",
             mode,
             lc.init_timeout,
-            str(e).splitlines()[0][:120],
+            reason(e),
             out,
         )
         try:
@@ -59,8 +63,14 @@ def make_wandb_logger(
             _ = logger.experiment
             return logger
         except Exception as e2:  # noqa: BLE001
-            log.warning("W&B offline fallback failed too (%s); continuing without W&B", e2)
+            log.warning("W&B offline fallback failed too (%s); continuing without W&B", reason(e2))
             return None
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def finish_wandb(failed: bool) -> None:

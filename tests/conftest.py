@@ -34,6 +34,40 @@ FAST = [
 ]
 
 
+GAN_FAST = [
+    "gan.generator.width=8",
+    "gan.generator.embed_dim=8",
+    "gan.discriminator.width=8",
+    "gan.z_dim=16",
+    "gan.image_size=28",
+    "gan.batch_size=20",
+]
+
+
+def small_gan(num_classes: int = 10, image_size: int = 28, channels: int = 1, **kw):
+    """The DCGAN module with tiny networks, built directly (unit tests)."""
+    from lightning_modules.gan import ConditionalGAN
+
+    return ConditionalGAN(
+        num_classes=num_classes,
+        channels=channels,
+        image_size=image_size,
+        z_dim=16,
+        generator={
+            "_target_": "lightning_modules.nets.gan_nets.Generator",
+            "width": 8,
+            "embed_dim": 8,
+        },
+        discriminator={
+            "_target_": "lightning_modules.nets.gan_nets.Discriminator",
+            "width": 8,
+            "spectral_norm": True,
+            "mbstd": True,
+        },
+        **kw,
+    )
+
+
 def compose(overrides: list[str], out: Path | None = None):
     """Compose the real config (as run.py would) with `paths.output_dir` in a temp dir."""
     from hydra import compose as hcompose

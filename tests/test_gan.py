@@ -5,29 +5,17 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.synthetic import load_synthetic
-from lightning_modules.gan import ConditionalGAN
 from lightning_modules.gan_metrics import FeatureNet, gan_quality
 from lightning_modules.nets.backbones import build_backbone
 from tasks import run_task
 from tasks.common import build_datamodule
 from tasks.gan import gan_datamodule
-from tests.conftest import FAST, compose
+from tests.conftest import FAST, GAN_FAST, compose, small_gan
 from xfergan.errors import UserError
-
-GAN_FAST = [
-    "gan.g_channels=8",
-    "gan.d_channels=8",
-    "gan.z_dim=16",
-    "gan.embed_dim=8",
-    "gan.image_size=28",
-    "gan.batch_size=20",
-]
 
 
 def test_gan_step_updates_both_generator_and_discriminator():
-    model = ConditionalGAN(
-        num_classes=10, image_size=28, channels=1, z_dim=16, g_channels=8, d_channels=8
-    )
+    model = small_gan(10, 28)
     g0 = [p.detach().clone() for p in model.G.parameters()]
     d0 = [p.detach().clone() for p in model.D.parameters()]
     e0 = [p.detach().clone() for p in model.ema.module.parameters()]
@@ -50,9 +38,7 @@ def test_gan_step_updates_both_generator_and_discriminator():
 
 @pytest.mark.parametrize("size", [28, 32, 64])
 def test_samples_shape_range_and_classes(size):
-    model = ConditionalGAN(
-        num_classes=3, image_size=size, channels=1, z_dim=16, g_channels=8, d_channels=8
-    )
+    model = small_gan(3, size)
     y = torch.tensor([0, 1, 2, 2])
     x = model.sample(y)
     assert x.shape == (4, 1, size, size)
@@ -131,7 +117,7 @@ def test_gan_synthesize_roundtrip_and_tamper_refused(tmp_path):
     assert manifest["checkpoint"].endswith("last.ckpt") and len(manifest["checkpoint_sha256"]) == 64
     split = load_synthetic(
         syn_out, num_classes=10, like=torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
-    )
+    ).split
     assert split.x.shape == (60, 1, 28, 28) and split.x.dtype == torch.uint8
     # the datamodule trains on it, and tests on real data
     cfg = compose(
@@ -167,8 +153,8 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
             "logger=default",
             "trainer.enable_progress_bar=false",
             "model.width=8",
-            "gan.g_channels=8",
-            "gan.d_channels=8",
+            "gan.generator.width=8",
+            "gan.discriminator.width=8",
             "gan.z_dim=16",
         ],
         out,
@@ -194,8 +180,8 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
 
 
 def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
-    """Stopped after 2 of 4 epochs and resumed: G, D, EMA and optimizer states end where an
-    uninterrupted 4-epoch run ends."""
+    """Stopped after 4 of 8 steps and resumed: G, D, EMA and optimizer states end where an
+    uninterrupted 8-step run ends."""
     args = (
         FAST
         + GAN_FAST
@@ -203,15 +189,15 @@ def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
             "task=gan",
             "dataset.n_per_class=4",
             "logger=none",
-            "gan.checkpoint_every_n_epochs=1",
+            "gan.checkpoint_every_n_steps=2",
             "gan.eval_n_per_class=8",
         ]
     )
     full = tmp_path / "full"
-    run_task(compose(args + ["gan.epochs=4"], full))
+    run_task(compose(args + ["gan.steps=8"], full))
     part = tmp_path / "part"
-    run_task(compose(args + ["gan.epochs=2"], part))
-    run_task(compose(args + ["gan.epochs=4", "resume=true"], part))
+    run_task(compose(args + ["gan.steps=4"], part))
+    run_task(compose(args + ["gan.steps=8", "resume=true"], part))
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] and int(b["state_dict"]["steps"]) == 8

@@ -170,8 +170,8 @@ def test_xray_gan_at_64px_synthesizes_the_rarer_class_for_mixed_training(tree, t
         + [
             "task=gan",
             "gan.image_size=64",
-            "gan.g_channels=8",
-            "gan.d_channels=8",
+            "gan.generator.width=8",
+            "gan.discriminator.width=8",
             "gan.batch_size=8",
         ],
         gan,

@@ -181,43 +181,77 @@ def test_ddp_on_two_cpu_processes_one_dir_one_metrics(tmp_path):
     assert m["status"] == "ok" and m["n_test"] == 10000
 
 
-def test_ddp_inside_a_multirun_makes_no_extra_dirs(tmp_path):
-    sweep = tmp_path / "sweep"
+def test_lightnings_called_launcher_function_is_the_one_replaced():
+    """pytorch_lightning's launcher calls its own imported copy of _hydra_subprocess_cmd: that is
+    the name that must be (and is) replaced."""
+    import lightning_fabric.strategies.launchers.subprocess_script as fab
+    import pytorch_lightning.strategies.launchers.subprocess_script as pls
+
+    from xfergan.ddp import child_command, patch_lightning_launcher
+
+    patch_lightning_launcher()
+    assert pls._hydra_subprocess_cmd is child_command
+    assert fab._hydra_subprocess_cmd is child_command
+
+
+def test_ddp_inside_a_multirun_runs_each_job_on_two_ranks_and_counts_each_image_once(tmp_path):
+    """A 2-job sweep with trainer=ddp (2 gloo processes) on an odd-sized test set (123 real
+    chest X-rays): every child runs exactly its job (RUN mode, no -m, no sweep list, the job's
+    seed); n_test is the set's size and every test metric equals a single-process evaluation of
+    the same checkpoint."""
+    from tests.test_integrity import _medmnist_npz
+
+    npz = _medmnist_npz(tmp_path / "odd.npz", n_test=123)
+    sweep, logs = tmp_path / "sweep", tmp_path / "logs"
     r = run_py(
         [
             "-m",
             *FAST,
+            "dataset=pneumoniamnist",
+            f"dataset.npz_path={npz}",
+            "dataset.image_size=28",
             "trainer=ddp",
             "trainer.accelerator=cpu",
-            "debug=smoke",
+            "trainer.max_epochs=1",
             "logger=none",
-            "dataset.n_per_class=10",
             "seed=0,1",
-            f"paths.log_dir={tmp_path}/logs",
+            f"paths.log_dir={logs}",
             f"hydra.sweep.dir={sweep}",
         ],
         timeout=400,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
-    assert not (tmp_path / "logs").exists(), "a DDP child started a run of its own"
-
-
-def test_parallel_jobs_get_distinct_device_slots(tmp_path):
-    """What a 2-GPU machine's parallel sweep does, on the CPU: two jobs at once take different
-    slots; a third waits for a free one."""
-    code = (
-        "import sys, time; from xfergan.devices import device_slot\n"
-        f"with device_slot(2, '{tmp_path}', poll_s=0.05) as s:\n"
-        "    print(s, flush=True); time.sleep(1.5)\n"
+    assert not logs.exists(), "a DDP child started a run of its own"
+    for job, seed in (("0", 0), ("1", 1)):
+        ranks = {
+            p.stem: json.loads(p.read_text()) for p in (sweep / job / "processes").glob("*.json")
+        }
+        assert set(ranks) == {"rank0", "rank1"}, ranks
+        child, parent = ranks["rank1"], ranks["rank0"]
+        assert parent["hydra_mode"] == "MULTIRUN" and child["hydra_mode"] == "RUN"
+        assert "-m" not in child["argv"] and "seed=0,1" not in child["argv"]
+        assert child["seed"] == parent["seed"] == seed and child["world_size"] == 2
+        m = json.loads((sweep / job / "metrics.json").read_text())
+        assert m["status"] == "ok" and m["n_test"] == 123 and m["seed"] == seed
+    ddp = json.loads((sweep / "0" / "metrics.json").read_text())
+    ev = tmp_path / "eval"
+    r = run_py(
+        [
+            "task=evaluate",
+            f"run={sweep / '0'}",
+            "logger=none",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={ev}",
+        ]
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    slots = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
-    assert sorted(slots[:2]) == [0, 1] or len(set(slots)) == 2
-    assert set(slots) == {0, 1}
+    assert r.returncode == 0, r.stderr[-2000:]
+    single = json.loads((ev / "metrics.json").read_text())
+    assert single["evaluated_checkpoint"] == ddp["tested_checkpoint"]
+    keys = [k for k in ddp if k.startswith("test/") and isinstance(ddp[k], float)]
+    assert {"test/acc", "test/auroc", "test/kappa", "test/loss", "test/majority_acc"} <= set(keys)
+    for k in keys:
+        assert single[k] == pytest.approx(ddp[k], abs=1e-6), k
 
 
 def test_gan_divergence_stops_with_a_clear_message(tmp_path):
@@ -228,14 +262,13 @@ def test_gan_divergence_stops_with_a_clear_message(tmp_path):
             "debug=smoke",
             "logger=none",
             "dataset.n_per_class=4",
-            "gan.max_steps=30",
-            "gan.epochs=30",
-            "gan.spectral_norm=false",
+            "gan.steps=30",
+            "gan.discriminator.spectral_norm=false",
             "gan.lr_d=1e30",
             "gan.lr_g=1e30",
             "gan.image_size=28",
-            "gan.g_channels=8",
-            "gan.d_channels=8",
+            "gan.generator.width=8",
+            "gan.discriminator.width=8",
             "gan.batch_size=20",
             f"hydra.run.dir={tmp_path}",
         ]
@@ -248,17 +281,10 @@ def test_gan_divergence_stops_with_a_clear_message(tmp_path):
 def test_collapsed_discriminator_is_detected():
     import torch
 
-    from lightning_modules.gan import ConditionalGAN, GANDivergedError
+    from lightning_modules.gan import GANDivergedError
+    from tests.conftest import small_gan
 
-    m = ConditionalGAN(
-        num_classes=2,
-        image_size=28,
-        channels=1,
-        z_dim=8,
-        g_channels=4,
-        d_channels=4,
-        divergence_patience=5,
-    )
+    m = small_gan(2, 28, divergence_patience=5)
     for _ in range(4):
         m._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
     with pytest.raises(GANDivergedError, match="discriminator loss stayed at ~0"):

@@ -59,7 +59,7 @@ def test_datamodule_test_set_is_official_10k():
     )
     dm.setup()
     assert dm.sizes()["n_train"] == 50 and dm.sizes()["n_test"] == 10000
-    x, y = next(iter(dm.test_dataloader()))
+    x, y, *_ = next(iter(dm.test_dataloader()))
     x = dm.preprocess(x)
     assert x.shape == (500, 3, 32, 32) and x.dtype == torch.float32
     # ImageNet normalization: black background maps to about -mean/std

@@ -30,6 +30,7 @@ class Task(_NamedEnum):
     inspect = "inspect"
     report = "report"
     evaluate = "evaluate"
+    pseudolabel = "pseudolabel"
 
 
 class BodyPart(_NamedEnum):
@@ -77,6 +78,11 @@ class DatasetConfig:
     source: str = "real"  # real | synthetic | mixed
     synthetic_path: str | None = None  # a synthetic.pt written by task=synthesize
     synthetic_ratio: float = 1.0  # mixed: fraction of the synthetic set added to the real one
+    # check: a synthetic set must come from a GAN trained on exactly this run's real training
+    # images and none of its val/test images; ignore: use it anyway (metrics.json says so)
+    synthetic_provenance: str = "check"
+    # mixed: fraction of every batch drawn from the synthetic part (null: in proportion to sizes)
+    mix_balance: float | None = None
 
 
 @dataclass
@@ -133,33 +139,67 @@ class ClassifierConfig:
 # ----------------------------------------------------------------------------- GAN
 @dataclass
 class GANConfig:
+    # the training procedure (a LightningModule); the two networks are config groups of their
+    # own (conf/gan/generator/, conf/gan/discriminator/): a user's G/D is a class plus a yaml,
+    # selected with gan/generator=<name>. The task passes num_classes, image_size, channels
+    # (and z_dim to G).
+    _target_: str = "lightning_modules.gan.ConditionalGAN"
+    generator: Any = MISSING
+    discriminator: Any = MISSING
     image_size: int = 32
     z_dim: int = 64
-    g_channels: int = 64
-    d_channels: int = 64
-    embed_dim: int = 32
     loss: str = "hinge"  # hinge | bce
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.99
     d_steps: int = 1
-    spectral_norm: bool = True
-    mbstd: bool = True  # minibatch-stddev layer in D against collapse inside a class
     diffaugment: str = "color,translation,cutout"  # "" disables
     label_smoothing: float = 0.0  # one-sided, bce loss only
     mode_seeking: float = 1.0  # weight of the mode-seeking term (0 = off): diversity within a class
     ema_decay: float = 0.999
     ema_start_step: int = 0
-    epochs: int = 3000
-    max_steps: int = -1
-    batch_size: int = 64
-    sample_every_n_epochs: int = 100
-    checkpoint_every_n_epochs: int = 100
     divergence_patience: int = 200  # steps of NaN/collapse before the run stops
+    # ---- training loop (tasks/gan.py), not module arguments
+    epochs: int = 3000  # passes over the real images; ignored when `steps` is set
+    # G+D steps: the budget in steps, so small subsets are not under-trained (rounded up to
+    # whole passes over the real images; metrics.json reports the steps run)
+    steps: int | None = None
+    batch_size: int = 64
+    sample_every_n_steps: int = 500
+    checkpoint_every_n_steps: int = 1000
     eval_n_per_class: int = 200  # samples per class for FID/KID/precision/recall at the end
     feature_ckpt: str | None = None  # classifier checkpoint whose penultimate layer is the feature
     knn_k: int = 3
+
+
+@dataclass
+class DCGANGeneratorConfig:
+    _target_: str = "lightning_modules.nets.gan_nets.Generator"
+    width: int = 64  # channels of the last block (x2 per block towards the input, at most x8)
+    embed_dim: int = 32  # class embedding concatenated to z
+
+
+@dataclass
+class DCGANDiscriminatorConfig:
+    _target_: str = "lightning_modules.nets.gan_nets.Discriminator"
+    width: int = 64
+    spectral_norm: bool = True
+    mbstd: bool = True  # minibatch-stddev layer against collapse inside a class
+
+
+# keys of GANConfig that are not arguments of the GAN module
+GAN_LOOP_KEYS = (
+    "_target_",
+    "epochs",
+    "steps",
+    "batch_size",
+    "sample_every_n_steps",
+    "checkpoint_every_n_steps",
+    "eval_n_per_class",
+    "feature_ckpt",
+    "knn_k",
+)
 
 
 @dataclass
@@ -168,7 +208,28 @@ class SynthesizeConfig:
     n_per_class: int = 3200
     classes: list[int] | None = None  # null = every class; e.g. [1] to add only the rarer class
     batch_size: int = 500
+    # sample z from a normal truncated to [-t, t] (fidelity for diversity); null = plain normal
     truncation: float | None = None
+
+
+@dataclass
+class DistillConfig:
+    """task=pseudolabel: a teacher classifier labels extra training images with its soft
+    predictions (knowledge distillation); classify then trains on real + these."""
+
+    teacher: str | None = None  # a finished task=classify run dir or checkpoint (several: a list)
+    source: str = (
+        "synthetic"  # synthetic: a GAN's set (dataset.synthetic_path) | real: augmented real
+    )
+    min_confidence: float = (
+        0.6  # synthetic: keep images the teacher puts in their class with p >= this
+    )
+    temperature: float = 1.0  # soften the teacher's probabilities
+    n_per_class: int | None = None  # real: augmented copies per class (null: as many as synthesize)
+    batch_size: int = 500
+    evaluate_teacher: bool = (
+        True  # report the teacher's own val/test accuracy (never used to choose)
+    )
 
 
 @dataclass
@@ -176,6 +237,12 @@ class PipelineConfig:
     arms: list[str] = field(default_factory=lambda: ["real", "synthetic", "mixed"])
     # per-arm dotted-key overrides for task=classify, e.g. {synthetic: {trainer.max_epochs: 3}}
     arm_overrides: dict[str, Any] = field(default_factory=dict)
+    # named variants of an arm: {mixed_25: {arm: mixed, overrides: {dataset.synthetic_ratio: 0.25}}}
+    variants: dict[str, Any] = field(default_factory=dict)
+    # the teacher arm's overrides of task=classify (its model, input size, schedule)
+    teacher_overrides: dict[str, Any] = field(default_factory=dict)
+    # the arms whose models label images for distill_real / distill_gan (mean probabilities)
+    teacher_ensemble: list[str] = field(default_factory=lambda: ["teacher"])
     # train a feature classifier on the full real set first, for FID/KID/precision/recall
     feature_net: bool = True
     feature_net_overrides: dict[str, Any] = field(default_factory=dict)
@@ -223,10 +290,22 @@ class LoggerConfig:
 
 @dataclass
 class CheckpointConfig:
-    monitor: str = "val/acc"  # falls back to the last epoch when there is no validation set
+    monitor: str = "val/acc"  # a val/ or train/ metric, never test/; no val set: the last epoch
     mode: str = "max"
     test: str = "best"  # best | last: which checkpoint task=classify tests
     every_n_epochs: int = 1
+
+
+@dataclass
+class SweepConfig:
+    # what run.py returns to a sweeper (Optuna): a train/ or val/ key of metrics.json, never test/
+    objective: str = "val/acc"
+
+
+@dataclass
+class EvaluateConfig:
+    # task=evaluate: tested (the checkpoint the run tested) | best | last | <path of a .ckpt>
+    checkpoint: str = "tested"
 
 
 @dataclass
@@ -247,18 +326,21 @@ class Config:
     resume: bool = False
     device_pool: bool = True  # multirun on a multi-GPU machine: each job gets a GPU of its own
     name: str = "default"  # experiment / sweep name: W&B group, report titles
+    arm: str | None = None  # set by task=pipeline on its stages: which arm a classifier is
     dir: str | None = None  # task=report: a run or multirun dir
     run: str | None = None  # task=evaluate: a finished run dir
     dataset: Any = MISSING
     model: ClassifierConfig = MISSING
     gan: GANConfig = field(default_factory=GANConfig)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:
@@ -269,6 +351,8 @@ def register_configs() -> None:
     cs.store(group="dataset", name="schema_mura", node=MuraConfig)
     cs.store(group="model", name="schema_classifier", node=ClassifierConfig)
     cs.store(group="gan", name="schema_gan", node=GANConfig)
+    cs.store(group="gan/generator", name="schema_dcgan", node=DCGANGeneratorConfig)
+    cs.store(group="gan/discriminator", name="schema_dcgan", node=DCGANDiscriminatorConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     cs.store(group="logger", name="schema_logger", node=LoggerConfig)
     cs.store(group="paths", name="schema_paths", node=PathsConfig)

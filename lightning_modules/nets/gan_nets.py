@@ -1,5 +1,10 @@
 """Conditional DCGAN generator and projection discriminator at any size 4·2^k or 7·2^k
-(28/32 px for MNIST, 64/128 px for X-rays), DCGAN weight init, optional spectral norm."""
+(28/32 px for MNIST, 64/128 px for X-rays), DCGAN weight init, optional spectral norm.
+
+The default entries of conf/gan (`gan.generator._target_`, `gan.discriminator._target_`). A user's
+own networks follow the same contract: G(num_classes, image_size, channels, z_dim, **yaml) maps
+(z [B, z_dim], y [B]) to images in [-1, 1]; D(num_classes, image_size, channels, **yaml) maps
+(x, y) to one logit per image. Their arguments come from the yaml: no defaults here."""
 
 from __future__ import annotations
 
@@ -57,11 +62,11 @@ class Generator(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        image_size: int = 32,
-        channels: int = 1,
-        z_dim: int = 64,
-        width: int = 64,
-        embed_dim: int = 32,
+        image_size: int,
+        channels: int,
+        z_dim: int,
+        width: int,
+        embed_dim: int,
     ):
         super().__init__()
         base, n_up = _plan(image_size)
@@ -117,11 +122,11 @@ class Discriminator(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        image_size: int = 32,
-        channels: int = 1,
-        width: int = 64,
-        spectral_norm: bool = True,
-        mbstd: bool = True,
+        image_size: int,
+        channels: int,
+        width: int,
+        spectral_norm: bool,
+        mbstd: bool,
     ):
         super().__init__()
         _, n_down = _plan(image_size)

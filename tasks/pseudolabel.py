@@ -1,0 +1,196 @@
+"""task=pseudolabel: a teacher classifier (or an ensemble: the mean of their probabilities) labels
+extra training images with its soft predictions -- knowledge from outside the few real labels
+(ImageNet pre-training, other architectures) turned into training targets.
+
+    distill.source=synthetic  a GAN's set (dataset.synthetic_path): keeps the images the teacher
+                              puts in the GAN's conditioning class with p >= distill.min_confidence
+    distill.source=real       augmented copies of the run's real training images: the control
+                              that needs no GAN
+
+Writes synthetic.pt (images, labels, soft labels, the real images' ids) + manifest.json like
+task=synthesize; task=classify uses it with dataset.source=mixed. metrics.json holds the kept
+fraction per class."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from datamodules.synthetic import load_synthetic, write_synthetic
+from lightning_modules.classifier import ClassifierModule
+from tasks.common import build_datamodule, output_dir
+from xfergan import transforms as T
+from xfergan.errors import UserError
+from xfergan.io import read_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def teacher_checkpoint(spec: str) -> Path:
+    """A finished task=classify run dir (its tested checkpoint) or a checkpoint file."""
+    p = Path(spec)
+    if p.is_dir():
+        m = read_json(p / "metrics.json") if (p / "metrics.json").is_file() else {}
+        c = m.get("tested_checkpoint")
+        if m.get("status") != "ok" or not c or not Path(c).is_file():
+            raise UserError(f"distill.teacher={spec}: not a finished task=classify run dir")
+        return Path(c)
+    if not p.is_file():
+        raise UserError(f"distill.teacher={spec} does not exist (a classify run dir or a .ckpt)")
+    return p
+
+
+def load_teachers(spec, num_classes: int) -> list[tuple[ClassifierModule, Path]]:
+    if not spec:
+        raise UserError("task=pseudolabel needs distill.teacher=<classify run dir or .ckpt>")
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out = []
+    for s in specs:
+        path = teacher_checkpoint(str(s))
+        model = ClassifierModule.load_safely(str(path))
+        if model.hparams.num_classes != num_classes:
+            raise UserError(
+                f"teacher {path} predicts {model.hparams.num_classes} classes but this dataset "
+                f"has {num_classes}: use a teacher trained on this dataset"
+            )
+        out.append((model, path))
+    return out
+
+
+@torch.no_grad()
+def teacher_probs(
+    teachers: list[ClassifierModule], x: torch.Tensor, batch_size: int, temperature: float
+) -> torch.Tensor:
+    """Mean tempered softmax of the teachers over uint8 images, each teacher with the input
+    preprocessing it was trained with (size, channels, normalization)."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    total = torch.zeros(len(x), teachers[0].hparams.num_classes)
+    for t in teachers:
+        t = t.to(dev).eval()
+        spec = t.hparams.input_spec or {}
+        size, ch = spec.get("image_size", x.shape[-1]), spec.get("channels", x.shape[1])
+        for i in tqdm(range(0, len(x), batch_size), desc="teacher", unit="batch", leave=False):
+            xb = T.resize(T.to_float(x[i : i + batch_size].to(dev)), size)
+            xb = T.normalize(T.set_channels(xb, ch), spec.get("normalize", "imagenet"))
+            total[i : i + batch_size] += (t(xb).float() / temperature).softmax(1).cpu()
+    return total / len(teachers)
+
+
+def augmented_copies(dm, n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n_per_class augmented copies per class of the real training images (cycling through each
+    class's images), with the dataset's augmentation settings, as uint8."""
+    real = dm.real_train
+    a = dict(dm.augment)
+    g = torch.Generator().manual_seed(seed + 4242)
+    xs, ys = [], []
+    for c in range(dm.num_classes):
+        idx = torch.nonzero(real.y.cpu() == c).flatten()
+        if not len(idx):
+            continue
+        pick = idx[torch.randperm(len(idx), generator=g).repeat(n_per_class // len(idx) + 1)]
+        xs.append(real.x.cpu()[pick[:n_per_class]])
+        ys.append(torch.full((n_per_class,), c, dtype=torch.long))
+    x, y = torch.cat(xs), torch.cat(ys)
+    torch.manual_seed(seed + 4243)
+    out = []
+    for i in range(0, len(x), 1000):
+        xf = T.to_float(x[i : i + 1000])
+        xf = T.random_affine(
+            xf,
+            rotation=a.get("rotation", 0.0),
+            translate=a.get("translate", 0.0),
+            scale_min=a.get("scale_min", 1.0),
+            scale_max=a.get("scale_max", 1.0),
+            hflip=a.get("hflip", False),
+            vflip=a.get("vflip", False),
+        )
+        out.append((xf.clamp(0, 1) * 255).round().to(torch.uint8))
+    return torch.cat(out), y
+
+
+def run(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    d = cfg.distill
+    if d.source not in ("synthetic", "real"):
+        raise UserError(f"distill.source={d.source!r}: use synthetic or real")
+    if not 0.0 < float(d.min_confidence) <= 1.0:
+        raise UserError(f"distill.min_confidence={d.min_confidence} must be in (0, 1]")
+    if float(d.temperature) <= 0:
+        raise UserError(f"distill.temperature={d.temperature} must be positive")
+    dm = build_datamodule(cfg, source="real")
+    dm.setup()
+    k = dm.num_classes
+    teachers = load_teachers(d.teacher, k)
+    prov = dm.provenance()
+    real_uids = dm.real_train.uid
+    if d.source == "synthetic":
+        if not cfg.dataset.synthetic_path:
+            raise UserError(
+                "distill.source=synthetic needs dataset.synthetic_path=<synthesize dir>"
+            )
+        s = load_synthetic(cfg.dataset.synthetic_path, k)
+        x, y = s.split.x, s.split.y
+        prov, real_uids = s.manifest.get("real_data"), s.real_uids
+        origin = {"synthetic_path": str(s.path), "synthetic_sha256": s.manifest.get("sha256")}
+    else:
+        n = int(d.n_per_class or cfg.synthesize.n_per_class)
+        x, y = augmented_copies(dm, n, int(cfg.seed))
+        origin = {"augmented_real": n}
+    models = [t for t, _ in teachers]
+    metrics: dict = {}
+    if d.evaluate_teacher:  # reported next to the arms; nothing is chosen with it
+        for split in ("val", "test"):
+            s_ = getattr(dm.splits, split)
+            if len(s_):
+                p = teacher_probs(models, s_.x, int(d.batch_size), 1.0)
+                metrics[f"teacher/{split}_acc"] = (p.argmax(1) == s_.y.cpu()).float().mean().item()
+    probs = teacher_probs(models, x, int(d.batch_size), float(d.temperature))
+    conf, pred = probs.max(1)
+    if d.source == "synthetic":
+        keep = (pred == y) & (probs.gather(1, y[:, None])[:, 0] >= float(d.min_confidence))
+    else:
+        keep = torch.ones(len(y), dtype=torch.bool)
+    metrics.update(
+        {
+            "distill/source": d.source,
+            "distill/n_candidates": len(y),
+            "distill/n_kept": int(keep.sum()),
+            "distill/teacher_agreement": (pred == y).float().mean().item(),
+            "distill/n_teachers": len(models),
+        }
+    )
+    fractions = []
+    for c, name in enumerate(dm.class_names):
+        m = y == c
+        f = keep[m].float().mean().item() if m.any() else 0.0
+        metrics[f"distill/kept_fraction_class_{name}"] = f
+        fractions.append(f)
+    metrics["distill/kept_fraction_min"] = min(fractions)
+    metrics["distill/kept_fraction_mean"] = sum(fractions) / len(fractions)
+    if not keep.any():
+        raise UserError(
+            f"the teacher kept no image at distill.min_confidence={d.min_confidence}; lower it"
+        )
+    for name, f in zip(dm.class_names, fractions):
+        if f == 0:
+            log.warning("class %s: the teacher kept none of its images", name)
+    meta = {
+        **origin,
+        "seed": int(cfg.seed),
+        "num_classes": k,
+        "class_names": dm.class_names,
+        "teachers": [{"checkpoint": str(p), "sha256": sha256_file(p)} for _, p in teachers],
+        "min_confidence": float(d.min_confidence),
+        "temperature": float(d.temperature),
+        "source": d.source,
+        "kept_fraction_per_class": fractions,
+        "real_data": prov,
+    }
+    path = write_synthetic(out, x[keep], y[keep], meta, real_uids=real_uids, soft=probs[keep])
+    log.info("wrote %s: %d of %d images kept", path, int(keep.sum()), len(y))
+    metrics["synthetic_path"] = str(path)
+    return metrics

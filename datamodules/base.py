@@ -144,7 +144,8 @@ class EpochSampler(torch.utils.data.Sampler):
     checkpoint continues exactly as the uninterrupted run would have.
 
     Under DDP (world > 1) each rank takes every world-th index of the same order, padded to equal
-    length (every rank must run the same number of steps)."""
+    length (every rank must run the same number of steps). `repeats` > 1 makes one epoch that many
+    passes (tiny sets under a step budget: fewer, longer epochs, less per-epoch overhead)."""
 
     def __init__(
         self,
@@ -153,27 +154,29 @@ class EpochSampler(torch.utils.data.Sampler):
         weights: torch.Tensor | None = None,
         rank: int = 0,
         world: int = 1,
+        repeats: int = 1,
     ):
         self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.repeats = rank, world, max(1, int(repeats))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world)
+        return math.ceil(self.n * self.repeats / self.world)
 
     def __iter__(self):
         s = self.seed * 1_000_003 + self.epoch
         pl.seed_everything((s + 7919 * self.rank) % (2**32), workers=True, verbose=False)
         g = torch.Generator().manual_seed(s)
+        m = self.n * self.repeats
         if self.weights is None:
-            order = torch.randperm(self.n, generator=g)
+            order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
         else:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            order = torch.multinomial(self.weights, m, replacement=True, generator=g)
         if self.world > 1:
             total = len(self) * self.world
-            order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world]
+            order = torch.cat([order, order[: total - m]])[self.rank :: self.world]
         return iter(order.tolist())
 
 
@@ -253,6 +256,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.real_train: Split | None = None
         self.synthetic_train: Split | None = None
         self.synthetic_info: dict[str, Any] = {}  # provenance check results (metrics.json)
+        self.train_repeats = 1  # passes over the training set per epoch (see plan_epochs)
 
     # ------------------------------------------------------------------ to implement
     def load(self) -> Splits:
@@ -303,6 +307,8 @@ class ImageDataModule(pl.LightningDataModule):
                 self.synthetic_path, num_classes=len(splits.class_names), like=splits.train.x
             )
             self.synthetic_info = check_provenance(loaded, self, splits)
+            for k, v in (loaded.manifest.get("gan_quality") or {}).items():
+                self.synthetic_info["synthetic_" + k.replace("/", "_")] = v  # synthetic_gan_fid
             syn = loaded.split
             if self.synthetic_ratio < 1.0:
                 keep = []
@@ -352,6 +358,22 @@ class ImageDataModule(pl.LightningDataModule):
             setattr(s, name, getattr(s, name).to(dev))
         log.info("dataset %s: on %s (%d MB)", self.name, dev, total >> 20)
 
+    def plan_epochs(
+        self, steps: int, world: int = 1, limit_batches: int | None = None, target: int = 50
+    ) -> int:
+        """For a budget of `steps` optimizer steps: an epoch becomes about `target` steps (several
+        passes over a tiny set: less per-epoch overhead), and the budget is rounded up to whole
+        epochs, so checkpoints fall on epoch ends and a resumed run continues exactly. The epoch's
+        length depends on the data and batch size only, never on the budget."""
+        self._ensure_loaded()
+        n = math.ceil(len(self.splits.train) / world)
+        per_pass = max(1, math.ceil(n / self.batch_size))
+        self.train_repeats = max(1, target // per_pass)
+        bpe = math.ceil(n * self.train_repeats / self.batch_size)
+        if limit_batches:
+            bpe = min(bpe, int(limit_batches))
+        return math.ceil(steps / bpe)
+
     def sizes(self) -> dict[str, Any]:
         self._ensure_loaded()
         s = self.splits
@@ -398,7 +420,9 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: Split, train: bool) -> DataLoader:
         rank, world = self._rank_world()
         if train:
-            sampler = EpochSampler(len(split), self.seed, self._train_weights(split), rank, world)
+            sampler = EpochSampler(
+                len(split), self.seed, self._train_weights(split), rank, world, self.train_repeats
+            )
         else:
             sampler = ShardSampler(len(split), rank, world)
         on_cpu = split.x.device.type == "cpu"

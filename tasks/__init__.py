@@ -15,10 +15,11 @@ import traceback
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, open_dict
 
+from tasks import tracking
 from tasks.common import is_global_zero, output_dir, write_metrics
-from tasks.wandb_utils import finish_wandb
 from xfergan.devices import device_slot, visible_gpus
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_text
@@ -35,6 +36,7 @@ TASKS = {
     "report": "tasks.report",
     "evaluate": "tasks.evaluate",
     "pseudolabel": "tasks.pseudolabel",
+    "dashboard": "tasks.dashboard",
 }
 
 
@@ -78,8 +80,13 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     task = enum_name(cfg.task)
     out = output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    # CPU: flush denormal floats to zero. Tiny GAN weights and gradients otherwise turn into
+    # denormals that make CPU arithmetic ~100x slower mid-training (no effect on GPUs).
+    torch.set_flush_denormal(True)
     t0 = time.time()
     failed = True
+    payload: dict[str, Any] | None = None
+    tracking.start_job()
     zero = is_global_zero()  # only rank zero writes files (DDP children write none)
     pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)
     if zero:
@@ -94,14 +101,15 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
                 log.info("sweep job pinned to GPU %d", slot)
             metrics = module.run(cfg)
         failed = False
-        return write_metrics(out, metrics, cfg, status="ok", wall_s=round(time.time() - t0, 2))
+        payload = write_metrics(out, metrics, cfg, status="ok", wall_s=round(time.time() - t0, 2))
+        return payload
     except BaseException as e:
         kind = "error" if isinstance(e, UserError) else type(e).__name__
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         try:
             if zero:
                 atomic_write_text(out / "error.txt", traceback.format_exc())
-            write_metrics(
+            payload = write_metrics(
                 out,
                 {},
                 cfg,
@@ -113,6 +121,6 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
             log.exception("could not record the failure in %s", out)
         raise
     finally:
-        finish_wandb(failed=failed)
+        tracking.finish_job(payload, failed, out)
         if zero:
             pid_file.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from tasks.common import (
     build_trainer,
     output_dir,
     scalar_metrics,
+    world_size,
     write_problems,
 )
 from xfergan.errors import UserError
@@ -89,38 +90,33 @@ def resume_path(cfg: DictConfig, out: Path) -> str | None:
 
 
 def step_budget(cfg: DictConfig, dm) -> dict:
-    """trainer.max_steps > 0 (a budget that does not depend on the training set's size: arms on
-    80 or 10,000 images get the same number of steps) runs whole epochs: max_steps is rounded up
-    to whole passes, so checkpoints fall on epoch ends and resumed runs continue exactly."""
+    """trainer.max_steps > 0: a budget that does not depend on the training set's size (arms on
+    80 or 10,000 images get the same number of steps), run as whole epochs of about 50 steps
+    (dm.plan_epochs): checkpoints fall on epoch ends and resumed runs continue exactly."""
     steps = cfg.trainer.max_steps
     if not steps or steps <= 0:
         return {}
-    import math
-
-    world = 1
-    tc = cfg.trainer
-    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
-        world = int(tc.devices) * int(tc.num_nodes)
-    limit = tc.limit_train_batches
-    n = math.ceil(math.ceil(len(dm.splits.train) / world) / dm.batch_size)
-    if isinstance(limit, int) and limit > 0:
-        n = min(n, limit)
-    epochs = math.ceil(int(steps) / max(1, n))
+    limit = cfg.trainer.limit_train_batches
+    limit = limit if isinstance(limit, int) and limit > 0 else None
+    epochs = dm.plan_epochs(int(steps), world_size(cfg), limit)
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None}
 
 
 def run(cfg: DictConfig) -> dict:
+    from tasks.tracking import update_axes
+
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
+    loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
     dm.setup()
     write_problems(out, dm)
     sizes = dm.sizes()
     if dm.problems:
         sizes["n_skipped"] = len(dm.problems)
+    update_axes(loggers, cfg, sizes)
     model = build_classifier(cfg, dm)
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)
-    loggers = build_loggers(cfg, out)
     ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
     callbacks = [ckpt]
     if loggers:

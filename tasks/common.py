@@ -81,8 +81,15 @@ class ProcessRecord(pl.Callback):
 
 # ----------------------------------------------------------------------------- loggers
 def build_loggers(
-    cfg: DictConfig, out: Path, job_type: str | None = None, tags: list[str] | None = None
+    cfg: DictConfig,
+    out: Path,
+    job_type: str | None = None,
+    tags: list[str] | None = None,
+    sizes: dict | None = None,
 ) -> list:
+    """CSV, W&B and MLflow as configured, each with the logging contract of tasks/tracking.py
+    (`sizes`: the loaded data's sizes, for the n_train_* axes). A tracker that cannot start
+    warns in one line and the run goes on: metrics.json always holds every number."""
     lc = cfg.logger
     loggers: list = []
     if lc.csv:
@@ -90,13 +97,27 @@ def build_loggers(
     if lc.wandb and lc.mode != "disabled":
         from tasks.wandb_utils import make_wandb_logger
 
-        wb = make_wandb_logger(cfg, out, job_type=job_type, tags=tags)
+        wb = make_wandb_logger(cfg, out, job_type=job_type, tags=tags, sizes=sizes)
         if wb is not None:
             loggers.append(wb)
+    if lc.mlflow:
+        from tasks.mlflow_utils import make_mlflow_logger
+
+        ml = make_mlflow_logger(cfg, out, job_type=job_type, tags=tags, sizes=sizes)
+        if ml is not None:
+            loggers.append(ml)
     return loggers
 
 
 # ----------------------------------------------------------------------------- trainer
+def world_size(cfg: DictConfig) -> int:
+    """Processes a DDP run will have (1 otherwise), known before the Trainer exists."""
+    tc = cfg.trainer
+    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
+        return int(tc.devices) * int(tc.num_nodes)
+    return 1
+
+
 def build_trainer(
     cfg: DictConfig, out: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:

@@ -1,6 +1,6 @@
 """task=gan: train the conditional GAN on exactly the few-shot subset the classifier sees (same
 datamodule, same sampling code, same seed), save checkpoints, log a fixed-noise sample grid (one
-row per class) every N epochs, and measure quality offline (FID/KID/precision/recall/memorization)."""
+row per class) every N steps, and measure quality offline (FID/KID/precision/recall/memorization)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torchvision.utils import save_image
 
 from lightning_modules.gan import GANDivergedError
-from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir
+from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir, world_size
 from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
 from xfergan.schema import GAN_LOOP_KEYS
@@ -65,15 +65,6 @@ class SampleGrid(pl.Callback):
             (self.dir.parent / "samples_final.png").write_bytes(p.read_bytes())
 
 
-def batches_per_epoch(cfg: DictConfig, n_train: int) -> int:
-    """G+D steps per pass over the real images, per process (DDP shards the images)."""
-    tc = cfg.trainer
-    world = 1
-    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
-        world = int(tc.devices) * int(tc.num_nodes)
-    return max(1, math.ceil(math.ceil(n_train / world) / int(cfg.gan.batch_size)))
-
-
 def build_gan(cfg: DictConfig, dm):
     """The configured GAN module (`gan._target_`) for this datamodule's classes and channels."""
     import hydra
@@ -97,12 +88,20 @@ def run(cfg: DictConfig) -> dict:
     dm.setup()
     model = build_gan(cfg, dm)
     model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
-    loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"])
+    loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"], sizes=dm.sizes())
     # The budget runs in whole passes over the real images (a step budget is rounded up to
     # whole epochs), and checkpoints are taken at epoch ends: a resumed run then continues
     # exactly as the uninterrupted one (Lightning's mid-epoch restore replays batches wrongly).
-    bpe = batches_per_epoch(cfg, len(dm.splits.train))
-    epochs = math.ceil(int(cfg.gan.steps) / bpe) if cfg.gan.steps else int(cfg.gan.epochs)
+    limit = cfg.trainer.limit_train_batches  # debug=smoke: 2 batches per epoch
+    limit = limit if isinstance(limit, int) and limit > 0 else None
+    if cfg.gan.steps:
+        epochs = dm.plan_epochs(int(cfg.gan.steps), world_size(cfg), limit)
+    else:
+        epochs = int(cfg.gan.epochs)
+    bpe = math.ceil(
+        math.ceil(len(dm.splits.train) / world_size(cfg)) * dm.train_repeats / dm.batch_size
+    )
+    bpe = min(bpe, limit) if limit else bpe
     ckpt = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
         filename="gan-{epoch:05d}",
@@ -121,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
         limit_val_batches=0,
         check_val_every_n_epoch=1,
         num_sanity_val_steps=0,
-        limit_train_batches=None,
+        limit_train_batches=limit,
         gradient_clip_val=None,
     )
     last = out / "checkpoints" / "last.ckpt"

@@ -477,6 +477,86 @@ def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]
     return out
 
 
+def log_to_trackers(cfg: DictConfig, root: Path) -> None:
+    """A report run (job_type=report): the aggregate as a wandb.Table, bar chart of the arms,
+    and the report's PNGs."""
+    if not cfg.logger.wandb or cfg.logger.mode == "disabled":
+        return
+    from tasks.common import build_loggers, output_dir
+    from tasks.wandb_utils import _wandb_run
+
+    loggers = build_loggers(cfg, output_dir(cfg), job_type="report", tags=["report"])
+    run = _wandb_run(loggers)
+    if run is None:
+        return
+    import wandb
+
+    rep = json.loads((root / "report.json").read_text())
+    keys = rep["keys"]
+    cols = keys + ["n", "metric", "mean", "std"]
+    rows = [
+        [r["group"].get(k) for k in keys] + [r["n"], m, v[0], v[1]]
+        for r in rep["rows"]
+        for m, v in r["metrics"].items()
+    ]
+    run.log({"report/aggregate": wandb.Table(columns=cols, data=rows)})
+    arms = rep.get("arms") or {}
+    if arms:
+        m = arms["metrics"][0]
+        arow = [
+            [
+                " ".join(str(v) for v in g["group"].values()) or "all",
+                a,
+                s["mean"],
+                s["low"],
+                s["high"],
+                s["n"],
+            ]
+            for g in arms["groups"]
+            for a, s in g["arms"][m].items()
+        ]
+        t = wandb.Table(columns=["group", "arm", "mean", "low", "high", "n"], data=arow)
+        run.log(
+            {
+                "report/arms": t,
+                "report/arms_bar": wandb.plot.bar(t, "arm", "mean", title=f"{m} by arm"),
+            }
+        )
+        prow = [
+            [
+                " ".join(str(v) for v in g["group"].values()) or "all",
+                d["metric"],
+                f"{d['arm']} - {d['baseline']}",
+                d["mean"],
+                d["low"],
+                d["high"],
+                d["p"],
+                d["verdict"],
+            ]
+            for g in arms["groups"]
+            for d in g["paired"]
+        ]
+        run.log(
+            {
+                "report/paired": wandb.Table(
+                    columns=[
+                        "group",
+                        "metric",
+                        "comparison",
+                        "mean",
+                        "low",
+                        "high",
+                        "p",
+                        "verdict",
+                    ],
+                    data=prow,
+                )
+            }
+        )
+    for png in sorted(root.glob("plot_*.png")):
+        run.log({f"report/{png.stem}": wandb.Image(str(png))})
+
+
 def run(cfg: DictConfig) -> dict:
     if not cfg.dir:
         raise UserError("task=report needs dir=<a run or multirun dir>")
@@ -488,5 +568,6 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"no metrics.json below {root}: nothing to report")
     res = write_report(root, runs, missing)
     print((root / "report.md").read_text())
+    log_to_trackers(cfg, root)
     log.info("wrote %s/report.md, report.csv and %d plots", root, res["report/plots"])
     return res

@@ -60,6 +60,17 @@ def load_gan(path: Path):
     return model.eval()
 
 
+def gan_quality(ckpt: Path) -> dict:
+    """The GAN run's quality numbers (FID/KID/precision/recall/memorization), when its
+    metrics.json is beside the checkpoint: classifiers trained on these images report them."""
+    from xfergan.io import read_json
+
+    m = ckpt.parent.parent / "metrics.json"
+    if not m.is_file():
+        return {}
+    return {k: v for k, v in read_json(m).items() if k.startswith("gan/") and isinstance(v, float)}
+
+
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     sc = cfg.synthesize
@@ -95,6 +106,7 @@ def run(cfg: DictConfig) -> dict:
         "generator": "ema",
         "truncation": sc.truncation,
         "real_data": prov or None,  # the identity of the real images the GAN was trained on
+        "gan_quality": gan_quality(ckpt),
     }
     path = write_synthetic(out, images, labels, meta, real_uids=real_uids)
     preview = torch.cat([images[labels == c][:10] for c in classes]).float() / 255

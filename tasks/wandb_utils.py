@@ -1,5 +1,7 @@
-"""W&B through Lightning's WandbLogger: offline by default, resolved config, group/job_type/tags
-from config, bounded wait when online, always finished (failed runs marked failed)."""
+"""W&B through Lightning's WandbLogger, with the logging contract of tasks/tracking.py: offline
+by default, run name from the comparison axes, resolved config plus flat axis keys, group =
+experiment, job_type = stage, best-value summaries for val/*, bounded wait when online, always
+finished with every scalar of metrics.json in the summary (failed runs marked failed)."""
 
 from __future__ import annotations
 
@@ -12,31 +14,38 @@ log = logging.getLogger(__name__)
 
 
 def make_wandb_logger(
-    cfg: DictConfig, out: Path, job_type: str | None = None, tags: list[str] | None = None
+    cfg: DictConfig,
+    out: Path,
+    job_type: str | None = None,
+    tags: list[str] | None = None,
+    sizes: dict | None = None,
 ):
     import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     from tasks.common import resolved_config
+    from tasks.tracking import axes, register, run_name
+    from tasks.tracking import tags as contract_tags
 
     lc = cfg.logger
     mode = "offline" if lc.mode == "dryrun" else lc.mode  # wandb sets WANDB_MODE=dryrun itself
     settings = wandb.Settings(init_timeout=float(lc.init_timeout), silent=True)
-    all_tags = [str(t) for t in list(lc.tags) + list(tags or []) if t]
     kwargs = dict(
         project=lc.project,
         entity=lc.entity,
         save_dir=str(out),
+        name=run_name(cfg, job_type),
         group=lc.group,
         job_type=job_type or lc.job_type,
-        tags=sorted(set(all_tags)),
-        config=resolved_config(cfg),
+        tags=contract_tags(cfg, tags),
+        config={**resolved_config(cfg), **axes(cfg, sizes)},
         settings=settings,
         reinit="finish_previous",
     )
     try:
         logger = WandbLogger(offline=mode == "offline", mode=mode, **kwargs)
-        _ = logger.experiment  # start now, so a network failure shows up here, bounded
+        define_best(logger.experiment)  # starts the run now: a network failure shows, bounded
+        register("wandb", logger)
         return logger
     except Exception as e:  # noqa: BLE001 - any W&B failure must not cost the run
         if mode == "offline":
@@ -60,7 +69,8 @@ def make_wandb_logger(
             if _w.run is not None:
                 _w.finish(exit_code=1)
             logger = WandbLogger(offline=True, mode="offline", **kwargs)
-            _ = logger.experiment
+            define_best(logger.experiment)
+            register("wandb", logger)
             return logger
         except Exception as e2:  # noqa: BLE001
             log.warning("W&B offline fallback failed too (%s); continuing without W&B", reason(e2))
@@ -73,14 +83,41 @@ def reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
-def finish_wandb(failed: bool) -> None:
-    """Finish the current W&B run, if any, so a multirun never merges runs."""
+def define_best(run) -> None:
+    """val/* metrics summarize to their best value (max; min for losses), not the last one."""
+    from tasks.tracking import VAL_BEST
+
+    if not hasattr(run, "define_metric"):  # a DDP child's dummy experiment
+        return
+    for key, how in VAL_BEST.items():
+        run.define_metric(key, summary=how)
+
+
+def finish_wandb(failed: bool, summary: dict | None = None) -> None:
+    """Write the job's metrics.json scalars into the run summary (same keys; a val/ key keeps
+    its best value and gets the tested checkpoint's as `tested`), then finish the run, so a
+    multirun never merges runs."""
     try:
         import wandb
     except ImportError:
         return
-    if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+    run = wandb.run
+    if run is None:
+        return
+    try:
+        from tasks.tracking import VAL_BEST
+
+        for k, v in (summary or {}).items():
+            if k in VAL_BEST and isinstance(v, (int, float)):
+                if k in run.summary and hasattr(run.summary[k], "keys"):
+                    run.summary[k]["tested"] = v
+                else:
+                    run.summary[k] = {VAL_BEST[k]: v, "tested": v}
+            else:
+                run.summary[k] = v
+    except Exception as e:  # noqa: BLE001 - the summary must never cost the run
+        log.warning("W&B summary not written (%s)", reason(e))
+    wandb.finish(exit_code=1 if failed else 0)
 
 
 def log_image(loggers: list, key: str, path: Path, caption: str = "", step: int | None = None):

@@ -180,8 +180,8 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
 
 
 def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
-    """Stopped after 4 of 8 steps and resumed: G, D, EMA and optimizer states end where an
-    uninterrupted 8-step run ends."""
+    """Stopped after 2 of 4 epochs and resumed: G, D, EMA and optimizer states end where an
+    uninterrupted 4-epoch run ends."""
     args = (
         FAST
         + GAN_FAST
@@ -194,12 +194,24 @@ def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
         ]
     )
     full = tmp_path / "full"
-    run_task(compose(args + ["gan.steps=8"], full))
+    run_task(compose(args + ["gan.epochs=4"], full))
     part = tmp_path / "part"
-    run_task(compose(args + ["gan.steps=4"], part))
-    run_task(compose(args + ["gan.steps=8", "resume=true"], part))
+    run_task(compose(args + ["gan.epochs=2"], part))
+    run_task(compose(args + ["gan.epochs=4", "resume=true"], part))
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] and int(b["state_dict"]["steps"]) == 8
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
+
+
+def test_a_step_budget_runs_whole_epochs_whose_length_ignores_the_budget(tmp_path):
+    """gan.steps / trainer.max_steps: ~50-step epochs (several passes over a tiny set), the same
+    epochs whatever the budget (so a resumed run with a larger budget continues exactly)."""
+    cfg = compose(FAST + ["dataset.n_per_class=4", "dataset.batch_size=20"], tmp_path)
+    dm = build_datamodule(cfg)
+    assert dm.plan_epochs(120) == 3 and dm.train_repeats == 25  # 40 images: 2 batches a pass
+    assert dm.plan_epochs(7) == 1 and dm.train_repeats == 25
+    assert len(dm.train_dataloader()) == 50
+    big = build_datamodule(compose(FAST + ["dataset.batch_size=20"], tmp_path))
+    assert big.plan_epochs(5000) == 2 and big.train_repeats == 1  # 59,000 images: one pass

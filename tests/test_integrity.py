@@ -444,11 +444,15 @@ def test_minibatch_std_appends_the_batch_spread():
 
     same = torch.ones(8, 2, 4, 4)
     out = MinibatchStd(group=4)(same)
-    assert out.shape == (8, 3, 4, 4) and out[:, 2].abs().max() == 0  # identical: no spread
+    assert out.shape == (8, 3, 4, 4) and out[:, 2].max() == pytest.approx(1e-4)  # sqrt(eps)
     x = torch.zeros(4, 1, 2, 2)
     x[0] = 2.0  # group of 4 values 2,0,0,0 per pixel: population sd = sqrt(.75)
     out = MinibatchStd(group=4)(x)
     assert out[:, 1].flatten().tolist() == pytest.approx([math.sqrt(0.75)] * 16)
+    out.sum().backward() if x.requires_grad else None
+    xs = torch.ones(4, 1, 2, 2, requires_grad=True)
+    MinibatchStd(group=4)(xs).sum().backward()  # no spread: a finite gradient (std's is NaN)
+    assert torch.isfinite(xs.grad).all()
 
 
 def test_device_slots_third_job_really_waits(tmp_path):

@@ -31,6 +31,7 @@ class Task(_NamedEnum):
     report = "report"
     evaluate = "evaluate"
     pseudolabel = "pseudolabel"
+    dashboard = "dashboard"
 
 
 class BodyPart(_NamedEnum):
@@ -285,7 +286,11 @@ class LoggerConfig:
     group: str | None = None
     job_type: str | None = None
     tags: list[str] = field(default_factory=list)
-    init_timeout: float = 30.0  # seconds to wait for W&B online before falling back to offline
+    init_timeout: float = 30.0  # seconds to wait for W&B online / MLflow before going on without
+    mlflow: bool = False  # MLflow (pip install -e ".[mlflow]"): a self-hosted tracker
+    # MLflow tracking URI (http://host:5000, file:..., sqlite:...); null: $MLFLOW_TRACKING_URI,
+    # else a file store in outputs/mlruns
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -329,6 +334,7 @@ class Config:
     arm: str | None = None  # set by task=pipeline on its stages: which arm a classifier is
     dir: str | None = None  # task=report: a run or multirun dir
     run: str | None = None  # task=evaluate: a finished run dir
+    group: str | None = None  # task=dashboard: the experiment (W&B group) to build it for
     dataset: Any = MISSING
     model: ClassifierConfig = MISSING
     gan: GANConfig = field(default_factory=GANConfig)

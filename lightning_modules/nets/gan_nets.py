@@ -110,7 +110,9 @@ class MinibatchStd(nn.Module):
         g = min(self.group, b)
         while b % g:
             g -= 1
-        s = x.view(g, -1, c, h, w).std(dim=0, unbiased=False).mean(dim=(1, 2, 3))  # [b/g]
+        y = x.view(g, -1, c, h, w)
+        y = y - y.mean(dim=0)  # as StyleGAN: mean/square/sqrt, +eps (a finite gradient at 0)
+        s = (y.square().mean(dim=0) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [b/g]
         s = s.view(-1, 1, 1, 1).repeat(g, 1, h, w)
         return torch.cat([x, s], dim=1)
 

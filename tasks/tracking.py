@@ -1,0 +1,149 @@
+"""The logging contract every tracker gets (W&B, MLflow, and any logger that takes it):
+
+- run name `{task}[-{arm}]-{dataset}[-{body_part}]-{source}-n{n_per_class}-s{seed}[-j{job}]`,
+  group = experiment (`name`), job_type = stage (classify, gan, synthesize, pseudolabel, report)
+- flat top-level config keys for the comparison axes (AXES) next to the nested resolved config;
+  `n_train_real` / `n_train_synthetic` are added once the data is loaded
+- at the end of the job the run summary holds every scalar of metrics.json (same keys), `status`
+  included, also for failed runs; `val/*` keep their best value (max for accuracy/AUROC/kappa,
+  min for loss) and get the tested checkpoint's value as `tested`.
+
+Loggers a task builds are registered on a per-job stack, so `finish_job` closes exactly the ones
+this job (or pipeline stage) opened."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from xfergan.schema import enum_name
+
+log = logging.getLogger(__name__)
+
+AXES = (
+    "source",
+    "n_per_class",
+    "synthetic_ratio",
+    "n_train_real",
+    "n_train_synthetic",
+    "seed",
+    "body_part",
+    "arm",
+)
+# best value of a val/ metric in the summary: min for losses, max for the rest
+VAL_BEST = {
+    "val/acc": "max",
+    "val/balanced_acc": "max",
+    "val/auroc": "max",
+    "val/kappa": "max",
+    "val/f1": "max",
+    "val/loss": "min",
+}
+
+_stack: list[list[tuple[str, Any]]] = []
+
+
+def job_number() -> int | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return hc.job.num if hc.mode.name == "MULTIRUN" else None
+    except ValueError:
+        return None
+
+
+def run_name(cfg: DictConfig, job_type: str | None = None) -> str:
+    task = job_type or enum_name(cfg.task)
+    parts = [str(task)]
+    if cfg.get("arm"):
+        parts.append(str(cfg.arm))
+    parts.append(str(cfg.dataset.name))
+    bp = enum_name(cfg.body_part)
+    if "body_part" in cfg.dataset and bp != "all":
+        parts.append(str(bp))
+    n = cfg.dataset.n_per_class
+    parts += [str(cfg.dataset.source), f"n{n if n is not None else 'all'}", f"s{cfg.seed}"]
+    job = job_number()
+    if job is not None:
+        parts.append(f"j{job}")
+    return "-".join(parts)
+
+
+def axes(cfg: DictConfig, sizes: dict | None = None) -> dict[str, Any]:
+    """The comparison axes as flat top-level config keys."""
+    out = {
+        "source": str(cfg.dataset.source),
+        "n_per_class": cfg.dataset.n_per_class,
+        "synthetic_ratio": float(cfg.dataset.synthetic_ratio)
+        if cfg.dataset.source == "mixed"
+        else (1.0 if cfg.dataset.source == "synthetic" else 0.0),
+        "seed": int(cfg.seed),
+        "body_part": str(enum_name(cfg.body_part)),
+        "arm": cfg.get("arm"),
+    }
+    for k in ("n_train_real", "n_train_synthetic"):
+        if sizes and k in sizes:
+            out[k] = sizes[k]
+    return out
+
+
+def tags(cfg: DictConfig, extra: list[str] | None = None) -> list[str]:
+    base = [str(t) for t in list(cfg.logger.tags) + list(extra or []) if t]
+    if cfg.get("arm"):
+        base.append(f"arm:{cfg.arm}")
+    return sorted(set(base))
+
+
+# ----------------------------------------------------------------------------- job stack
+def start_job() -> None:
+    _stack.append([])
+
+
+def register(kind: str, logger: Any) -> None:
+    if _stack:
+        _stack[-1].append((kind, logger))
+
+
+def update_axes(loggers: list, cfg: DictConfig, sizes: dict) -> None:
+    """Once the data is loaded: n_train_real / n_train_synthetic join the flat config."""
+    extra = {k: v for k, v in axes(cfg, sizes).items() if k.startswith("n_train")}
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
+
+    for lg in loggers:
+        try:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.config.update(extra, allow_val_change=True)
+            elif isinstance(lg, MLFlowLogger):
+                lg.log_hyperparams({k: str(v) for k, v in extra.items()})
+        except Exception as e:  # noqa: BLE001 - a tracker never costs the run
+            log.warning("could not record %s in %s: %s", extra, type(lg).__name__, e)
+
+
+def scalars(payload: dict) -> dict[str, Any]:
+    """What a run summary holds: every number and string of metrics.json (no lists/dicts)."""
+    return {
+        k: v
+        for k, v in payload.items()
+        if isinstance(v, (int, float, str, bool)) and not k.startswith("_")
+    }
+
+
+def finish_job(payload: dict | None, failed: bool, out: Path | None = None) -> None:
+    """Write the job's summary to every logger it opened, attach its files, close them."""
+    opened = _stack.pop() if _stack else []
+    summary = scalars(payload or {})
+    for kind, lg in opened:
+        try:
+            if kind == "mlflow":
+                from tasks.mlflow_utils import finish_mlflow
+
+                finish_mlflow(lg, summary, failed, out)
+        except Exception as e:  # noqa: BLE001
+            log.warning("%s: could not write the run summary (%s)", kind, e)
+    from tasks.wandb_utils import finish_wandb
+
+    finish_wandb(failed=failed, summary=summary)

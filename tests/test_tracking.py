@@ -1,0 +1,123 @@
+"""A self-hosted tracker: a real `mlflow server` (sqlite backend, temporary dir) on 127.0.0.1,
+real and synthetic smoke classifications logged to it, read back grouped by source."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tasks import run_task
+from tests.conftest import FAST, GAN_FAST, compose
+
+mlflow = pytest.importorskip("mlflow")
+
+SMOKE = FAST + ["debug=smoke", "dataset.n_per_class=4", "seed=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    proc = subprocess.Popen(
+        [
+            exe,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--default-artifact-root",
+            str(tmp / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "server.log", "w"),  # noqa: SIM115 - closed with the process
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90  # bounded wait for the server
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp / "server.log").read_text()[-2000:]
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not answer within 90 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_real_and_synthetic_runs_compare_by_source_in_mlflow(mlflow_server, tmp_path):
+    gan, syn = tmp_path / "gan", tmp_path / "syn"
+    run_task(compose(SMOKE + GAN_FAST + ["task=gan", "logger=none"], gan))
+    run_task(
+        compose(SMOKE + ["task=synthesize", f"synthesize.checkpoint={gan}", "logger=none"], syn)
+    )
+    log = ["logger=mlflow", f"logger.tracking_uri={mlflow_server}", "name=mlflow_test"]
+    real = run_task(compose(SMOKE + log, tmp_path / "real"))
+    synth = run_task(
+        compose(
+            SMOKE + log + ["dataset.source=synthetic", f"dataset.synthetic_path={syn}"],
+            tmp_path / "synth",
+        )
+    )
+    mlflow.set_tracking_uri(mlflow_server)
+    df = mlflow.search_runs(experiment_names=["mlflow_test"])
+    assert len(df) == 2
+    by_source = {row["params.source"]: row for _, row in df.iterrows()}
+    assert set(by_source) == {"real", "synthetic"}
+    assert by_source["real"]["metrics.test/acc"] == pytest.approx(real["test/acc"])
+    assert by_source["synthetic"]["metrics.test/acc"] == pytest.approx(synth["test/acc"])
+    assert by_source["synthetic"]["params.n_train_synthetic"] == str(synth["n_train_synthetic"])
+    assert by_source["real"]["tags.status"] == "ok" and by_source["real"]["status"] == "FINISHED"
+    assert by_source["real"]["tags.mlflow.runName"] == "classify-mnist-real-n4-s0"
+    mean = df.groupby("params.source")["metrics.test/acc"].mean()
+    assert set(mean.index) == {"real", "synthetic"}
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    files = {a.path for a in client.list_artifacts(by_source["real"]["run_id"])}
+    assert {"metrics.json", "confusion_matrix.png"} <= files
+
+
+def test_unreachable_mlflow_costs_one_warning_line_not_the_run(tmp_path, caplog):
+    t0 = time.time()
+    with caplog.at_level("WARNING"):
+        m = run_task(
+            compose(
+                SMOKE
+                + [
+                    "logger=mlflow",
+                    "logger.tracking_uri=http://127.0.0.1:9",
+                    "logger.init_timeout=5",
+                ],
+                tmp_path,
+            )
+        )
+    assert m["status"] == "ok" and time.time() - t0 < 60
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow:")]
+    assert len(said) == 1 and "does not answer" in said[0]
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == m["test/acc"]

@@ -1,10 +1,17 @@
-"""Framework overhead, measured as ratios: in ONE process on ONE device, the same work timed twice
--- a plain PyTorch loop written here, and the project's path (Trainer + our LightningModule + our
-DataModule). Prints a table and writes JSON.
+"""What users run, timed against its plain-PyTorch equivalent in the same process: the project
+side is built with the very functions the tasks use (build_datamodule, build_classifier,
+build_gan, build_trainer from a composed Hydra config); the plain side is a hand-written loop over
+the same tensors and the same model math. Prints ratios (ours / plain) and writes JSON.
 
-    python benchmarks/bench.py                      # CPU, small sizes
-    python benchmarks/bench.py --preset gpu         # real sizes (ResNet50 224 px bf16, ...)
-    python benchmarks/bench.py --cases classifier --backbones mobilenet_v2 --size 64 --batch 64
+    python benchmarks/bench.py                          # CPU sizes
+    python benchmarks/bench.py --preset gpu             # real sizes (ResNet50 224 px bf16, ...)
+    python benchmarks/bench.py --save                   # also benchmarks/results/<date>_<device>.json
+    python benchmarks/bench.py --cases gan --steps 200  # one case
+
+Cases: classifier training step (MobileNetV2, ResNet50) on real MNIST; the conditional GAN's
+G+D step on real MNIST (experiment=paper_table3's GAN); MURA input on a generated MURA-layout
+tree through MURADataModule: the first epoch (decoding every PNG into the cache) vs a PIL
+DataLoader that decodes, and later epochs (read from the cache) vs the same PIL DataLoader.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from datamodules.base import ImageDataModule, Split, Splits  # noqa: E402
-from lightning_modules.classifier import ClassifierModule  # noqa: E402
-from lightning_modules.gan import ConditionalGAN  # noqa: E402
+from tasks.classify import build_classifier  # noqa: E402
+from tasks.common import build_datamodule, build_trainer  # noqa: E402
+from tasks.gan import build_gan, gan_datamodule  # noqa: E402
 
 
 def device() -> torch.device:
@@ -38,20 +48,22 @@ def sync():
         torch.cuda.synchronize()
 
 
-class RandomImages(ImageDataModule):
-    """Our datamodule over random uint8 images (the same code path as MNIST/MURA)."""
+def compose(overrides: list[str], out: Path):
+    """The config run.py would build (same conf/, same schemas)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    def __init__(self, n: int, size: int, channels: int, num_classes: int, **kw):
-        super().__init__(name="random", root="", image_size=size, channels=channels, **kw)
-        g = torch.Generator().manual_seed(0)
-        self._x = torch.randint(0, 255, (n, channels, size, size), dtype=torch.uint8, generator=g)
-        self._y = torch.randint(0, num_classes, (n,), generator=g)
-        self._k = num_classes
+    from xfergan.schema import register_configs
 
-    def load(self) -> Splits:
-        s = Split(self._x, self._y)
-        e = Split(self._x[:0], self._y[:0])
-        return Splits(s, e, e, [str(i) for i in range(self._k)])
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hcompose(
+            config_name="config",
+            overrides=overrides
+            + [f"paths.output_dir={out}", "logger=none", "trainer.enable_progress_bar=false"],
+        )
 
 
 class StepTimer(pl.Callback):
@@ -61,7 +73,7 @@ class StepTimer(pl.Callback):
         self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.t0 is None and self._count(trainer) >= self.warmup:
+        if self.t0 is None and trainer.fit_loop.epoch_loop.total_batch_idx >= self.warmup:
             sync()
             self.t0 = time.perf_counter()
 
@@ -70,10 +82,6 @@ class StepTimer(pl.Callback):
             self.n += 1
             sync()
             self.t1 = time.perf_counter()
-
-    @staticmethod
-    def _count(trainer):
-        return trainer.fit_loop.epoch_loop.total_batch_idx
 
 
 def timed(step, steps: int, warmup: int) -> float:
@@ -88,75 +96,66 @@ def timed(step, steps: int, warmup: int) -> float:
     return time.perf_counter() - t0
 
 
-def trainer(max_steps: int, precision: str, callbacks) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=max_steps,
+def _fit_overrides(steps: int) -> dict:
+    return dict(
+        max_steps=steps,
         max_epochs=-1,
-        accelerator="auto",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=callbacks,
-        benchmark=torch.cuda.is_available(),
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        logger=False,
     )
 
 
-def bench_classifier(
-    backbone: str,
-    size: int,
-    batch: int,
-    steps: int,
-    warmup: int,
-    precision: str,
-    channels_last: bool,
-    compile_: bool,
-) -> dict:
-    dev = device()
-    n = batch * (steps + warmup)
-    kw = dict(
-        backbone=backbone,
-        num_classes=10,
-        init="scratch",
-        channels_last=channels_last,
-        compile=compile_,
-        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
-        scheduler={"name": "none"},
-    )
-    # plain loop: same model, same uint8 tensors, same preprocessing, hand-written step
-    dm = RandomImages(n, size, 3, 10, batch_size=batch, normalize="imagenet")
+# ----------------------------------------------------------------------------- classifier
+def bench_classifier(backbone, size, batch, steps, warmup, gpu, tmp: Path) -> dict:
+    n_per_class = max(4, -(-batch * (steps + warmup + 2) // 10))
+    over = [
+        f"model.backbone={backbone}",
+        "model.init=scratch",
+        f"dataset.n_per_class={n_per_class}",
+        "dataset.val_per_class=1",
+        f"dataset.image_size={size}",
+        f"dataset.batch_size={batch}",
+        "dataset.augment.enabled=true",
+        "dataset.augment.rotation=10",
+        "model.scheduler.name=none",
+    ]
+    if gpu:
+        over += ["trainer=gpu", "model.channels_last=true"]
+    else:
+        over += ["trainer.accelerator=cpu"]
+    cfg = compose(over, tmp / f"clf_{backbone}")
+    # ours: exactly the task's path
+    dm = build_datamodule(cfg)
     dm.setup()
+    model = build_classifier(cfg, dm)
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
+    trainer.fit(model, datamodule=dm)
+    ours = batch * timer.n / (timer.t1 - timer.t0)
+    # plain: the same tensors on the device, the same model and preprocessing, a hand loop
+    dev = device()
     x_all, y_all = dm.splits.train.x.to(dev), dm.splits.train.y.to(dev)
-    model = ClassifierModule(**kw).to(dev)
-    net = model.net
-    if compile_:
-        net.compile()
+    net = build_classifier(cfg, dm).net.to(dev)
+    mf = torch.channels_last if gpu else torch.contiguous_format
+    net = net.to(memory_format=mf)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    amp = precision.startswith("bf16")
-    mf = torch.channels_last if channels_last else torch.contiguous_format
+    n = len(y_all)
 
     def step():
         idx = torch.randint(0, n, (batch,), device=dev)
-        x = dm.preprocess(x_all[idx]).contiguous(memory_format=mf)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        x = dm.preprocess(x_all[idx], train=True).contiguous(memory_format=mf)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
             loss = torch.nn.functional.cross_entropy(net(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     plain = batch * steps / timed(step, steps, warmup)
-    # our path
-    dm2 = RandomImages(n, size, 3, 10, batch_size=batch, normalize="imagenet")
-    model = ClassifierModule(**kw)
-    timer = StepTimer(warmup)
-    trainer(steps + warmup, precision, [timer]).fit(model, datamodule=dm2)
-    ours = batch * timer.n / (timer.t1 - timer.t0)
     return {
-        "case": f"classifier {backbone} {size}px bs{batch}",
+        "case": f"classifier step {backbone} {size}px bs{batch}"
+        + (" bf16 channels_last" if gpu else ""),
         "unit": "img/s",
         "plain": plain,
         "ours": ours,
@@ -164,42 +163,44 @@ def bench_classifier(
     }
 
 
-def bench_gan(size: int, batch: int, steps: int, warmup: int, width: int) -> dict:
+# ----------------------------------------------------------------------------- GAN
+def bench_gan(batch, steps, warmup, width, gpu, tmp: Path) -> dict:
+    over = [
+        "experiment=paper_table3",
+        "task=gan",
+        f"gan.batch_size={batch}",
+        f"gan.generator.width={width}",
+        f"gan.discriminator.width={width}",
+        "dataset.n_per_class=32",
+        f"gan.steps={steps + warmup}",
+    ]
+    over += ["trainer=gpu", "trainer.precision=32-true"] if gpu else ["trainer.accelerator=cpu"]
+    cfg = compose(over, tmp / "gan")
+    torch.set_flush_denormal(True)  # as run_task does
+    dm = gan_datamodule(cfg)
+    dm.setup()
+    model = build_gan(cfg, dm)
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(2 * (steps + warmup)))
+    trainer.fit(model, datamodule=dm)
+    ours = timer.n / (timer.t1 - timer.t0)
     dev = device()
-    n = batch * 10
-    kw = dict(
-        num_classes=10, image_size=size, channels=1, z_dim=64, g_channels=width, d_channels=width
-    )
-    model = ConditionalGAN(**kw).to(dev)
-    opt_g, opt_d = model.configure_optimizers()
-    x_all = torch.rand(n, 1, size, size, device=dev) * 2 - 1
-    y_all = torch.randint(0, 10, (n,), device=dev)
+    plain_model = build_gan(cfg, dm).to(dev)
+    opt_g, opt_d = plain_model.configure_optimizers()
+    x_all = dm.preprocess(dm.splits.train.x.to(dev))  # [-1, 1], as the loop sees it
+    y_all = dm.splits.train.y.to(dev)
+    n = len(y_all)
 
     def step():
         idx = torch.randint(0, n, (batch,), device=dev)
-        x, y = x_all[idx], y_all[idx]
-        with torch.no_grad():
-            fake = model.G(model._z(batch), y)
-        ld = model._d_loss(model.D(model._aug(x), y), model.D(model._aug(fake), y))
-        opt_d.zero_grad(set_to_none=True)
-        ld.backward()
-        opt_d.step()
-        yg = y[torch.randperm(batch, device=dev)]
-        lg = model._g_loss(model.D(model._aug(model.G(model._z(batch), yg)), yg))
-        opt_g.zero_grad(set_to_none=True)
-        lg.backward()
-        opt_g.step()
-        model.ema.update_parameters(model.G)
-        float(ld)  # the Lightning path checks losses for divergence every step too
+        ld, lg = plain_model.gan_step(
+            x_all[idx], y_all[idx], opt_g, opt_d, lambda loss: loss.backward()
+        )
+        float(ld), float(lg)  # the Lightning loop checks the losses every step too
 
     plain = steps / timed(step, steps, warmup)
-    dm = RandomImages(n, size, 1, 10, batch_size=batch, normalize="half")
-    model = ConditionalGAN(**kw)
-    timer = StepTimer(warmup)
-    trainer((steps + warmup) * 2, "32-true", [timer]).fit(model, datamodule=dm)
-    ours = timer.n / (timer.t1 - timer.t0)
     return {
-        "case": f"GAN step (G+D) {size}px bs{batch} width{width}",
+        "case": f"GAN step (D+G, EMA) 28px bs{batch} width{width}",
         "unit": "steps/s",
         "plain": plain,
         "ours": ours,
@@ -207,46 +208,146 @@ def bench_gan(size: int, batch: int, steps: int, warmup: int, width: int) -> dic
     }
 
 
-def bench_mura(n_images: int, size: int, batch: int) -> dict:
-    """Reading MURA from our decoded cache vs decoding PNGs with PIL on the fly (one core)."""
+# ----------------------------------------------------------------------------- MURA input
+def _mura_tree(root: Path, n: int) -> None:
+    """n generated radiograph-sized PNGs in the MURA-v1.1 layout, with its CSVs."""
     import numpy as np
     from PIL import Image
 
-    from datamodules.mura import Row, decode_image, load_or_build_cache
-
-    tmp = Path(tempfile.mkdtemp(prefix="xfergan-bench-"))
-    rows = []
+    base = root / "MURA-v1.1"
     rng = np.random.default_rng(0)
-    for i in range(n_images):
-        p = f"MURA-v1.1/train/XR_WRIST/patient{i:05d}/study1_negative/image1.png"
-        (tmp / p).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (512, 420), dtype=np.uint8), "L").save(tmp / p)
-        rows.append(Row(p, "train", "wrist", f"patient{i:05d}", p.rsplit("/", 1)[0] + "/", 0))
-    t0 = time.perf_counter()
-    for r in rows:
-        decode_image(str(tmp / r.path), size)
-    pil = n_images / (time.perf_counter() - t0)
-    load_or_build_cache(tmp, rows, size, tmp / "cache", 0, "bench")  # build once
-    x, _ = load_or_build_cache(tmp, rows, size, tmp / "cache", 0, "bench")
-    dm = RandomImages(1, size, 1, 2, batch_size=batch)  # only for its preprocess
-    dm.augment = {"enabled": True, "rotation": 30, "hflip": True}
+    for split, count in (("train", n), ("valid", max(8, n // 10))):
+        rows, st = [], []
+        for i in range(count):
+            study = f"MURA-v1.1/{split}/XR_WRIST/patient{i:05d}/study1_{'positive' if i % 2 else 'negative'}/"
+            p = study + "image1.png"
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            a = rng.integers(0, 255, (512, 420), dtype=np.uint8)
+            Image.fromarray(a, "L").save(root / p, compress_level=1)
+            rows.append(p)
+            st.append((study, i % 2))
+        (base / f"{split}_image_paths.csv").write_text("\n".join(rows) + "\n")
+        (base / f"{split}_labeled_studies.csv").write_text(
+            "\n".join(f"{s},{lab}" for s, lab in st) + "\n"
+        )
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """The plain equivalent of the decode: PIL open, grayscale, resize (aspect kept), pad."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            im = im.convert("L")
+            w, h = im.size
+            s = self.size / max(w, h)
+            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+            out = np.zeros((self.size, self.size), dtype=np.uint8)
+            out[: im.size[1], : im.size[0]] = np.asarray(im)
+        return torch.from_numpy(out)[None], 0
+
+
+def bench_mura(n_images: int, size: int, batch: int, tmp: Path) -> list[dict]:
+    data = tmp / "mura_data"
+    _mura_tree(data / "mura", n_images)
+    workers = os.cpu_count() or 1
+    over = [
+        "dataset=mura",
+        "body_part=wrist",
+        f"dataset.image_size={size}",
+        f"dataset.batch_size={batch}",
+        f"dataset.decode_workers={workers}",
+        "dataset.val_fraction=0.0",
+        f"paths.data_dir={data}",
+        f"paths.cache_dir={tmp / 'cache'}",
+    ]
     dev = device()
-    xd = x.to(dev)
-    t0 = time.perf_counter()
-    seen = 0
-    for _ in range(3):
-        for i in range(0, len(xd), batch):
-            dm.preprocess(xd[i : i + batch], train=True)
-            seen += len(xd[i : i + batch])
-    sync()
-    cache = seen / (time.perf_counter() - t0)
-    return {
-        "case": f"MURA input {size}px ({n_images} PNGs): cache+augment vs PIL decode (1 core)",
-        "unit": "img/s",
-        "plain": pil,
-        "ours": cache,
-        "ratio": cache / pil,
+
+    def epoch(dm):
+        n = 0
+        for b in dm.train_dataloader():
+            x = dm.preprocess(b.x.to(dev), train=True)
+            n += len(x)
+        sync()
+        return n
+
+    def ours_epoch():
+        cfg = compose(over, tmp / "mura_run")
+        t0 = time.perf_counter()
+        dm = build_datamodule(cfg)
+        dm.setup()
+        n = epoch(dm)
+        return n / (time.perf_counter() - t0), dm
+
+    def plain_epoch(dm):
+        files = sorted((data / "mura" / "MURA-v1.1" / "train").rglob("*.png"))
+        loader = torch.utils.data.DataLoader(
+            _PILImages(files, size), batch_size=batch, shuffle=True, num_workers=workers
+        )
+        t0 = time.perf_counter()
+        n = 0
+        for x, _ in loader:
+            dm.preprocess(x.to(dev), train=True)
+            n += len(x)
+        sync()
+        return n / (time.perf_counter() - t0)
+
+    first, dm = ours_epoch()  # decodes every PNG into the cache
+    later, dm = ours_epoch()  # a later run or epoch: read from the cache
+    plain = plain_epoch(dm)
+    return [
+        {
+            "case": f"MURA input {size}px, first epoch (decode into the cache), {workers} workers",
+            "unit": "img/s",
+            "plain": plain,
+            "ours": first,
+            "ratio": first / plain,
+        },
+        {
+            "case": f"MURA input {size}px, later epochs (from the cache) vs PIL decode",
+            "unit": "img/s",
+            "plain": plain,
+            "ours": later,
+            "ratio": later / plain,
+        },
+    ]
+
+
+# ----------------------------------------------------------------------------- main
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
     }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main():
@@ -261,35 +362,56 @@ def main():
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--mura-images", type=int, default=None)
     ap.add_argument("--out", default=None, help="JSON file for the results")
+    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/*.json")
     a = ap.parse_args()
     gpu = a.preset == "gpu"
-    backbones = (a.backbones or "resnet50,mobilenet_v2").split(",")
+    backbones = (a.backbones or "mobilenet_v2,resnet50").split(",")
     size = a.size or (224 if gpu else 64)
     batch = a.batch or (256 if gpu else 32)
     steps = a.steps or (50 if gpu else 12)
-    precision = "bf16-mixed" if gpu else "32-true"
     torch.backends.cudnn.benchmark = gpu
-    results = []
+    os.environ.setdefault("DATA_DIR", str(ROOT.parent / "shared" / "data"))
     cases = a.cases.split(",")
-    if "classifier" in cases:
-        for b in backbones:
-            results.append(bench_classifier(b, size, batch, steps, 3, precision, gpu, False))
-    if "gan" in cases:
-        results.append(bench_gan(28, 64, steps * (10 if gpu else 4), 5, 64 if gpu else 32))
-    if "mura" in cases:
-        results.append(bench_mura(2000 if gpu else 200, 224, 256 if gpu else 64))
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
-    print(f"\ndevice: {dev}, torch {torch.__version__}, preset {a.preset}")
-    print(f"{'case':70s} {'plain':>10s} {'ours':>10s} {'ratio':>7s}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="xfergan-bench-") as t:
+        tmp = Path(t)
+        if "classifier" in cases:
+            for b in backbones:
+                results.append(bench_classifier(b, size, batch, steps, 3, gpu, tmp))
+        if "gan" in cases:
+            results.append(
+                bench_gan(
+                    64 if gpu else 32, steps * (10 if gpu else 8), 5, 64 if gpu else 16, gpu, tmp
+                )
+            )
+        if "mura" in cases:
+            results += bench_mura(
+                a.mura_images or (2000 if gpu else 160), 224, 256 if gpu else 32, tmp
+            )
+    payload = {
+        "command": "python " + " ".join(sys.argv),
+        "commit": commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "preset": a.preset,
+        "results": results,
+    }
+    dev = payload["machine"].get("gpu") or f"CPU x{os.cpu_count()}"
+    print(f"\ndevice: {dev}, torch {torch.__version__}, preset {a.preset}, commit {commit()[:10]}")
+    print(f"{'case':78s} {'plain':>9s} {'ours':>9s} {'ratio':>6s}")
     for r in results:
-        print(
-            f"{r['case']:70s} {r['plain']:10.1f} {r['ours']:10.1f} {r['ratio']:7.2f}  {r['unit']}"
-        )
-    payload = {"device": dev, "torch": torch.__version__, "preset": a.preset, "results": results}
+        print(f"{r['case']:78s} {r['plain']:9.1f} {r['ours']:9.1f} {r['ratio']:6.2f}  {r['unit']}")
+    text = json.dumps(payload, indent=2) + "\n"
     if a.out:
-        Path(a.out).write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload))
+        Path(a.out).write_text(text)
+    if a.save:
+        slug = "".join(c if c.isalnum() else "-" for c in dev).strip("-").lower()
+        p = ROOT / "benchmarks" / "results" / f"{payload['date'][:10]}_{slug}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        print(f"wrote {p}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ class ClassifierModule(pl.LightningModule):
                 for s in ("train", "val", "test")
             }
         )
-        self.test_outputs: dict[str, list[torch.Tensor]] = {}
+        # per-image outputs of the last val / test pass (probabilities, labels, groups)
+        self.outputs: dict[str, dict[str, list[torch.Tensor]]] = {"val": {}, "test": {}}
 
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -137,11 +138,12 @@ class ClassifierModule(pl.LightningModule):
         metrics.update(probs, y, loss.detach().float(), len(y))
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        if stage == "test":
-            self.test_outputs["probs"].append(probs.cpu())
-            self.test_outputs["labels"].append(y.cpu())
+        if stage in self.outputs:
+            o = self.outputs[stage]
+            o["probs"].append(probs.cpu())
+            o["labels"].append(y.cpu())
             if batch.group is not None:
-                self.test_outputs["groups"].append(batch.group.cpu())
+                o["groups"].append(batch.group.cpu())
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -157,7 +159,10 @@ class ClassifierModule(pl.LightningModule):
         return self(batch.x).float().softmax(dim=1)
 
     def on_test_epoch_start(self) -> None:
-        self.test_outputs = {"probs": [], "labels": [], "groups": []}
+        self.outputs["test"] = {"probs": [], "labels": [], "groups": []}
+
+    def on_validation_epoch_start(self) -> None:
+        self.outputs["val"] = {"probs": [], "labels": [], "groups": []}
 
     def _epoch_end(self, stage: str) -> None:
         m = self.stage_metrics[f"{stage}_metrics"]
@@ -174,16 +179,23 @@ class ClassifierModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
+        self._gather("val")
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+        self._gather("test")
+
+    def _gather(self, stage: str) -> None:
         if self.trainer.world_size > 1:  # DDP: every rank saw a shard; gather all predictions
-            for k, v in self.test_outputs.items():
+            for k, v in self.outputs[stage].items():
                 if v:
-                    self.test_outputs[k] = [gather_shards(self, torch.cat(v))]
+                    self.outputs[stage][k] = [gather_shards(self, torch.cat(v))]
+
+    def collected_outputs(self, stage: str) -> dict[str, torch.Tensor]:
+        return {k: torch.cat(v) for k, v in self.outputs[stage].items() if v}
 
     def collected_test_outputs(self) -> dict[str, torch.Tensor]:
-        return {k: torch.cat(v) for k, v in self.test_outputs.items() if v}
+        return self.collected_outputs("test")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

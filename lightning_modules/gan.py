@@ -1,6 +1,6 @@
-"""Conditional GAN with manual optimization (Lightning's GAN pattern): toggled optimizers,
-`manual_backward`, hinge or BCE-with-logits loss, DiffAugment, EMA generator through
-`torch.optim.swa_utils.AveragedModel`, divergence detection."""
+"""Conditional GAN with manual optimization (Lightning's GAN pattern): `manual_backward`, one
+network's weights frozen while the other steps, hinge or BCE-with-logits loss, DiffAugment, EMA
+generator through `torch.optim.swa_utils.AveragedModel`, divergence detection."""
 
 from __future__ import annotations
 
@@ -196,21 +196,20 @@ class ConditionalGAN(pl.LightningModule):
         return torch.randn(n, self.hparams.z_dim, device=self.device)
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1]
-        opt_g, opt_d = self.optimizers()
+    def gan_step(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole update for one batch: `d_steps` D steps, one G step, the EMA. Shared by the
+        Lightning loop (training_step) and the plain loop of benchmarks/bench.py."""
         n = len(y)
+        self.G.requires_grad_(False)  # D step: no weight gradients for G
         for _ in range(self.hparams.d_steps):
-            self.toggle_optimizer(opt_d)
             with torch.no_grad():
                 fake = self.G(self._z(n), y)
             loss_d = self._d_loss(self.D(self._aug(x), y), self.D(self._aug(fake), y))
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
+            backward(loss_d)
             opt_d.step()
-            self.untoggle_optimizer(opt_d)
-
-        self.toggle_optimizer(opt_g)
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)  # G step: gradients flow through D, D's weights stay
         y_g = y[torch.randperm(n, device=y.device)]
         if self.hparams.mode_seeking > 0 and n >= 4:
             # pairs (z1, y), (z2, y) in one batch: mode seeking (Mao et al. 2019) rewards G for
@@ -226,22 +225,26 @@ class ConditionalGAN(pl.LightningModule):
         else:
             loss_g = self._g_loss(self.D(self._aug(self.G(self._z(n), y_g)), y_g))
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
+        backward(loss_g)
         opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
+        self.D.requires_grad_(True)
         self.steps += 1
         if int(self.steps) >= self.hparams.ema_start_step:
             self.ema.update_parameters(self.G)
         else:
             self.ema.module.load_state_dict(self.G.state_dict())
+        return loss_d, loss_g
+
+    def training_step(self, batch, batch_idx):
+        opt_g, opt_d = self.optimizers()
+        loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
         self._check_divergence(loss_d.detach(), loss_g.detach())
         self.log_dict(
             {"gan/loss_d": loss_d, "gan/loss_g": loss_g},
             prog_bar=True,
             on_step=True,
             on_epoch=False,
-            batch_size=n,
+            batch_size=len(batch[1]),
         )
 
     def _check_divergence(self, loss_d: torch.Tensor, loss_g: torch.Tensor) -> None:

@@ -100,3 +100,30 @@ def max_class_share(target: torch.Tensor, num_classes: int) -> float:
     """Share of a split's own most frequent class (a property of that split, not a baseline)."""
     counts = torch.bincount(target.cpu(), minlength=num_classes)
     return (counts.max().float() / counts.sum().clamp(min=1)).item()
+
+
+def balanced_acc_threshold(p1: torch.Tensor, target: torch.Tensor) -> float:
+    """The threshold on P(class 1) that maximizes balanced accuracy on these (validation)
+    predictions; ties go to the one nearest 0.5."""
+    p1, target = p1.double().cpu(), target.cpu()
+    cands = torch.unique(torch.cat([p1, torch.tensor([0.5], dtype=torch.float64)]))
+    pos, neg = (target == 1), (target == 0)
+    if not pos.any() or not neg.any():
+        return 0.5
+    best, best_t = -1.0, 0.5
+    for t in cands.tolist():
+        pred = p1 >= t
+        bal = 0.5 * ((pred & pos).sum() / pos.sum() + (~pred & neg).sum() / neg.sum()).item()
+        if bal > best + 1e-12 or (abs(bal - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
+            best, best_t = bal, t
+    return float(best_t)
+
+
+def at_threshold(p1: torch.Tensor, t: float) -> torch.Tensor:
+    """A monotone map of P(class 1) that puts threshold t at 0.5: argmax-based metrics then
+    decide at t, and rank-based ones (AUROC) do not change."""
+    p1 = p1.double()
+    t = min(max(t, 1e-9), 1 - 1e-9)
+    eps = 1e-6  # p == t is called positive (p >= t), as when the threshold was chosen
+    upper = 0.5 + eps + (p1 - t) / (2 * (1 - t)) * (1 - 2 * eps)
+    return torch.where(p1 < t, p1 / (2 * t) * (1 - 2 * eps), upper).float()

@@ -37,6 +37,7 @@ TASKS = {
     "evaluate": "tasks.evaluate",
     "pseudolabel": "tasks.pseudolabel",
     "dashboard": "tasks.dashboard",
+    "predict": "tasks.predict",
 }
 
 
@@ -63,10 +64,14 @@ def _pool_size(cfg: DictConfig) -> int:
 def check_selection(cfg: DictConfig) -> None:
     """No test label in any choice: what picks a checkpoint or a hyper-parameter is a train/ or
     val/ number."""
-    for key, value in (
+    checks = [
         ("sweep.objective", cfg.sweep.objective),
         ("checkpoint.monitor", cfg.checkpoint.monitor),
-    ):
+    ]
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if cb and cb.get("monitor"):  # early stopping, checkpoints, ...
+            checks.append((f"callbacks.{name}.monitor", cb.monitor))
+    for key, value in checks:
         if str(value).startswith("test/"):
             raise UserError(
                 f"{key}={value}: choices (checkpoints, sweeps) may only use a train/ or val/ "
@@ -76,7 +81,11 @@ def check_selection(cfg: DictConfig) -> None:
         raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")
 
 
+_depth = 0  # nesting of run_task calls (a pipeline runs its stages through run_task)
+
+
 def run_task(cfg: DictConfig) -> dict[str, Any]:
+    global _depth
     task = enum_name(cfg.task)
     out = output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -94,12 +103,17 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     try:
         check_selection(cfg)
         module = importlib.import_module(TASKS[task])
-        with device_slot(_pool_size(cfg)) as slot:
-            if slot is not None:  # a parallel sweep job on a multi-GPU machine: one GPU each
+        # a pipeline's stages run inside their job's slot: only the outermost run_task takes one
+        with device_slot(_pool_size(cfg) if not _depth else 0) as slot:
+            if slot is not None:  # a parallel sweep job: one GPU each (queued when all are taken)
                 with open_dict(cfg):
                     cfg.trainer.devices = [slot]
                 log.info("sweep job pinned to GPU %d", slot)
-            metrics = module.run(cfg)
+            _depth += 1
+            try:
+                metrics = module.run(cfg)
+            finally:
+                _depth -= 1
         failed = False
         payload = write_metrics(out, metrics, cfg, status="ok", wall_s=round(time.time() - t0, 2))
         return payload

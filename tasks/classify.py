@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
 from tasks import evaluation
 from tasks.common import (
+    build_callbacks,
     build_datamodule,
     build_loggers,
     build_trainer,
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
     mc = cfg.model
-    min_size = MIN_IMAGE_SIZE.get(mc.backbone, 1)
+    min_size = MIN_IMAGE_SIZE.get(mc.backbone, 32)
     if dm.image_size < min_size:
         raise UserError(
             f"dataset.image_size={dm.image_size} is too small for {mc.backbone} (needs >= "
@@ -96,10 +97,36 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     steps = cfg.trainer.max_steps
     if not steps or steps <= 0:
         return {}
+    if cfg.get("smoke"):
+        steps = min(int(steps), 2)
     limit = cfg.trainer.limit_train_batches
     limit = limit if isinstance(limit, int) and limit > 0 else None
     epochs = dm.plan_epochs(int(steps), world_size(cfg), limit)
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None}
+
+
+def decide(cfg: DictConfig, model: ClassifierModule) -> dict:
+    """model.decision=val_balanced_acc: the threshold is chosen on val, then test is decided at
+    it (test/acc, balanced_acc, kappa, ... at the threshold; argmax values kept as *_argmax)."""
+    how = cfg.model.decision
+    if how == "argmax":
+        return {}
+    if how != "val_balanced_acc":
+        raise UserError(f"model.decision={how!r}: use argmax or val_balanced_acc")
+    from lightning_modules.metrics import at_threshold, balanced_acc_threshold, binary_metrics
+
+    val, test = model.collected_outputs("val"), model.collected_outputs("test")
+    if model.hparams.num_classes != 2 or "probs" not in val:
+        raise UserError("model.decision=val_balanced_acc needs two classes and a val split")
+    t = balanced_acc_threshold(val["probs"][:, 1], val["labels"])
+    out = {"decision_threshold": t}
+    at_t = binary_metrics(at_threshold(test["probs"][:, 1], t), test["labels"], "test/")
+    argmax = binary_metrics(test["probs"][:, 1], test["labels"], "test/")
+    for k, v in at_t.items():
+        if k != "test/auroc":
+            out[f"{k}_argmax"] = argmax[k]
+            out[k] = v
+    return out
 
 
 def run(cfg: DictConfig) -> dict:
@@ -109,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg)
     loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
     dm.setup()
-    write_problems(out, dm)
+    write_problems(out, dm.problems)
     sizes = dm.sizes()
     if dm.problems:
         sizes["n_skipped"] = len(dm.problems)
@@ -118,9 +145,7 @@ def run(cfg: DictConfig) -> dict:
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)
     ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
-    callbacks = [ckpt]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    callbacks = [ckpt, *build_callbacks(cfg, "classify", loggers)]
     if cfg.dataset.source != "real":
         from tasks.wandb_utils import artifact_name, record_lineage
 
@@ -139,10 +164,12 @@ def run(cfg: DictConfig) -> dict:
     trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     metrics.update(scalar_metrics(trainer, "test/"))
     metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
+    metrics.update(decide(cfg, model))
     metrics["tested_checkpoint"] = ckpt_path or "final-weights"
     metrics["tested_checkpoint_kind"] = which if ckpt_path else "final-weights"
     metrics["best_checkpoint"] = best or None
     metrics["last_checkpoint"] = last or None
+    metrics["class_names"] = list(dm.class_names)
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
     metrics.update(sizes)

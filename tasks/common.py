@@ -38,6 +38,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
     from xfergan.errors import UserError
 
     ds = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
+    ds.update(ds.pop("args", None) or {})  # a user datamodule's own arguments
     ds.update(overrides)
     try:
         return hydra.utils.instantiate(ds, seed=cfg.seed, _convert_="all")
@@ -109,6 +110,27 @@ def build_loggers(
     return loggers
 
 
+# ----------------------------------------------------------------------------- callbacks
+def build_callbacks(cfg: DictConfig, task: str, loggers: list) -> list:
+    """The `callbacks` group's entries that apply to `task` (each entry lists its tasks), built
+    from their `_target_`. A learning-rate monitor needs a logger: without one it is left out."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    out = []
+    for name, spec in (OmegaConf.to_container(cfg.callbacks, resolve=True) or {}).items():
+        if not spec:
+            continue
+        spec = dict(spec)
+        if task not in spec.pop("tasks", ["classify"]):
+            continue
+        cb = hydra.utils.instantiate(spec, _convert_="all")
+        if isinstance(cb, LearningRateMonitor) and not loggers:
+            continue
+        log.debug("callback %s: %s", name, type(cb).__name__)
+        out.append(cb)
+    return out
+
+
 # ----------------------------------------------------------------------------- trainer
 def world_size(cfg: DictConfig) -> int:
     """Processes a DDP run will have (1 otherwise), known before the Trainer exists."""
@@ -124,6 +146,12 @@ def build_trainer(
     tc = OmegaConf.to_container(cfg.trainer, resolve=True)
     tc.update(overrides)
     tc["default_root_dir"] = str(out)
+    if cfg.get("smoke"):  # debug=smoke caps every stage, whatever a pipeline arm says
+        tc["max_epochs"] = (
+            min(int(tc.get("max_epochs") or 1), 1) if tc.get("max_epochs") != -1 else 1
+        )
+        if tc.get("max_steps") and tc["max_steps"] > 0:
+            tc["max_steps"] = min(int(tc["max_steps"]), 4)
     # our datamodules shard every split themselves (no padding duplicates in evaluation)
     tc["use_distributed_sampler"] = False
     if "ddp" in str(tc.get("strategy", "")):
@@ -181,9 +209,8 @@ def scalar_metrics(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
     }
 
 
-def write_problems(out: Path, dm) -> None:
+def write_problems(out: Path, problems: list[dict]) -> None:
     """List every skipped input (path, reason) in the run dir, so nothing is lost silently."""
-    problems = getattr(dm, "problems", None)
     if not problems or not is_global_zero():
         return
     import csv

@@ -15,7 +15,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torchvision.utils import save_image
 
 from lightning_modules.gan import GANDivergedError
-from tasks.common import build_datamodule, build_loggers, build_trainer, output_dir, world_size
+from tasks.common import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_trainer,
+    output_dir,
+    world_size,
+)
 from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
 from xfergan.schema import GAN_LOOP_KEYS
@@ -43,8 +50,8 @@ class SampleGrid(pl.Callback):
     """Every N G+D steps (and at the end): EMA samples, one row per class, same noise every
     time; written to samples/ and logged to every logger that takes images."""
 
-    def __init__(self, out: Path, every_n_steps: int):
-        self.dir = out / "samples"
+    def __init__(self, out: str | Path, every_n_steps: int):
+        self.dir = Path(out) / "samples"
         self.every = max(1, int(every_n_steps))
 
     def write(self, trainer, module, name: str) -> Path:
@@ -95,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
     limit = cfg.trainer.limit_train_batches  # debug=smoke: 2 batches per epoch
     limit = limit if isinstance(limit, int) and limit > 0 else None
     if cfg.gan.steps:
-        epochs = dm.plan_epochs(int(cfg.gan.steps), world_size(cfg), limit)
+        steps = min(int(cfg.gan.steps), 2) if cfg.get("smoke") else int(cfg.gan.steps)
+        epochs = dm.plan_epochs(steps, world_size(cfg), limit)
     else:
         epochs = int(cfg.gan.epochs)
     bpe = math.ceil(
@@ -114,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
         cfg,
         out,
         loggers,
-        [ckpt, SampleGrid(out, cfg.gan.sample_every_n_steps)],
+        [ckpt, *build_callbacks(cfg, "gan", loggers)],
         max_epochs=epochs,
         max_steps=-1,
         limit_val_batches=0,

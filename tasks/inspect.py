@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
     summary["dataset"] = dm.name
     summary["class_names"] = dm.class_names
     atomic_write_json(out / "data_summary.json", summary)
-    write_problems(out, dm)
+    write_problems(out, dm.problems)
     print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2))
     reasons = Counter(p["reason"] for p in summary["skipped"]["files"])
     print(

@@ -180,6 +180,8 @@ def arm_analysis(runs: list[dict], keys: list[str]) -> dict:
     arms: list[str] = []
     for r in pipes:
         arms += [a for a in r.get("arms") or [] if a not in arms]
+    # group by what varies among the pipeline runs (a constant experiment name is no axis)
+    keys = [k for k in keys if len({r["_overrides"].get(k, "") for r in pipes}) > 1]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in pipes:
         groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
@@ -257,20 +259,20 @@ def arm_lines(a: dict) -> list[str]:
                 + f" | {d['metric']} | {d['arm']} − {d['baseline']} | {d['mean']:+.4f} | {ci} | "
                 f"{p} | {d['n']} | {d['verdict']} |"
             )
-    main = a["metrics"][0]
-    lines += [
-        "",
-        f"Verdicts ({main}; helps / hurts = the 95% CI of the paired difference is "
-        "above / below 0):",
-    ]
-    for g in a["groups"]:
-        where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
-        said = [
-            f"{d['arm']} vs {d['baseline']}: {d['verdict']} ({100 * d['mean']:+.2f} pp)"
-            for d in g["paired"]
-            if d["metric"] == main
+    for main in a["metrics"]:
+        lines += [
+            "",
+            f"Verdicts ({main}; helps / hurts = the 95% CI of the paired difference is "
+            "above / below 0):",
         ]
-        lines.append(f"- {where}: " + ("; ".join(said) if said else "nothing to compare"))
+        for g in a["groups"]:
+            where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
+            said = [
+                f"{d['arm']} vs {d['baseline']}: {d['verdict']} ({100 * d['mean']:+.2f} pp)"
+                for d in g["paired"]
+                if d["metric"] == main
+            ]
+            lines.append(f"- {where}: " + ("; ".join(said) if said else "nothing to compare"))
     if any(g["gan"] for g in a["groups"]):
         cols = sorted(
             {k for g in a["groups"] for k in g["gan"]},

@@ -126,10 +126,10 @@ def test_finger_and_shoulder_baselines_from_the_real_mura_csvs():
 
     def part(rows, p):
         rows = [r for r in rows if r.part == p]
-        ids = {s: i for i, s in enumerate(sorted({r.study for r in rows}))}
+        ids = {s: i for i, s in enumerate(sorted({r.group for r in rows}))}
         return (
             torch.tensor([r.label for r in rows]),
-            torch.tensor([ids[r.study] for r in rows]),
+            torch.tensor([ids[r.group] for r in rows]),
         )
 
     ty, _ = part(train, "finger")

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-import datamodules.mura as mura
+import datamodules.files as files
 from tasks import run_task
 from tasks.common import build_datamodule
 from tests.conftest import compose, run_py
@@ -47,11 +47,11 @@ def test_counts_match_csv_rows_and_patients_are_disjoint(tree, tmp_path):
         assert s["test"][part]["images"] == tree["counts"][("valid", part)]
     assert s["skipped"]["count"] == 0
     info = dm.splits.info
-    assert set(info["train_patients"]).isdisjoint(info["val_patients"])
-    assert set(info["train_patients"]).isdisjoint(info["test_patients"])
-    assert len(info["val_patients"]) >= 1
+    assert set(info["train_groups"]).isdisjoint(info["val_groups"])
+    assert set(info["train_groups"]).isdisjoint(info["test_groups"])
+    assert len(info["val_groups"]) >= 1
     # the real MURA radiographs from ../shared are in the test split
-    assert "patient11185" in info["test_patients"]
+    assert "patient11185" in info["test_groups"]
     assert dm.splits.test.x.shape[1:] == (1, 64, 64)
 
 
@@ -63,8 +63,8 @@ def test_one_body_part_only(tree, tmp_path):
 
 def test_cache_is_built_once_and_reused(tree, tmp_path, monkeypatch):
     calls = []
-    real = mura._decode_job
-    monkeypatch.setattr(mura, "_decode_job", lambda a: calls.append(a) or real(a))
+    real = files._decode_job
+    monkeypatch.setattr(files, "_decode_job", lambda a: calls.append(a) or real(a))
     dm1 = dm_for(tmp_path)
     n = len(calls)
     assert n == sum(tree["counts"].values())

@@ -73,3 +73,22 @@ def test_paired_statistics_against_hand_computed_values():
     assert verdict(d["low"], d["high"]) == "no evidence"
     assert verdict(0.001, 0.02) == "helps" and verdict(-0.02, -0.001) == "hurts"
     assert paired({0: 1.0}, {1: 1.0})["n"] == 0
+
+
+def test_decision_threshold_is_chosen_on_val_and_keeps_auroc():
+    import torch
+
+    from lightning_modules.metrics import at_threshold, balanced_acc_threshold, binary_metrics
+
+    # val: positives at .3 .4 .9, negatives at .1 .2 .35 -> t=.3 gives recall 1, specificity 2/3
+    # (balanced .833); t=.4: recall 2/3, specificity 1 (.833): the tie goes to .4 (nearer .5)
+    p = torch.tensor([0.3, 0.4, 0.9, 0.1, 0.2, 0.35])
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    t = balanced_acc_threshold(p, y)
+    assert t == pytest.approx(0.4)
+    q = at_threshold(p, t)
+    assert ((q >= 0.5) == (p >= t)).all() and torch.equal(q.argsort(), p.argsort())
+    a, b = binary_metrics(p, y, "x/"), binary_metrics(q, y, "x/")
+    assert a["x/auroc"] == pytest.approx(b["x/auroc"])
+    assert b["x/balanced_acc"] == pytest.approx(5 / 6)  # at t = .4
+    assert a["x/balanced_acc"] == pytest.approx(2 / 3)  # at .5: only .9 is called positive

@@ -1,9 +1,11 @@
-"""One GPU per sweep job on a multi-GPU machine.
+"""One GPU per sweep job.
 
 Parallel local launchers (joblib) start N jobs at once; Lightning would put every one of them on
 GPU 0. Each job instead takes the first free slot among the visible GPUs (an exclusive file lock
-per GPU, held until the job ends) and trains on that device alone. With no GPU (or one), nothing
-changes: jobs run on the CPU (or share the one GPU)."""
+per GPU, held until the job ends) and trains on that device alone; when every GPU is taken, jobs
+queue for one (on a one-GPU machine: one job at a time on it). With no GPU, nothing changes: jobs
+run on the CPU. `CUDA_VISIBLE_DEVICES=2,3` gives a sweep a subset of the GPUs; lock files live in
+XFERGAN_GPU_LOCKS (default: the temp dir), so two sweeps on one machine share the same pool."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ def default_lock_dir() -> Path:
 def device_slot(
     n_devices: int, lock_dir: Path | None = None, poll_s: float = 1.0
 ) -> Iterator[int | None]:
-    """Yields the index of a device no other job holds (waits for one), or None if n_devices < 2."""
-    if n_devices < 2:
+    """Yields the index of a device no other job holds (waits for one), or None without devices."""
+    if n_devices < 1:
         yield None
         return
     from filelock import FileLock, Timeout

@@ -32,6 +32,7 @@ class Task(_NamedEnum):
     evaluate = "evaluate"
     pseudolabel = "pseudolabel"
     dashboard = "dashboard"
+    predict = "predict"
 
 
 class BodyPart(_NamedEnum):
@@ -84,6 +85,8 @@ class DatasetConfig:
     synthetic_provenance: str = "check"
     # mixed: fraction of every batch drawn from the synthetic part (null: in proportion to sizes)
     mix_balance: float | None = None
+    # your own datamodule class's extra constructor arguments (a yaml starting from schema_image)
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,13 +102,29 @@ class MedMnistConfig(DatasetConfig):
 
 
 @dataclass
-class MuraConfig(DatasetConfig):
-    body_part: BodyPart = BodyPart.all
-    val_fraction: float = 0.1  # of train patients, split by patient
-    on_bad_image: str = "skip"  # skip | error
-    max_bad_fraction: float = 0.05
+class FilesConfig(DatasetConfig):
+    """Images in files (datamodules/files.py): MURA and your own folders / CSV."""
+
+    val_fraction: float = 0.1  # of the train groups (patients), when no image is marked val
+    test_fraction: float = 0.2  # of the groups, only when no image has a split at all
+    on_bad_image: str = "skip"  # skip (listed in skipped_images.csv) | error
+    max_bad_fraction: float = 0.05  # more unreadable images than this: stop
     cache_dir: str = MISSING
     decode_workers: int = 0  # 0 = all cores
+    color: str = "gray"  # gray | rgb: what images are decoded to
+
+
+@dataclass
+class MuraConfig(FilesConfig):
+    body_part: BodyPart = BodyPart.all
+
+
+@dataclass
+class FolderConfig(FilesConfig):
+    # a CSV with columns path,label[,group][,split] (paths relative to the CSV's folder); null:
+    # `root` holds one folder per class, or train/ [val/] [test/] folders each holding them
+    csv: str | None = None
+    class_names: list[str] | None = None  # the class order; null: sorted folder / label names
 
 
 # ----------------------------------------------------------------------------- model
@@ -133,6 +152,9 @@ class ClassifierConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     label_smoothing: float = 0.0
     class_weighted_loss: bool = False
+    # how a prediction is decided: argmax | val_balanced_acc (two classes: the threshold on
+    # P(class 1) that maximizes balanced accuracy on val -- never on test)
+    decision: str = "argmax"
     channels_last: bool = False
     compile: bool = False
 
@@ -218,7 +240,9 @@ class DistillConfig:
     """task=pseudolabel: a teacher classifier labels extra training images with its soft
     predictions (knowledge distillation); classify then trains on real + these."""
 
-    teacher: str | None = None  # a finished task=classify run dir or checkpoint (several: a list)
+    # a finished task=classify run dir or checkpoint, or a list of them (an ensemble: the mean
+    # of their probabilities)
+    teacher: Any = None
     source: str = (
         "synthetic"  # synthetic: a GAN's set (dataset.synthetic_path) | real: augmented real
     )
@@ -332,9 +356,11 @@ class Config:
     device_pool: bool = True  # multirun on a multi-GPU machine: each job gets a GPU of its own
     name: str = "default"  # experiment / sweep name: W&B group, report titles
     arm: str | None = None  # set by task=pipeline on its stages: which arm a classifier is
+    smoke: bool = False  # debug=smoke: at most 1 epoch / 2 steps per stage, whatever overrides say
     dir: str | None = None  # task=report: a run or multirun dir
     run: str | None = None  # task=evaluate: a finished run dir
     group: str | None = None  # task=dashboard: the experiment (W&B group) to build it for
+    input: str | None = None  # task=predict: a folder, a CSV (path[,group]) or an image
     dataset: Any = MISSING
     model: ClassifierConfig = MISSING
     gan: GANConfig = field(default_factory=GANConfig)
@@ -346,6 +372,8 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Lightning callbacks by config (conf/callbacks/): name -> {_target_, tasks: [...], ...}
+    callbacks: dict[str, Any] = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -355,6 +383,8 @@ def register_configs() -> None:
     cs.store(group="dataset", name="schema_mnist", node=MnistConfig)
     cs.store(group="dataset", name="schema_medmnist", node=MedMnistConfig)
     cs.store(group="dataset", name="schema_mura", node=MuraConfig)
+    cs.store(group="dataset", name="schema_folder", node=FolderConfig)
+    cs.store(group="dataset", name="schema_image", node=DatasetConfig)  # your own datamodule
     cs.store(group="model", name="schema_classifier", node=ClassifierConfig)
     cs.store(group="gan", name="schema_gan", node=GANConfig)
     cs.store(group="gan/generator", name="schema_dcgan", node=DCGANGeneratorConfig)

@@ -1,7 +1,12 @@
-"""Classifier backbones: torchvision models split into `body` (image -> feature vector) and
-`head` (dropout + linear), with `blocks` (input -> output order) for partial fine-tuning."""
+"""Classifier backbones: any torchvision classification model by name (torchvision.models
+.get_model), split into `body` (image -> feature vector) and `head` (dropout + linear), with
+`blocks` (input -> output order) for partial fine-tuning; the first convolution adapted to the
+input's channels. ImageNet weights come from TORCH_HOME only: nothing downloads behind the
+user's back, and a missing file is one line naming it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torchvision
@@ -10,6 +15,7 @@ from torch import nn
 from xfergan.errors import UserError
 from xfergan.io import safe_torch_load
 
+# names with a hand-made split into blocks; any other torchvision.models name works generically
 BACKBONES = ("mobilenet_v2", "resnet18", "resnet50", "densenet169", "small_cnn")
 # smallest input each backbone accepts (its stride-32 trunk must keep at least one pixel)
 MIN_IMAGE_SIZE = {
@@ -89,21 +95,64 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+def weights_file(name: str, weights: str) -> tuple[Path, str]:
+    """(where torchvision's ImageNet file for `name`/`weights` must be, its download URL)."""
+    from urllib.parse import urlparse
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+        w = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    except (KeyError, ValueError):
+        raise UserError(
+            f"model.weights={weights!r} is not a weights name of {name} (see "
+            f"torchvision.models.get_model_weights('{name}'))"
+        ) from None
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return hub / Path(urlparse(w.url).path).name, w.url
+
+
 def _torchvision(name: str, weights: str | None) -> nn.Module:
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        import difflib
+
+        close = difflib.get_close_matches(name, torchvision.models.list_models(), n=3)
+        raise UserError(
+            f"model.backbone={name!r} is not a torchvision classification model"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + "; use small_cnn or a name from torchvision.models.list_models()"
+        )
+    if weights is not None:
+        path, url = weights_file(name, weights)
+        if not path.is_file():
+            raise UserError(
+                f"ImageNet weights for {name} ({weights}) are not in {path.parent}: put "
+                f"{path.name} there (from {url}), set TORCH_HOME, or use model.init=scratch"
+            )
     try:
         return torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        if weights is None:
-            raise
-        import os
-
-        home = os.environ.get("TORCH_HOME", "~/.cache/torch")
+    except (OSError, RuntimeError) as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(
-            f"cannot load ImageNet weights {name}/{weights} (looked in TORCH_HOME={home}/hub/"
-            f"checkpoints, then the network: {msg}); put the torchvision file there or use "
-            "model.init=scratch"
-        ) from None
+        raise UserError(f"cannot load ImageNet weights {name}/{weights}: {msg}") from None
+
+
+def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent = model.get_submodule(dotted.rsplit(".", 1)[0]) if "." in dotted else model
+    setattr(parent, dotted.rsplit(".", 1)[-1], new)
+
+
+def _generic(m: nn.Module, in_channels: int) -> tuple[nn.Module, list[nn.Module], int]:
+    """Any torchvision classifier: the first Conv2d adapted to the input channels, the last
+    Linear (the ImageNet head) replaced by Identity, so the model returns its features."""
+    convs = [(n, c) for n, c in m.named_modules() if isinstance(c, nn.Conv2d)]
+    linears = [(n, c) for n, c in m.named_modules() if isinstance(c, nn.Linear)]
+    if not convs or not linears:
+        raise UserError("this backbone has no Conv2d input layer or no Linear head to replace")
+    _replace(m, convs[0][0], _adapt_first_conv(convs[0][1], in_channels))
+    head_name, head = linears[-1]
+    _replace(m, head_name, nn.Identity())
+    feats = getattr(m, "features", None)
+    blocks = list(feats) if isinstance(feats, nn.Sequential) else list(m.children())
+    return m, blocks, head.in_features
 
 
 def build_backbone(
@@ -115,8 +164,6 @@ def build_backbone(
     dropout: float = 0.2,
     width: int = 32,
 ) -> Backbone:
-    if name not in BACKBONES:
-        raise UserError(f"model.backbone={name!r}: use one of {', '.join(BACKBONES)}")
     tv_weights = weights if init == "imagenet" else None
     if name == "small_cnn":
         if init == "imagenet":
@@ -140,7 +187,8 @@ def build_backbone(
             m.features, nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten()
         )
         return Backbone(body, list(m.features), m.classifier.in_features, num_classes, dropout)
-    raise AssertionError(name)
+    body, blocks, features = _generic(m, in_channels)
+    return Backbone(body, blocks, features, num_classes, dropout)
 
 
 def load_init_checkpoint(net: Backbone, path: str) -> dict[str, int]:

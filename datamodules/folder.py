@@ -1,0 +1,123 @@
+"""Your own images, as a layout of the shared file reader (datamodules/files.py):
+
+  dataset.root=<dir> holding one folder per class (root/<class>/**/<image>), split into
+      train/val/test by dataset.val_fraction / test_fraction;
+  or root/train/<class>/..., root/test/<class>/... [root/val/<class>/...]: the given splits;
+  or dataset.csv=<file.csv> with columns path,label[,group][,split]: paths relative to the CSV's
+      folder (a path that leaves it is refused), group = patient or study (splits never cut a
+      group; group-level metrics), split = train | val | test.
+
+Any format PIL reads (png, jpg, jpeg, bmp, tif, tiff, gif, webp, ppm, pgm). Class names come from
+the folders or the labels (sorted; dataset.class_names fixes the order) and are recorded in
+metrics.json and in checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from datamodules.files import FileImageDataModule, ImageRow, inside
+from xfergan.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+
+
+class FolderDataModule(FileImageDataModule):
+    cache_prefix = "folder"
+
+    def __init__(self, csv: str | None = None, class_names: list[str] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.csv = csv
+        self._names = list(class_names) if class_names else None
+
+    def identity(self) -> dict:
+        return {**super().identity(), "source_dir": str(Path(self.csv or self.root).name)}
+
+    def _class_index(self, found: list[str]) -> dict[str, int]:
+        names = self._names or sorted(set(found))
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            raise UserError(
+                f"labels {unknown[:5]} are not in dataset.class_names={names}; add them or fix "
+                "the labels"
+            )
+        self._names = names
+        return {n: i for i, n in enumerate(names)}
+
+    def rows(self):
+        if self.csv:
+            return self._csv_rows(Path(self.csv))
+        root = Path(self.root)
+        if not root.is_dir():
+            raise UserError(
+                f"dataset.root={root} is not a folder; point it at a folder of class folders "
+                "(or pass dataset.csv=<file>)"
+            )
+        split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+        plan = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [("", root)]
+        found: list[tuple[str, str, str]] = []  # (split, class, relative path)
+        ignored = 0
+        for split, base in plan:
+            classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name[0] != ".")
+            for c in classes:
+                for f in sorted((base / c).rglob("*")):
+                    if not f.is_file() or f.name.startswith("."):
+                        continue
+                    if f.suffix.lower() not in EXTENSIONS:
+                        ignored += 1
+                        continue
+                    found.append((split, c, f.relative_to(root).as_posix()))
+        if ignored:
+            log.info("%s: ignored %d files that are not images (by extension)", root, ignored)
+        if not found:
+            raise UserError(
+                f"no images in {root}: expected {root}/<class>/<image> (or train/<class>/...)"
+            )
+        index = self._class_index([c for _, c, _ in found])
+        rows = [ImageRow(p, index[c], s) for s, c, p in found]
+        return root, rows, list(self._names), []
+
+    def _csv_rows(self, path: Path):
+        if not path.is_file():
+            raise UserError(f"dataset.csv={path} does not exist")
+        root = path.parent
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip().lower() for c in reader.fieldnames or []]
+            if not {"path", "label"} <= set(cols):
+                raise UserError(
+                    f"{path} needs a header with the columns path,label[,group][,split]; it has "
+                    f"{cols}"
+                )
+            raw = [
+                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader
+            ]
+        problems, kept = [], []
+        for i, r in enumerate(raw):
+            split = r.get("split", "").lower()
+            if split and split not in SPLITS:
+                raise UserError(
+                    f"{path} line {i + 2}: split={split!r}; use train, val or test (or leave it "
+                    "empty)"
+                )
+            if not r["path"] or not r["label"]:
+                problems.append(
+                    {"split": split, "path": r["path"], "reason": "empty path or label"}
+                )
+                continue
+            if not inside(root, r["path"]):
+                problems.append(
+                    {"split": split, "path": r["path"], "reason": "path outside the dataset root"}
+                )
+                continue
+            kept.append(r)
+        index = self._class_index([r["label"] for r in kept])
+        rows = [
+            ImageRow(r["path"], index[r["label"]], r.get("split", "").lower(), r.get("group", ""))
+            for r in kept
+        ]
+        return root, rows, list(self._names), problems

@@ -1,0 +1,87 @@
+"""Copy a finished run's report files into results/<name>/ with run.json: the exact command,
+the commit, the machine and the wall time that produced them (every figure in README comes from
+such a folder).
+
+    python results/record.py <name> <run or sweep dir> --command "<the command>" \
+        --wall-s <seconds> [--files report.md plot_arms.png ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> dict:
+    info = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("name")
+    ap.add_argument("run_dir")
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--commit", default=None, help="default: the checkout's HEAD")
+    ap.add_argument("--wall-s", type=float, default=None)
+    ap.add_argument("--files", nargs="*", default=["report.md", "report.json", "report.csv"])
+    ap.add_argument("--glob", nargs="*", default=["plot_*.png"])
+    a = ap.parse_args()
+    src, dst = Path(a.run_dir), HERE / a.name
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in a.files:
+        if (src / f).is_file():
+            shutil.copy(src / f, dst / Path(f).name)
+            copied.append(Path(f).name)
+    for pattern in a.glob:
+        for f in sorted(src.glob(pattern)):
+            shutil.copy(f, dst / f.name)
+            copied.append(f.name)
+    commit = (
+        a.commit
+        or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, text=True).strip()
+    )
+    run = {
+        "command": a.command,
+        "commit": commit,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "wall_s": a.wall_s,
+        "source_dir": str(src),
+        "files": copied,
+    }
+    (dst / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    print(f"wrote {dst} ({len(copied)} files)")
+
+
+if __name__ == "__main__":
+    main()

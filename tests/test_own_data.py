@@ -1,0 +1,322 @@
+"""Your own images and models: dataset=folder (class folders or a CSV) on real chest X-rays, any
+torchvision backbone by name, task=predict, and a dataset + GAN networks added from a folder
+outside the repository."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks import run_task
+from tests.conftest import DATA_DIR, FAST, ROOT, compose, run_py
+from xfergan.errors import UserError
+
+NPZ = DATA_DIR / "pneumoniamnist" / "pneumoniamnist.npz"
+NAMES = ["normal", "pneumonia"]
+TRAIN = FAST + [
+    "dataset.n_per_class=null",
+    "dataset.batch_size=64",
+    "dataset.augment.enabled=false",
+    "trainer.max_epochs=3",
+    "checkpoint.test=last",
+    "logger=none",
+    "seed=3",
+]
+
+
+@pytest.fixture(scope="module")
+def xray_files(tmp_path_factory):
+    """The real PneumoniaMNIST images as PNG files: class folders per split, and a CSV with
+    made-up patient ids (in the npz's order)."""
+    root = tmp_path_factory.mktemp("xrays")
+    z = np.load(NPZ)
+    rows = []
+    for split, key in (("train", "train"), ("val", "val"), ("test", "test")):
+        for i, (img, lab) in enumerate(zip(z[f"{key}_images"], z[f"{key}_labels"][:, 0])):
+            rel = f"{split}/{NAMES[lab]}/{split}_{i:05d}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, "L").save(root / rel, compress_level=1)
+            rows.append([rel, NAMES[lab], f"patient{i // 3:05d}-{split}", split])
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group", "split"])
+        w.writerows(rows)
+    return root
+
+
+def test_folder_and_csv_match_the_medmnist_loader(xray_files, tmp_path):
+    ref = run_task(compose(TRAIN + ["dataset=pneumoniamnist"], tmp_path / "npz"))
+    folder = run_task(
+        compose(
+            TRAIN + ["dataset=folder", f"dataset.root={xray_files}", "dataset.image_size=28"],
+            tmp_path / "folder",
+        )
+    )
+    table = run_task(
+        compose(
+            TRAIN
+            + [
+                "dataset=folder",
+                f"dataset.csv={xray_files / 'labels.csv'}",
+                "dataset.image_size=28",
+            ],
+            tmp_path / "csv",
+        )
+    )
+    for m in (folder, table):
+        assert (m["n_train"], m["n_val"], m["n_test"]) == (
+            ref["n_train"],
+            ref["n_val"],
+            ref["n_test"],
+        )
+        assert m["class_names"] == NAMES == ref["class_names"]
+        assert abs(m["test/acc"] - ref["test/acc"]) <= 0.01, (m["test/acc"], ref["test/acc"])
+    assert table["test/acc"] == pytest.approx(ref["test/acc"], abs=1e-9)  # same order: same run
+    assert "test/study_kappa" in table and table["test/n_studies"] < table["n_test"]
+    assert "test/study_majority_acc" in table
+
+
+def test_folder_few_shot_and_bad_files(xray_files, tmp_path):
+    bad = xray_files / "train" / "normal" / "zz_broken.png"
+    bad.write_bytes((xray_files / "train" / "normal" / "train_00000.png").read_bytes()[:40])
+    (xray_files / "train" / "normal" / "notes.txt").write_text("not an image")
+    try:
+        cfg = compose(
+            FAST + ["dataset=folder", f"dataset.root={xray_files}", "dataset.n_per_class=5"],
+            tmp_path,
+        )
+        from tasks.common import build_datamodule
+
+        dm = build_datamodule(cfg)
+        dm.setup()
+        assert dm.class_counts("train") == [5, 5]
+        assert [p["path"] for p in dm.problems] == ["train/normal/zz_broken.png"]
+        with pytest.raises(UserError, match="on_bad_image=skip"):
+            build_datamodule(
+                compose(
+                    FAST
+                    + [
+                        "dataset=folder",
+                        f"dataset.root={xray_files}",
+                        "dataset.on_bad_image=error",
+                    ],
+                    tmp_path / "b",
+                )
+            ).setup()
+    finally:
+        bad.unlink()
+        (xray_files / "train" / "normal" / "notes.txt").unlink()
+
+
+def test_csv_paths_that_leave_its_folder_are_refused(tmp_path, xray_files):
+    f = tmp_path / "escape.csv"
+    f.write_text(
+        "path,label,split\n"
+        f"{xray_files}/train/normal/train_00000.png,normal,train\n"
+        "../../etc/passwd,normal,train\n"
+    )
+    cfg = compose(FAST + ["dataset=folder", f"dataset.csv={f}"], tmp_path / "o")
+    from tasks.common import build_datamodule
+
+    dm = build_datamodule(cfg)
+    with pytest.raises(UserError):  # nothing readable is left
+        dm.setup()
+    assert {p["reason"] for p in dm.problems} == {"path outside the dataset root"}
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_b0"])
+def test_any_torchvision_backbone_trains(backbone, tmp_path):
+    m = run_task(
+        compose(
+            FAST
+            + [
+                "debug=smoke",
+                "logger=none",
+                f"model.backbone={backbone}",
+                "model.init=scratch",
+                "dataset.image_size=32",
+                "dataset.n_per_class=2",
+            ],
+            tmp_path,
+        )
+    )
+    assert m["status"] == "ok" and m["model"] == backbone and 0 <= m["test/acc"] <= 1
+
+
+def test_missing_imagenet_weights_is_one_line_naming_the_file(tmp_path):
+    with pytest.raises(UserError) as e:
+        run_task(
+            compose(
+                FAST
+                + [
+                    "model.backbone=efficientnet_b0",
+                    "model.init=imagenet",
+                    "model.weights=DEFAULT",
+                    "dataset.image_size=32",
+                ],
+                tmp_path,
+            )
+        )
+    msg = str(e.value)
+    assert "\n" not in msg and "efficientnet_b0_rwightman-7f5810bc.pth" in msg
+    assert "hub/checkpoints" in msg
+
+
+def test_predict_lists_unreadable_files_and_predicts_the_rest(xray_files, tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_py(
+        TRAIN
+        + [
+            "dataset=folder",
+            f"dataset.root={xray_files}",
+            "dataset.image_size=28",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    inp = tmp_path / "new_images"
+    inp.mkdir()
+    for i in range(6):
+        src = xray_files / "test" / NAMES[i % 2]
+        (inp / f"x{i}.png").write_bytes(next(src.glob("*.png")).read_bytes())
+    (inp / "truncated.png").write_bytes((inp / "x0.png").read_bytes()[:50])
+    (inp / "readme.txt").write_text("not an image")
+    m = run_task(
+        compose(["task=predict", f"run={run_dir}", f"input={inp}", "logger=none"], tmp_path / "p")
+    )
+    assert m["n_predicted"] == 6 and m["n_skipped"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))
+    assert [r["path"] for r in rows] == [f"x{i}.png" for i in range(6)]
+    assert set(rows[0]) == {"level", "path", "group", "predicted", "prob_normal", "prob_pneumonia"}
+    assert all(abs(float(r["prob_normal"]) + float(r["prob_pneumonia"]) - 1) < 1e-4 for r in rows)
+    skipped = (tmp_path / "p" / "skipped_images.csv").read_text()
+    assert "truncated.png" in skipped and "readme.txt" in skipped
+
+
+EXT_MODULE = '''
+import numpy as np
+import torch
+from torch import nn
+
+from datamodules.base import ImageDataModule, Split, Splits, uids_of
+
+
+class ChestData(ImageDataModule):
+    """A user's own datamodule: real chest X-rays from an npz, its own way."""
+
+    def __init__(self, npz: str, **kwargs):
+        super().__init__(**kwargs)
+        self.npz = npz
+
+    def load(self):
+        z = np.load(self.npz)
+
+        def split(name, n):
+            x = torch.from_numpy(z[f"{name}_images"][:n]).unsqueeze(1)
+            y = torch.from_numpy(z[f"{name}_labels"][:n, 0].astype("int64"))
+            return Split(x, y, uid=uids_of([f"chest/{name}/{i}" for i in range(len(y))]))
+
+        return Splits(split("train", 80), split("val", 20), split("test", 40), ["ok", "sick"])
+
+
+class TinyG(nn.Module):
+    def __init__(self, num_classes, image_size, channels, z_dim, hidden):
+        super().__init__()
+        self.shape = (channels, image_size, image_size)
+        self.embed = nn.Embedding(num_classes, 8)
+        self.net = nn.Sequential(nn.Linear(z_dim + 8, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, channels * image_size * image_size), nn.Tanh())
+
+    def forward(self, z, y):
+        return self.net(torch.cat([z, self.embed(y)], 1)).view(-1, *self.shape)
+
+
+class TinyD(nn.Module):
+    def __init__(self, num_classes, image_size, channels, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(channels * image_size**2, hidden),
+                                 nn.LeakyReLU(0.2))
+        self.out = nn.Linear(hidden, 1)
+        self.embed = nn.Embedding(num_classes, hidden)
+
+    def forward(self, x, y):
+        h = self.net(x)
+        return self.out(h).squeeze(1) + (self.embed(y) * h).sum(1)
+'''
+
+
+def test_a_dataset_and_gan_networks_added_from_outside_the_repo(tmp_path):
+    ext = tmp_path / "ext"
+    (ext / "conf" / "dataset").mkdir(parents=True)
+    (ext / "conf" / "gan" / "generator").mkdir(parents=True)
+    (ext / "conf" / "gan" / "discriminator").mkdir(parents=True)
+    (ext / "my_project.py").write_text(EXT_MODULE)
+    (ext / "conf" / "dataset" / "chest.yaml").write_text(
+        "defaults: [schema_image, _self_]\n_target_: my_project.ChestData\nname: chest\n"
+        f"root: {ext}\nimage_size: 28\nchannels: 1\nnormalize: half\nargs:\n  npz: {NPZ}\n"
+    )
+    (ext / "conf" / "gan" / "generator" / "tiny.yaml").write_text(
+        "_target_: my_project.TinyG\nhidden: 32\n"
+    )
+    (ext / "conf" / "gan" / "discriminator" / "tiny.yaml").write_text(
+        "_target_: my_project.TinyD\nhidden: 32\n"
+    )
+    before = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    env = {"PYTHONPATH": str(ext)}
+    common = [
+        f"hydra.searchpath=[file://{ext / 'conf'}]",
+        "dataset=chest",
+        "model=small_cnn",
+        "model.width=8",
+        "trainer.accelerator=cpu",
+        "debug=smoke",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+    ]
+    runs = {
+        "classify": [],
+        "gan": ["task=gan", "gan/generator=tiny", "gan/discriminator=tiny", "gan.image_size=28"],
+    }
+    for name, args in runs.items():
+        r = run_py(common + args + [f"hydra.run.dir={tmp_path / name}"], env=env)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+    r = run_py(
+        common
+        + [
+            "task=synthesize",
+            f"synthesize.checkpoint={tmp_path / 'gan'}",
+            f"hydra.run.dir={tmp_path / 'syn'}",
+        ],
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    man = json.loads((tmp_path / "syn" / "manifest.json").read_text())
+    assert man["real_data"]["dataset"] == "chest" and man["counts_per_class"] == [16, 16]
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.load(NPZ)["test_images"][0], "L").save(imgs / "a.png")
+    r = run_py(
+        [
+            "task=predict",
+            f"run={tmp_path / 'classify'}",
+            f"input={imgs / 'a.png'}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'pred'}",
+        ],
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    pred = (tmp_path / "pred" / "predictions.csv").read_text()
+    assert "prob_ok" in pred and "a.png" in pred
+    after = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert after == before, "the repository was changed"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import pytorch_lightning as pl  # noqa: E402
 from tasks.classify import build_classifier  # noqa: E402
 from tasks.common import build_datamodule, build_trainer  # noqa: E402
 from tasks.gan import build_gan, gan_datamodule  # noqa: E402
+from xfergan.machine import commit, machine  # noqa: E402
 
 
 def device() -> torch.device:
@@ -322,34 +321,6 @@ def bench_mura(n_images: int, size: int, batch: int, tmp: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- main
-def machine() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

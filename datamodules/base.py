@@ -176,7 +176,8 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.multinomial(self.weights, m, replacement=True, generator=g)
         if self.world > 1:
             total = len(self) * self.world
-            order = torch.cat([order, order[: total - m]])[self.rank :: self.world]
+            reps = math.ceil(total / max(1, m))
+            order = order.repeat(reps)[:total][self.rank :: self.world]
         return iter(order.tolist())
 
 
@@ -358,6 +359,11 @@ class ImageDataModule(pl.LightningDataModule):
             setattr(s, name, getattr(s, name).to(dev))
         log.info("dataset %s: on %s (%d MB)", self.name, dev, total >> 20)
 
+    def batches_per_epoch(self, world: int = 1) -> int:
+        """Training batches per epoch on each rank: exactly what EpochSampler yields."""
+        per_rank = math.ceil(len(self.splits.train) * self.train_repeats / world)
+        return max(1, math.ceil(per_rank / self.batch_size))
+
     def plan_epochs(
         self, steps: int, world: int = 1, limit_batches: int | None = None, target: int = 50
     ) -> int:
@@ -366,10 +372,10 @@ class ImageDataModule(pl.LightningDataModule):
         epochs, so checkpoints fall on epoch ends and a resumed run continues exactly. The epoch's
         length depends on the data and batch size only, never on the budget."""
         self._ensure_loaded()
-        n = math.ceil(len(self.splits.train) / world)
-        per_pass = max(1, math.ceil(n / self.batch_size))
+        n = len(self.splits.train)
+        per_pass = max(1, math.ceil(math.ceil(n / world) / self.batch_size))
         self.train_repeats = max(1, target // per_pass)
-        bpe = math.ceil(n * self.train_repeats / self.batch_size)
+        bpe = self.batches_per_epoch(world)
         if limit_batches:
             bpe = min(bpe, int(limit_batches))
         return math.ceil(steps / bpe)
@@ -400,21 +406,26 @@ class ImageDataModule(pl.LightningDataModule):
         return int(t.global_rank), int(t.world_size)
 
     def _train_weights(self, split: Split) -> torch.Tensor | None:
-        w = None
-        y = split.y.cpu()
-        if self.balanced_sampler:
-            counts = torch.bincount(y, minlength=self.num_classes).clamp(min=1)
-            w = (1.0 / counts.double())[y]
-        if self.mix_balance is not None and self.source == "mixed":
-            n_real = len(self.real_train)
-            n_syn = len(split) - n_real
-            src = torch.cat(
-                [
-                    torch.full((n_real,), (1 - self.mix_balance) / max(1, n_real)),
-                    torch.full((n_syn,), self.mix_balance / max(1, n_syn)),
-                ]
-            ).double()
-            w = src if w is None else w * src
+        """Sampling weights: class-balanced (balanced_sampler) and/or a fixed share of every
+        batch from the synthetic part (mix_balance); class balance applies within each part."""
+        mixing = self.mix_balance is not None and self.source == "mixed"
+        if not self.balanced_sampler and not mixing:
+            return None
+        n_real = len(self.real_train) if mixing else len(split)
+        parts = [(0, n_real, 1.0 - self.mix_balance if mixing else 1.0)]
+        if mixing:
+            parts.append((n_real, len(split), self.mix_balance))
+        y = split.y.cpu() if self.balanced_sampler else None
+        w = torch.zeros(len(split), dtype=torch.float64)
+        for a, b, share in parts:
+            if b <= a:
+                continue
+            if y is not None:
+                counts = torch.bincount(y[a:b], minlength=self.num_classes).clamp(min=1)
+                part = (1.0 / counts.double())[y[a:b]]
+            else:
+                part = torch.ones(b - a, dtype=torch.float64)
+            w[a:b] = share * part / part.sum()
         return w
 
     def _loader(self, split: Split, train: bool) -> DataLoader:
@@ -457,16 +468,7 @@ class ImageDataModule(pl.LightningDataModule):
         """uint8 [B, C, H, W] -> float, resized, augmented (train), channels, normalized."""
         x = T.resize(T.to_float(x), self.image_size)
         if train and self.augment.get("enabled"):
-            a = self.augment
-            x = T.random_affine(
-                x,
-                rotation=a.get("rotation", 0.0),
-                translate=a.get("translate", 0.0),
-                scale_min=a.get("scale_min", 1.0),
-                scale_max=a.get("scale_max", 1.0),
-                hflip=a.get("hflip", False),
-                vflip=a.get("vflip", False),
-            )
+            x = T.augment(x, self.augment)
         if self._channels:
             x = T.set_channels(x, self._channels)
         return T.normalize(x, self.normalize).contiguous()

@@ -10,37 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 
-
-def machine() -> dict:
-    info = {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
+from xfergan.machine import commit, machine  # noqa: E402
 
 
 def main():
@@ -66,13 +44,9 @@ def main():
         for f in sorted(src.glob(pattern)):
             shutil.copy(f, dst / f.name)
             copied.append(f.name)
-    commit = (
-        a.commit
-        or subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, text=True).strip()
-    )
     run = {
         "command": a.command,
-        "commit": commit,
+        "commit": a.commit or commit(HERE),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "wall_s": a.wall_s,

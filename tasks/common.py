@@ -135,9 +135,20 @@ def build_callbacks(cfg: DictConfig, task: str, loggers: list) -> list:
 def world_size(cfg: DictConfig) -> int:
     """Processes a DDP run will have (1 otherwise), known before the Trainer exists."""
     tc = cfg.trainer
-    if "ddp" in str(tc.strategy) and isinstance(tc.devices, int):
-        return int(tc.devices) * int(tc.num_nodes)
-    return 1
+    if "ddp" not in str(tc.strategy):
+        return 1
+    devices = tc.devices
+    if isinstance(devices, int) and devices > 0:
+        n = devices
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        n = len(devices)
+    elif str(devices).isdigit() and int(devices) > 0:
+        n = int(devices)
+    else:  # "auto" / -1: every visible GPU (Lightning: 1 process on a CPU)
+        from xfergan.devices import visible_gpus
+
+        n = max(1, visible_gpus())
+    return n * int(tc.num_nodes)
 
 
 def build_trainer(

@@ -176,22 +176,15 @@ def build_report(spec: dict):
 
 def _panel(wr, p: dict):
     k = p["kind"]
+    grouped = {
+        "groupby": p.get("groupby"),
+        "groupby_aggfunc": "mean",
+        "groupby_rangefunc": "stddev",
+    }
     if k == "bar":
-        return wr.BarPlot(
-            title=p["title"],
-            metrics=p["metrics"],
-            groupby=p["groupby"],
-            groupby_aggfunc="mean",
-            groupby_rangefunc="stddev",
-        )
+        return wr.BarPlot(title=p["title"], metrics=p["metrics"], **grouped)
     if k == "line":
-        return wr.LinePlot(
-            title=p["title"],
-            y=p["metrics"],
-            groupby=p["groupby"],
-            groupby_aggfunc="mean",
-            groupby_rangefunc="stddev",
-        )
+        return wr.LinePlot(title=p["title"], y=p["metrics"], **grouped)
     if k == "scatter":
         return wr.ScatterPlot(title=p["title"], x=p["x"], y=p["y"])
     if k == "media":

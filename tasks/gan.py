@@ -5,7 +5,6 @@ row per class) every N steps, and measure quality offline (FID/KID/precision/rec
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -106,9 +105,7 @@ def run(cfg: DictConfig) -> dict:
         epochs = dm.plan_epochs(steps, world_size(cfg), limit)
     else:
         epochs = int(cfg.gan.epochs)
-    bpe = math.ceil(
-        math.ceil(len(dm.splits.train) / world_size(cfg)) * dm.train_repeats / dm.batch_size
-    )
+    bpe = dm.batches_per_epoch(world_size(cfg))
     bpe = min(bpe, limit) if limit else bpe
     ckpt = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),

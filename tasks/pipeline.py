@@ -208,14 +208,22 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
         "seed": 0,
         "resume": False,
         "logger.wandb": False,
+        "trainer.max_steps": -1,  # epochs (feature_net_overrides), not the arms' step budget
         **dict(cfg.pipeline.feature_net_overrides),
     }
     probe = stage_cfg(cfg, Path("."), "classify", fo)
     keyed = {k: OmegaConf.to_container(probe[k], resolve=True) for k in ("dataset", "model")}
-    keyed["trainer"] = {
+    keyed["trainer"] = {  # what changes the net, not where or how visibly it trains
         k: v
         for k, v in OmegaConf.to_container(probe.trainer, resolve=True).items()
-        if k not in ("enable_progress_bar", "enable_model_summary", "default_root_dir")
+        if k
+        not in (
+            "enable_progress_bar",
+            "enable_model_summary",
+            "default_root_dir",
+            "devices",
+            "accelerator",
+        )
     }
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = Path(cfg.paths.cache_dir) / "feature_nets" / key
@@ -243,10 +251,18 @@ def run(cfg: DictConfig) -> dict:
         arm_spec(cfg, name)  # every name is known before anything trains
     if len(set(arms)) != len(arms):
         raise UserError(f"pipeline.arms lists an arm twice: {arms}")
+    bases = {arm_spec(cfg, a)[0] for a in arms}
+    if bases & {"distill_real", "distill_gan"}:  # fail before anything trains
+        if not 0.0 < float(cfg.distill.min_confidence) <= 1.0:
+            raise UserError(
+                f"distill.min_confidence={cfg.distill.min_confidence} must be in (0, 1]"
+            )
+        for arm in cfg.pipeline.teacher_ensemble:
+            arm_spec(cfg, arm)
     ctx = Context(cfg, out)
     table = {}
-    for name in arms:
-        m = run_arm(ctx, name)
+    for name in arms:  # an arm a distill arm already needed (the teacher) is not run twice
+        m = ctx.stage_metrics.get(f"classify_{name}") or run_arm(ctx, name)
         base, label, _ = arm_spec(cfg, name)
         n_syn = m["n_train_synthetic"]
         if base == "finetune":  # it saw the synthetic set too (in pre-training)
@@ -291,19 +307,9 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
             f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
             f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
-    gan_keys = [
-        k
-        for k in (
-            "gan/fid",
-            "gan/kid",
-            "gan/precision",
-            "gan/recall",
-            "gan/recall_per_class_min",
-            "gan/memorization_ratio",
-            "gan/steps",
-        )
-        if k in results
-    ]
+    from tasks.report import GAN_COLUMNS
+
+    gan_keys = [k for k in GAN_COLUMNS if k in results]
     if gan_keys:
         lines += ["", "GAN: " + ", ".join(f"{k.split('/')[1]} {results[k]:.4g}" for k in gan_keys)]
     kept = [k for k in results if k.startswith("distill/kept_fraction_min")]

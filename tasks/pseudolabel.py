@@ -98,16 +98,7 @@ def augmented_copies(dm, n_per_class: int, seed: int) -> tuple[torch.Tensor, tor
     torch.manual_seed(seed + 4243)
     out = []
     for i in range(0, len(x), 1000):
-        xf = T.to_float(x[i : i + 1000])
-        xf = T.random_affine(
-            xf,
-            rotation=a.get("rotation", 0.0),
-            translate=a.get("translate", 0.0),
-            scale_min=a.get("scale_min", 1.0),
-            scale_max=a.get("scale_max", 1.0),
-            hflip=a.get("hflip", False),
-            vflip=a.get("vflip", False),
-        )
+        xf = T.augment(T.to_float(x[i : i + 1000]), a)
         out.append((xf.clamp(0, 1) * 255).round().to(torch.uint8))
     return torch.cat(out), y
 

@@ -381,7 +381,10 @@ def arms_plot(root: Path, a: dict) -> Path:
             v = g["arms"][m].get(arm)
             if not v:
                 continue
-            x = float(g["group"][npc]) if npc else j
+            try:
+                x = float(g["group"][npc]) if npc else j
+            except ValueError:  # n_per_class=null (all images) has no place on this axis
+                continue
             err = 0.0 if math.isnan(v["low"]) else v["mean"] - v["low"]
             pts.append((x, v["mean"], err))
         if not pts:

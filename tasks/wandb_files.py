@@ -43,6 +43,11 @@ def _set(d: dict, keys: list[str], value: Any) -> None:
     d[keys[-1]] = value
 
 
+def _config(config: dict, items) -> None:
+    for item in items:
+        _set(config, [item.key] if item.key else list(item.nested_key), json.loads(item.value_json))
+
+
 def read_offline_run(path: Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2
 
@@ -64,19 +69,9 @@ def read_offline_run(path: Path) -> dict[str, Any]:
                 job_type=r.job_type,
                 tags=list(r.tags),
             )
-            for item in r.config.update:
-                _set(
-                    out["config"],
-                    [item.key] if item.key else list(item.nested_key),
-                    json.loads(item.value_json),
-                )
+            _config(out["config"], r.config.update)
         elif kind == "config":
-            for item in rec.config.update:
-                _set(
-                    out["config"],
-                    [item.key] if item.key else list(item.nested_key),
-                    json.loads(item.value_json),
-                )
+            _config(out["config"], rec.config.update)
         elif kind == "summary":
             for item in rec.summary.update:
                 keys = [item.key] if item.key else list(item.nested_key)

@@ -131,3 +131,26 @@ def test_dashboard_spec_references_only_keys_the_runs_have(ablation, tmp_path):
                 assert any(k in r["summary"] or k in r["history_keys"] for r in runs), k
     groupbys = {p["groupby"] for p in spec["panels"] if p.get("groupby")}
     assert {"config.source", "config.arm"} <= groupbys
+
+
+def test_a_teacher_that_does_not_fit_is_one_line(ablation, tmp_path):
+    """A 10-class MNIST teacher for a 2-class dataset: refused before anything is labelled."""
+    from xfergan.errors import UserError
+
+    teacher = ablation["sweep"] / "0" / "classify_teacher"
+    with pytest.raises(UserError, match="predicts 10 classes but this dataset has 2") as e:
+        run_task(
+            compose(
+                FAST
+                + [
+                    "task=pseudolabel",
+                    "dataset=pneumoniamnist",
+                    "dataset.image_size=28",
+                    "distill.source=real",
+                    f"distill.teacher={teacher}",
+                    "logger=none",
+                ],
+                tmp_path,
+            )
+        )
+    assert "\n" not in str(e.value)

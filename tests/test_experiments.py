@@ -11,47 +11,11 @@ from pathlib import Path
 from tests.conftest import FAST, ROOT, run_py
 
 
-def _wandb_records(path: Path):
-    """Records of a W&B .wandb file (a LevelDB-style log: 7-byte file header, 32 KiB blocks,
-    7-byte record headers: crc32, length, type FULL/FIRST/MIDDLE/LAST)."""
-    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        if kind == 0:
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            yield chunk
-        elif kind == 2:
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            yield buf + chunk
-
-
 def _wandb_meta(run_dir: Path) -> dict:
     """Group, job_type and tags of a run's offline W&B run, read back from its .wandb file."""
-    from wandb.proto import wandb_internal_pb2
+    from tasks.wandb_files import read_offline_run
 
-    f = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    for data in _wandb_records(f):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        if rec.WhichOneof("record_type") == "run":
-            return {
-                "group": rec.run.run_group,
-                "job_type": rec.run.job_type,
-                "tags": list(rec.run.tags),
-            }
-    raise AssertionError(f"no run record in {f}")
+    return read_offline_run(next(run_dir.glob("wandb/offline-run-*/run-*.wandb")))
 
 
 def test_paper_table1_sweep_then_report(tmp_path):

@@ -66,67 +66,78 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert got["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["dataset.n_per_class=9000"], "dataset.n_per_class=9000 but class 0 has only"),
-        (["dataset.n_per_class=0"], "dataset.n_per_class=0 must be a positive number"),
-        (
-            ["model=resnet18", "model.init=scratch", "dataset.image_size=16"],
-            "dataset.image_size=16 is too small for resnet18",
-        ),
-        (
-            ["model.init=/nonexistent/model.ckpt"],
-            "init checkpoint /nonexistent/model.ckpt does not exist",
-        ),
-        (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
-        (["dataset=mura", "paths.data_dir=/tmp"], "no MURA-v1.1/ folder in /tmp"),
-        (["task=synthesize", "synthesize.checkpoint=/nonexistent"], "GAN checkpoint /nonexistent"),
-    ],
-)
-def test_clear_one_line_errors(args, message, tmp_path):
-    r = run_py(FAST + ["logger=none", f"hydra.run.dir={tmp_path}"] + args)
-    assert r.returncode == 2, r.stderr[-2000:]
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("xfergan: error: ") and message in last, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+ONE_LINE_ERRORS = [
+    (["dataset.n_per_class=9000"], "dataset.n_per_class=9000 but class 0 has only"),
+    (["dataset.n_per_class=0"], "dataset.n_per_class=0 must be a positive number"),
+    (
+        ["model=resnet18", "model.init=scratch", "dataset.image_size=16"],
+        "dataset.image_size=16 is too small for resnet18",
+    ),
+    (
+        ["model.init=/nonexistent/model.ckpt"],
+        "init checkpoint /nonexistent/model.ckpt does not exist",
+    ),
+    (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
+    (["dataset=mura", "paths.data_dir=/tmp"], "no MURA-v1.1/ folder in /tmp"),
+    (["task=synthesize", "synthesize.checkpoint=/nonexistent"], "GAN checkpoint /nonexistent"),
+    (["task=pipeline", "pipeline.arms=[real,distil_gan]"], "unknown arm 'distil_gan'"),
+    (
+        ["task=pipeline", "pipeline.arms=[real,distill_gan]", "distill.min_confidence=1.5"],
+        "distill.min_confidence=1.5 must be in (0, 1]",
+    ),
+]
 
 
-def test_checkpoint_that_does_not_fit_the_model(tmp_path):
+def test_clear_one_line_errors(tmp_path):
+    """Bad input of every kind: exit code 2, the last line `xfergan: error: ...`, no traceback.
+    Also a checkpoint that does not fit the model, and one that would run code on load. The
+    cases run as concurrent processes (each is mostly start-up)."""
+    import pickle
+
     import torch
 
     from lightning_modules.nets.backbones import build_backbone
 
     net = build_backbone("small_cnn", 10, in_channels=1, init="scratch", width=8)
     torch.save({"state_dict": net.state_dict()}, tmp_path / "cnn.ckpt")
-    r = run_py(
-        FAST
-        + [
-            "logger=none",
-            f"hydra.run.dir={tmp_path}/o",
-            "model=resnet18",
-            "dataset.image_size=32",
-            f"model.init={tmp_path / 'cnn.ckpt'}",
-        ]
-    )
-    assert r.returncode == 2
-    assert "does not fit this model" in r.stderr.strip().splitlines()[-1]
-
-
-def test_untrusted_checkpoint_is_refused(tmp_path):
-    """A pickle that would run code on load is refused by weights_only=True."""
-    import pickle
 
     class Evil:
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
-    r = run_py(
-        FAST
-        + ["logger=none", f"hydra.run.dir={tmp_path}/o", f"model.init={tmp_path / 'evil.ckpt'}"]
-    )
-    assert r.returncode == 2 and "weights_only=True" in r.stderr
+    cases = ONE_LINE_ERRORS + [
+        (
+            ["model=resnet18", "dataset.image_size=32", f"model.init={tmp_path / 'cnn.ckpt'}"],
+            "does not fit this model",
+        ),
+        ([f"model.init={tmp_path / 'evil.ckpt'}"], "weights_only=True"),
+    ]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                *FAST,
+                "logger=none",
+                f"hydra.run.dir={tmp_path / str(i)}",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (args, _) in enumerate(cases)
+    ]
+    for p, (args, message) in zip(procs, cases):
+        err = p.communicate(timeout=300)[1]
+        assert p.returncode == 2, (args, err[-2000:])
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("xfergan: error: ") and message in last, (args, err[-2000:])
+        assert "Traceback" not in err
     assert not (tmp_path / "pwned").exists()
 
 

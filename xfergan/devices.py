@@ -35,10 +35,13 @@ def device_slot(
 
     lock_dir = Path(lock_dir or default_lock_dir())
     lock_dir.mkdir(parents=True, exist_ok=True)
+    physical = physical_ids(n_devices)
     while True:
         for i in range(n_devices):
-            lock = FileLock(
-                str(lock_dir / f"device{i}.lock"), thread_local=False, is_singleton=False
+            lock = FileLock(  # keyed by the physical GPU: sweeps with other visible sets share
+                str(lock_dir / f"device{physical[i]}.lock"),
+                thread_local=False,
+                is_singleton=False,
             )
             try:
                 lock.acquire(timeout=0)
@@ -50,6 +53,12 @@ def device_slot(
                 lock.release()
             return
         time.sleep(poll_s)
+
+
+def physical_ids(n: int) -> list[str]:
+    """The physical id of each visible device index (CUDA_VISIBLE_DEVICES maps them)."""
+    vis = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return [vis[i] if i < len(vis) else str(i) for i in range(n)]
 
 
 def visible_gpus() -> int:

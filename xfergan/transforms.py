@@ -56,6 +56,19 @@ def random_affine(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def augment(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """The dataset's `augment` settings (rotation, translate, scale_min/max, hflip, vflip)."""
+    return random_affine(
+        x,
+        rotation=a.get("rotation", 0.0),
+        translate=a.get("translate", 0.0),
+        scale_min=a.get("scale_min", 1.0),
+        scale_max=a.get("scale_max", 1.0),
+        hflip=a.get("hflip", False),
+        vflip=a.get("vflip", False),
+    )
+
+
 def set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.shape[1] == channels:
         return x

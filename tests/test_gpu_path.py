@@ -1,0 +1,94 @@
+"""The GPU path on a CPU-only machine: small decoded sets move to the Trainer's device in the
+tasks' own code path, jobs queue for a single GPU, and the benchmark runs the tasks' path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from tasks.common import build_datamodule
+from tasks.gan import gan_datamodule
+from tests.conftest import FAST, GAN_FAST, ROOT, compose
+
+
+class _Strategy:
+    root_device = torch.device("meta")  # a device that is not the CPU, on any machine
+
+
+class _Trainer:
+    """The seam: what a datamodule reads from the Trainer that attaches it."""
+
+    strategy = _Strategy()
+    global_rank, world_size, training = 0, 1, False
+
+
+def test_data_moves_to_the_device_whichever_order_the_task_touches_it(tmp_path):
+    cfg = compose(FAST + GAN_FAST + ["dataset.n_per_class=4"], tmp_path)
+    for dm in (build_datamodule(cfg), gan_datamodule(cfg)):
+        dm.setup()  # as tasks/classify.py and tasks/gan.py do, before any Trainer exists
+        _ = dm.num_classes
+        assert dm.splits.train.x.device.type == "cpu"
+        dm.trainer = _Trainer()
+        dm.setup("fit")  # what the Trainer calls
+        for split in (dm.splits.train, dm.splits.val, dm.splits.test):
+            assert split.x.device.type == "meta" and split.y.device.type == "meta"
+        batch = dm.train_dataloader().dataset.__getitems__([0, 1])
+        assert batch.x.device.type == "meta"  # batches are sliced on the device
+
+
+def test_a_single_gpu_is_queued_for(tmp_path):
+    """device_slot(1): with one GPU, a second job waits until the first lets go."""
+    code = (
+        "import time; from xfergan.devices import device_slot\n"
+        f"with device_slot(1, '{tmp_path}', poll_s=0.05) as s:\n"
+        "    print(s, time.time(), flush=True); time.sleep(1.0)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    got = sorted(
+        (float(t), int(s)) for s, t in (p.communicate(timeout=60)[0].split() for p in procs)
+    )
+    assert [s for _, s in got] == [0, 0]
+    assert got[1][0] - got[0][0] >= 0.95, got
+
+
+def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    t0 = time.time()
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--backbones",
+            "mobilenet_v2",
+            "--size",
+            "32",
+            "--batch",
+            "8",
+            "--steps",
+            "3",
+            "--mura-images",
+            "24",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    cases = [c["case"] for c in res["results"]]
+    assert any(c.startswith("classifier step mobilenet_v2") for c in cases)
+    assert any(c.startswith("GAN step") for c in cases)
+    assert sum(c.startswith("MURA input") for c in cases) == 2
+    assert all(c["ratio"] > 0 and c["plain"] > 0 for c in res["results"])
+    assert res["commit"] and res["machine"]["cpu_count"] >= 1
+    assert "ratio" in r.stdout and time.time() - t0 < 300

@@ -53,6 +53,9 @@ class Split:
     group: torch.Tensor | None = None  # int64 [N], e.g. the study of each MURA image
     uid: torch.Tensor | None = None  # int64 [N], see uids_of (None for generated images)
     soft: torch.Tensor | None = None  # float [N, K] target distributions (teacher soft labels)
+    # bool [N]: images that were augmented when they were made (their label is for that view):
+    # training does not augment them again
+    fixed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -61,13 +64,22 @@ class Split:
         def pick(t):
             return t[idx] if t is not None else None
 
-        return Split(self.x[idx], self.y[idx], pick(self.group), pick(self.uid), pick(self.soft))
+        return Split(
+            self.x[idx],
+            self.y[idx],
+            pick(self.group),
+            pick(self.uid),
+            pick(self.soft),
+            pick(self.fixed),
+        )
 
     def to(self, device) -> Split:
         def mv(t):
             return t.to(device) if t is not None else None
 
-        return Split(mv(self.x), mv(self.y), mv(self.group), self.uid, mv(self.soft))
+        return Split(
+            mv(self.x), mv(self.y), mv(self.group), self.uid, mv(self.soft), mv(self.fixed)
+        )
 
 
 def concat(a: Split, b: Split, num_classes: int) -> Split:
@@ -82,13 +94,19 @@ def concat(a: Split, b: Split, num_classes: int) -> Split:
     group = None
     if a.group is not None:
         group = torch.cat([a.group, torch.full_like(b.y, -1)])
+
+    def fixed(s: Split):
+        return s.fixed if s.fixed is not None else torch.zeros(len(s), dtype=torch.bool)
+
     both_soft = a.soft is not None or b.soft is not None
+    any_fixed = a.fixed is not None or b.fixed is not None
     return Split(
         torch.cat([a.x, b.x]),
         torch.cat([a.y, b.y]),
         group,
         None,
         torch.cat([soft(a), soft(b)]) if both_soft else None,
+        torch.cat([fixed(a), fixed(b)]) if any_fixed else None,
     )
 
 
@@ -106,6 +124,7 @@ class Batch(NamedTuple):
     y: torch.Tensor
     group: torch.Tensor | None = None
     soft: torch.Tensor | None = None
+    fixed: torch.Tensor | None = None  # bool: do not augment these (made augmented)
 
 
 class IndexedTensors(torch.utils.data.Dataset):
@@ -129,6 +148,7 @@ class IndexedTensors(torch.utils.data.Dataset):
             s.y[i],
             s.group[i] if s.group is not None else None,
             s.soft[i] if s.soft is not None else None,
+            s.fixed[i] if s.fixed is not None else None,
         )
 
 
@@ -464,11 +484,15 @@ class ImageDataModule(pl.LightningDataModule):
         return self.test_dataloader()
 
     # ------------------------------------------------------------------ preprocessing
-    def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 [B, C, H, W] -> float, resized, augmented (train), channels, normalized."""
+    def preprocess(
+        self, x: torch.Tensor, train: bool = False, fixed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float, resized, augmented (train; not the `fixed` rows),
+        channels, normalized."""
         x = T.resize(T.to_float(x), self.image_size)
         if train and self.augment.get("enabled"):
-            x = T.augment(x, self.augment)
+            aug = T.augment(x, self.augment)
+            x = aug if fixed is None else torch.where(fixed[:, None, None, None], x, aug)
         if self._channels:
             x = T.set_channels(x, self._channels)
         return T.normalize(x, self.normalize).contiguous()
@@ -476,4 +500,4 @@ class ImageDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         trainer = self.trainer
         train = bool(trainer is not None and trainer.training)
-        return batch._replace(x=self.preprocess(batch.x, train=train))
+        return batch._replace(x=self.preprocess(batch.x, train=train, fixed=batch.fixed))

@@ -47,6 +47,7 @@ def write_synthetic(
     meta: dict,
     real_uids: torch.Tensor | None = None,
     soft: torch.Tensor | None = None,
+    pre_augmented: bool = False,
 ) -> Path:
     """Write synthetic.pt, then manifest.json (both atomically). The manifest is written last, so a
     reader never sees a manifest without its finished data file."""
@@ -69,6 +70,7 @@ def write_synthetic(
         "image_size": int(images.shape[-1]),
         "channels": int(images.shape[1]),
         "soft_labels": soft is not None,
+        "pre_augmented": pre_augmented,  # made augmented: training does not augment them again
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
     return data_path
@@ -114,8 +116,9 @@ def load_synthetic(
                 xf = xf.mean(1, keepdim=True) if c == 1 else xf.expand(-1, c, -1, -1)
             x = (xf.clamp(0, 1) * 255).round().to(torch.uint8)
     soft = blob.get("soft")
+    fixed = torch.ones(len(y), dtype=torch.bool) if m.get("pre_augmented") else None
     return SyntheticSet(
-        Split(x.contiguous(), y, soft=soft.float() if soft is not None else None),
+        Split(x.contiguous(), y, soft=soft.float() if soft is not None else None, fixed=fixed),
         m,
         data_path,
         blob.get("real_train_uids"),

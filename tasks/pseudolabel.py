@@ -188,7 +188,15 @@ def run(cfg: DictConfig) -> dict:
         "kept_fraction_per_class": fractions,
         "real_data": prov,
     }
-    path = write_synthetic(out, x[keep], y[keep], meta, real_uids=real_uids, soft=probs[keep])
+    path = write_synthetic(
+        out,
+        x[keep],
+        y[keep],
+        meta,
+        real_uids=real_uids,
+        soft=probs[keep],
+        pre_augmented=d.source == "real",  # the teacher labelled these augmented views
+    )
     log.info("wrote %s: %d of %d images kept", path, int(keep.sum()), len(y))
     metrics["synthetic_path"] = str(path)
     return metrics

@@ -26,7 +26,8 @@ def test_paper_table1_sweep_then_report(tmp_path):
             "experiment=paper_table1",
             "seed=0,1",
             "debug=smoke",
-            "trainer.enable_progress_bar=false",
+            *FAST,
+            "logger=default",
             f"hydra.sweep.dir={sweep}",
         ]
     )

@@ -487,3 +487,28 @@ def test_a_wandb_start_that_fails_warns_with_the_reason(out, caplog):
     assert m["status"] == "ok"
     said = [r.getMessage() for r in caplog.records if "W&B could not start" in r.getMessage()]
     assert said and "NotADirectoryError" in said[0], caplog.text[-2000:]
+
+
+def test_images_made_augmented_are_not_augmented_again(tmp_path):
+    """distill_real's copies are augmented when the teacher labels them: training leaves them
+    as they are (the label is for that view) and augments everything else."""
+    from tasks.common import build_datamodule
+
+    dm = build_datamodule(
+        compose(
+            FAST
+            + [
+                "dataset.n_per_class=2",
+                "dataset.augment.enabled=true",
+                "dataset.augment.rotation=30",
+            ],
+            tmp_path,
+        )
+    )
+    dm.setup()
+    x = dm.splits.train.x[:4]
+    fixed = torch.tensor([True, False, True, False])
+    torch.manual_seed(0)
+    out = dm.preprocess(x, train=True, fixed=fixed)
+    plain = dm.preprocess(x, train=False)
+    assert torch.equal(out[fixed], plain[fixed]) and not torch.equal(out[~fixed], plain[~fixed])

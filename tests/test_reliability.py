@@ -168,30 +168,6 @@ def test_wandb_online_without_network_falls_back_offline_in_bounded_time(tmp_pat
     assert list((tmp_path / "wandb").glob("offline-run-*")), "fell back to an offline run"
 
 
-def test_ddp_on_two_cpu_processes_one_dir_one_metrics(tmp_path):
-    runs = tmp_path / "runs"
-    r = run_py(
-        FAST
-        + [
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "debug=smoke",
-            "logger=csv",
-            "dataset.n_per_class=10",
-            f"paths.log_dir={runs}",
-            f"hydra.run.dir={runs}/ddp",
-        ],
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    dirs = [p for p in runs.rglob("*") if p.is_dir() and (p / ".hydra").is_dir()]
-    assert dirs == [runs / "ddp"], dirs
-    metrics = list(runs.rglob("metrics.json"))
-    assert metrics == [runs / "ddp" / "metrics.json"]
-    m = json.loads(metrics[0].read_text())
-    assert m["status"] == "ok" and m["n_test"] == 10000
-
-
 def test_lightnings_called_launcher_function_is_the_one_replaced():
     """pytorch_lightning's launcher calls its own imported copy of _hydra_subprocess_cmd: that is
     the name that must be (and is) replaced."""

@@ -107,12 +107,13 @@ def finish_wandb(failed: bool, summary: dict | None = None) -> None:
     try:
         from tasks.tracking import VAL_BEST
 
+        run.log({}, commit=True)  # a history row still pending (log(step=)) lands before this
+        have = set(run.summary.keys())  # (`k in run.summary` raises: Summary has no __contains__)
         for k, v in (summary or {}).items():
             if k in VAL_BEST and isinstance(v, (int, float)):
-                if k in run.summary and hasattr(run.summary[k], "keys"):
-                    run.summary[k]["tested"] = v
-                else:
-                    run.summary[k] = {VAL_BEST[k]: v, "tested": v}
+                best = run.summary[k] if k in have else None
+                best = best.get(VAL_BEST[k], v) if hasattr(best, "get") else v
+                run.summary[k] = {VAL_BEST[k]: best, "tested": v}
             else:
                 run.summary[k] = v
     except Exception as e:  # noqa: BLE001 - the summary must never cost the run

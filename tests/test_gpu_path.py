@@ -92,3 +92,31 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
     assert all(c["ratio"] > 0 and c["plain"] > 0 for c in res["results"])
     assert res["commit"] and res["machine"]["cpu_count"] >= 1
     assert "ratio" in r.stdout and time.time() - t0 < 300
+
+
+def test_step_budget_under_ddp_matches_what_each_rank_runs(tmp_path):
+    """trainer.max_steps under DDP: whole epochs whose length is what EpochSampler gives each
+    rank (10 images on 4 ranks: the budget is not silently cut)."""
+    import math
+
+    from datamodules.base import EpochSampler
+    from tasks.common import world_size
+
+    cfg = compose(
+        FAST
+        + [
+            "dataset.n_per_class=1",
+            "dataset.batch_size=4",
+            "trainer=ddp",
+            "trainer.devices=[0,1,2,3]",
+        ],
+        tmp_path,
+    )
+    assert world_size(cfg) == 4
+    dm = build_datamodule(cfg)
+    dm.setup()
+    epochs = dm.plan_epochs(600, 4)
+    per_rank = [len(list(EpochSampler(10, 0, None, r, 4, dm.train_repeats))) for r in range(4)]
+    assert len(set(per_rank)) == 1  # every rank runs the same number of steps
+    bpe = math.ceil(per_rank[0] / dm.batch_size)
+    assert bpe == dm.batches_per_epoch(4) and epochs * bpe >= 600 > (epochs - 1) * bpe

@@ -283,6 +283,7 @@ def _schema_default(cls, name):
         ("lightning_modules.classifier.ClassifierModule", "ClassifierConfig"),
         ("datamodules.base.ImageDataModule", "DatasetConfig"),
         ("datamodules.mnist.MNISTDataModule", "MnistConfig"),
+        ("datamodules.files.FileImageDataModule", "FilesConfig"),
         ("datamodules.mura.MURADataModule", "MuraConfig"),
     ],
 )
@@ -297,19 +298,25 @@ def test_constructors_take_their_defaults_from_the_schema(target, schema):
 
     cls = hydra.utils.get_class(target)
     sch = getattr(S, schema)
-    sig = inspect.signature(cls.__init__)
     checked = 0
-    for name, p in sig.parameters.items():
-        if p.default is inspect.Parameter.empty or name in ("self",):
+    for owner in cls.__mro__:  # the class and every base it forwards **kwargs to
+        if "__init__" not in vars(owner) or not owner.__module__.startswith(
+            ("datamodules", "lightning_modules")
+        ):
             continue
-        want = _schema_default(sch, name)
-        if want is dataclasses.MISSING:
-            continue
-        assert p.default == want, f"{target}({name}={p.default!r}) but the schema says {want!r}"
-        checked += 1
+        for name, p in inspect.signature(owner.__init__).parameters.items():
+            if p.default is inspect.Parameter.empty or name in ("self",):
+                continue
+            want = _schema_default(sch, name)
+            if want is dataclasses.MISSING:
+                continue
+            assert p.default == want, f"{owner}({name}={p.default!r}) but the schema says {want!r}"
+            checked += 1
     assert checked >= 2
     if schema in ("GANConfig", "ClassifierConfig", "DatasetConfig"):  # subclasses forward to it
-        assert not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()), target
+        assert not any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+        ), target
 
 
 def test_unknown_datamodule_keys_fail():

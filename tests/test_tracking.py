@@ -121,3 +121,23 @@ def test_unreachable_mlflow_costs_one_warning_line_not_the_run(tmp_path, caplog)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow:")]
     assert len(said) == 1 and "does not answer" in said[0]
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == m["test/acc"]
+
+
+def test_wandb_summary_keeps_the_best_val_value_and_the_tested_one(tmp_path, monkeypatch):
+    """A real offline W&B run: val/acc logged 0.5, 0.9, 0.7, the tested checkpoint's 0.8; the
+    summary holds both, and every later key of metrics.json is still written."""
+    import wandb
+
+    from tasks.wandb_files import read_offline_run
+    from tasks.wandb_utils import define_best, finish_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(mode="offline", dir=str(tmp_path), name="summary")
+    define_best(run)
+    for step, v in enumerate([0.5, 0.9, 0.7]):
+        wandb.log({"val/acc": v, "val/loss": 1 - v}, step=step)
+    finish_wandb(False, {"val/acc": 0.8, "val/loss": 0.2, "test/acc": 0.75, "status": "ok"})
+    s = read_offline_run(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))["summary"]
+    assert s["val/acc"] == {"max": 0.9, "tested": 0.8}
+    assert s["val/loss"]["min"] == pytest.approx(0.1) and s["val/loss"]["tested"] == 0.2
+    assert s["test/acc"] == 0.75 and s["status"] == "ok"

@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--wall-s", type=float, default=None)
     ap.add_argument("--files", nargs="*", default=["report.md", "report.json", "report.csv"])
     ap.add_argument("--glob", nargs="*", default=["plot_*.png"])
+    ap.add_argument("--note", default=None)
     a = ap.parse_args()
     src, dst = Path(a.run_dir), HERE / a.name
     dst.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,13 @@ def main():
         for f in sorted(src.glob(pattern)):
             shutil.copy(f, dst / f.name)
             copied.append(f.name)
+    jobs = sorted(src.glob("*/metrics.json")) + sorted(src.glob("*/*/metrics.json"))
+    for f in jobs:  # every job's (or pipeline stage's) own numbers, per seed
+        rel = f.parent.relative_to(src).as_posix().replace("/", "__")
+        (dst / "jobs").mkdir(exist_ok=True)
+        shutil.copy(f, dst / "jobs" / f"{rel}.json")
+    if (src / "metrics.json").is_file():
+        copied.append("metrics.json") if shutil.copy(src / "metrics.json", dst) else None
     run = {
         "command": a.command,
         "commit": a.commit or commit(HERE),
@@ -52,7 +60,10 @@ def main():
         "wall_s": a.wall_s,
         "source_dir": str(src),
         "files": copied,
+        "jobs": len(jobs),
     }
+    if a.note:
+        run["note"] = a.note
     (dst / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {dst} ({len(copied)} files)")
 

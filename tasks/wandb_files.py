@@ -86,7 +86,7 @@ def read_offline_run(path: Path) -> dict[str, Any]:
                     _set(out["summary"], keys, value)
         elif kind == "history":
             for item in rec.history.item:
-                out["history_keys"].add(item.key or "/".join(item.nested_key))
+                out["history_keys"].add(item.key or item.nested_key[0])  # an image: [key, field]
         elif kind == "exit":
             out["exit_code"] = rec.exit.exit_code
     # W&B stores each config value as {"value": v}

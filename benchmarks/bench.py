@@ -379,6 +379,7 @@ def main():
         print(f"{r['case']:78s} {r['plain']:9.1f} {r['ours']:9.1f} {r['ratio']:6.2f}  {r['unit']}")
     text = json.dumps(payload, indent=2) + "\n"
     if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)
     if a.save:
         slug = "".join(c if c.isalnum() else "-" for c in dev).strip("-").lower()

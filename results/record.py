@@ -50,8 +50,9 @@ def main():
         rel = f.parent.relative_to(src).as_posix().replace("/", "__")
         (dst / "jobs").mkdir(exist_ok=True)
         shutil.copy(f, dst / "jobs" / f"{rel}.json")
-    if (src / "metrics.json").is_file():
-        copied.append("metrics.json") if shutil.copy(src / "metrics.json", dst) else None
+    if (src / "metrics.json").is_file() and "metrics.json" not in copied:  # a single run
+        shutil.copy(src / "metrics.json", dst)
+        copied.append("metrics.json")
     run = {
         "command": a.command,
         "commit": a.commit or commit(HERE),

@@ -162,6 +162,11 @@ GAN_COLUMNS = (
 )
 
 
+def _row(cells) -> str:
+    """One markdown table row (no empty first cell when a table has no group columns)."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def _fmt_ci(m: float, lo: float, hi: float, n: int) -> str:
     if math.isnan(lo):
         return f"{m:.4f} (n={n})"
@@ -245,20 +250,17 @@ def arm_lines(a: dict) -> list[str]:
         "",
         "## Paired differences by seed (same seed = same real images in every arm)",
         "",
-        "| " + " | ".join(keys) + " | metric | comparison | mean | 95% CI | p (paired t) | n |"
-        " verdict |",
+        _row(
+            list(keys) + ["metric", "comparison", "mean", "95% CI", "p (paired t)", "n", "verdict"]
+        ),
         "|" + "---|" * (len(keys) + 7),
     ]
     for g in a["groups"]:
         for d in g["paired"]:
             ci = "—" if math.isnan(d["low"]) else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
             p = "—" if math.isnan(d["p"]) else f"{d['p']:.3g}"
-            lines.append(
-                "| "
-                + " | ".join([g["group"][k] for k in keys])
-                + f" | {d['metric']} | {d['arm']} − {d['baseline']} | {d['mean']:+.4f} | {ci} | "
-                f"{p} | {d['n']} | {d['verdict']} |"
-            )
+            cells = [d["metric"], f"{d['arm']} − {d['baseline']}", f"{d['mean']:+.4f}", ci, p]
+            lines.append(_row([g["group"][k] for k in keys] + cells + [d["n"], d["verdict"]]))
     for main in a["metrics"]:
         lines += [
             "",

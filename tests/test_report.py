@@ -63,6 +63,25 @@ def test_report_shows_every_arm_and_paired_differences(tmp_path):
     assert (sweep / "plot_arms.png").stat().st_size > 5000
 
 
+def test_markdown_tables_are_well_formed_without_group_columns(tmp_path):
+    """Seeds only (pneumonia_gan): no grouping key, yet every table row has as many cells as
+    its separator line (no empty first column that shifts the table)."""
+    sweep = tmp_path / "sweep"
+    for job, (r, b) in enumerate([(0.90, 0.92), (0.91, 0.94), (0.89, 0.90)]):
+        _pipeline_run(sweep / str(job), job, 8, {"real": r, "real_balanced": b})
+        ov = sweep / str(job) / ".hydra" / "overrides.yaml"
+        ov.write_text(yaml.safe_dump([f"seed={job}"]))
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
+    lines = (sweep / "report.md").read_text().splitlines()
+    seps = [i for i, ln in enumerate(lines) if ln.startswith("|---")]
+    assert len(seps) >= 2
+    for i in seps:
+        width = lines[i].count("---|")
+        for ln in lines[i - 1 : i] + [x for x in lines[i + 1 :] if x.startswith("| ")][:1]:
+            assert ln.count(" | ") + 1 == width and not ln.startswith("|  |"), ln
+    assert "| test/acc | real_balanced − real | +0.0200 |" in "\n".join(lines)
+
+
 def test_paired_statistics_against_hand_computed_values():
     from xfergan.stats import mean_ci, paired, verdict
 

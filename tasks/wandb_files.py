@@ -6,6 +6,7 @@ type FULL/FIRST/MIDDLE/LAST) holding wandb_internal_pb2.Record protobufs."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,27 @@ def _config(config: dict, items) -> None:
         _set(config, [item.key] if item.key else list(item.nested_key), json.loads(item.value_json))
 
 
-def read_offline_run(path: Path) -> dict[str, Any]:
+def read_offline_run(path: Path, settle_s: float = 30.0) -> dict[str, Any]:
+    """The run as written so far. W&B's service writes the file after `wandb.finish` returns, and
+    a finished run's last record is `exit`: a file without it that was written to within
+    `settle_s` is read again (every 0.2 s, at most `settle_s`) until the exit record is there. A
+    killed run's old file is read at once, as it is."""
+    path = Path(path)
+    deadline = time.monotonic() + settle_s
+    while True:
+        fresh = time.time() - path.stat().st_mtime < settle_s
+        try:
+            out = _read_once(path)
+        except Exception:  # noqa: BLE001 - a record still being written: read again
+            if not fresh or time.monotonic() > deadline:
+                raise
+            out = {}
+        if "exit_code" in out or not fresh or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_once(path: Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2
 
     out: dict[str, Any] = {

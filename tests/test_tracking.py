@@ -141,3 +141,39 @@ def test_wandb_summary_keeps_the_best_val_value_and_the_tested_one(tmp_path, mon
     assert s["val/acc"] == {"max": 0.9, "tested": 0.8}
     assert s["val/loss"]["min"] == pytest.approx(0.1) and s["val/loss"]["tested"] == 0.2
     assert s["test/acc"] == 0.75 and s["status"] == "ok"
+
+
+def test_reading_a_run_waits_for_the_file_wandb_is_still_writing(tmp_path, monkeypatch):
+    """W&B's service may write the end of the file after wandb.finish() returns: the reader waits
+    (bounded) for the exit record of a file written moments ago, and reads an old one at once."""
+    import threading
+
+    import wandb
+
+    from tasks.wandb_files import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.init(mode="offline", dir=str(tmp_path / "w"), name="late")
+    wandb.log({"val/acc": 0.5})
+    wandb.run.summary["test/acc"] = 0.75
+    wandb.finish()
+    src = next(tmp_path.glob("w/wandb/offline-run-*/run-*.wandb"))
+    full = None
+    for _ in range(150):  # the finished file, once the service has written all of it
+        full = read_offline_run(src, settle_s=0)
+        if "exit_code" in full:
+            break
+        time.sleep(0.2)
+    assert full["summary"]["test/acc"] == 0.75 and full["exit_code"] == 0
+    data = src.read_bytes()
+    live = tmp_path / "live.wandb"
+    live.write_bytes(data[:7])  # only the file header so far
+    threading.Timer(1.0, live.write_bytes, args=(data,)).start()
+    t0 = time.time()
+    got = read_offline_run(live)
+    assert got["summary"]["test/acc"] == 0.75 and 0.9 < time.time() - t0 < 10
+    old = tmp_path / "killed.wandb"
+    old.write_bytes(data[:7])
+    os.utime(old, (time.time() - 3600, time.time() - 3600))  # a run killed an hour ago
+    t0 = time.time()
+    assert "exit_code" not in read_offline_run(old) and time.time() - t0 < 1

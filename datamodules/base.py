@@ -392,8 +392,8 @@ class ImageDataModule(pl.LightningDataModule):
         epochs, so checkpoints fall on epoch ends and a resumed run continues exactly. The epoch's
         length depends on the data and batch size only, never on the budget."""
         self._ensure_loaded()
-        n = len(self.splits.train)
-        per_pass = max(1, math.ceil(math.ceil(n / world) / self.batch_size))
+        self.train_repeats = 1
+        per_pass = self.batches_per_epoch(world)  # one pass over the training images
         self.train_repeats = max(1, target // per_pass)
         bpe = self.batches_per_epoch(world)
         if limit_batches:

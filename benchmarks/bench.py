@@ -198,7 +198,10 @@ def bench_gan(batch, steps, warmup, width, gpu, tmp: Path) -> dict:
         ld, lg = plain_model.gan_step(
             x_all[idx], y_all[idx], opt_g, opt_d, lambda loss: loss.backward()
         )
-        float(ld), float(lg)  # the Lightning loop checks the losses every step too
+        (
+            float(ld.detach()),
+            float(lg.detach()),
+        )  # the Lightning loop checks the losses every step too
 
     plain = steps / timed(step, steps, warmup)
     return {
@@ -208,6 +211,74 @@ def bench_gan(batch, steps, warmup, width, gpu, tmp: Path) -> dict:
         "ours": ours,
         "ratio": ours / plain,
     }
+
+
+def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> dict:
+    """One option, e.g. eager_bs64 or cudagraphs_bs256_bf16: real images per second."""
+    kind, bs, *rest = name.split("_")
+    mode = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}[kind]
+    batch, bf16, dev = int(bs.removeprefix("bs")), rest == ["bf16"], device()
+    over = ["experiment=paper_table3_full", "task=gan", f"gan.batch_size={batch}"]
+    cfg = compose(over + ([] if gpu else ["trainer=cpu"]), tmp / f"gan_speed_{name}")
+    dm = gan_datamodule(cfg)
+    dm.setup()
+    model = build_gan(cfg, dm).to(dev)
+    opt_g, opt_d = model.configure_optimizers()
+    x_all = dm.preprocess(dm.splits.train.x.to(dev))
+    y_all = dm.splits.train.y.to(dev)
+    t0 = time.perf_counter()
+    if mode:
+        model.G.compile(mode=mode)
+        model.D.compile(mode=mode)
+
+    def step():
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        idx = torch.randint(0, len(y_all), (batch,), device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            ld, lg = model.gan_step(
+                x_all[idx], y_all[idx], opt_g, opt_d, lambda loss: loss.backward()
+            )
+        float(ld.detach()), float(lg.detach())
+
+    step()  # the first call compiles
+    first = time.perf_counter() - t0
+    return {"rate": batch * steps / timed(step, steps, warmup), "first_step_s": first}
+
+
+def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str) -> list[dict]:
+    """The speed options for the paper's GAN step (experiment=paper_table3_full's G and D, plain
+    loop around the module's own gan_step): a larger batch (the same passes over the real images
+    in fewer steps), bf16 autocast (what trainer=gpu runs), torch.compile with and without CUDA
+    graphs. Figure: real images per second (batch x steps/s), against the first variant."""
+    base, out = None, []
+    for name in variants.split(","):
+        row = {"case": f"GAN speed {name} (paper_table3_full G/D, plain loop)", "unit": "img/s"}
+        try:
+            got = _gan_speed_one(name, steps, warmup, gpu, tmp)
+        except Exception as e:  # an option that does not run here is a finding, not a crash
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            out.append(
+                {
+                    **row,
+                    "error": f"{type(e).__name__}: {msg}",
+                    "plain": base or 0.0,
+                    "ours": 0.0,
+                    "ratio": 0.0,
+                }
+            )
+            continue
+        base = base or got["rate"]
+        out.append(
+            {
+                **row,
+                "plain": base,
+                "ours": got["rate"],
+                "ratio": got["rate"] / base,
+                "first_step_s": got["first_step_s"],
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- MURA input
@@ -258,8 +329,9 @@ class _PILImages(torch.utils.data.Dataset):
 
 
 def bench_mura(n_images: int, size: int, batch: int, tmp: Path) -> list[dict]:
-    data = tmp / "mura_data"
-    _mura_tree(data / "mura", n_images)
+    data = tmp.parent / f"mura_data_{n_images}"  # one tree for every round; a cache per round
+    if not data.exists():
+        _mura_tree(data / "mura", n_images)
     workers = os.cpu_count() or 1
     over = [
         "dataset=mura",
@@ -340,7 +412,14 @@ def main():
     ap.add_argument(
         "--preset", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu"
     )
-    ap.add_argument("--cases", default="classifier,gan,mura")
+    ap.add_argument(
+        "--cases", default="classifier,gan,mura", help="also: gan_speed (the GAN step's options)"
+    )
+    ap.add_argument(
+        "--gan-variants",
+        default="eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16",
+        help="gan_speed: <eager|compile|cudagraphs>_bs<batch>[_bf16], comma-separated",
+    )
     ap.add_argument("--backbones", default=None)
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
@@ -360,54 +439,63 @@ def main():
     torch.backends.cudnn.benchmark = gpu
     os.environ.setdefault("DATA_DIR", str(ROOT.parent / "shared" / "data"))
     cases = a.cases.split(",")
-    rounds = []
-    with tempfile.TemporaryDirectory(prefix="xfergan-bench-") as t:
-        for r in range(a.repeats):  # whole rounds: a noisy machine moves single timings a lot
-            tmp = Path(t) / f"round{r}"  # fresh data and caches: a first epoch decodes again
-            tmp.mkdir()
-            results = []
-            if "classifier" in cases:
-                for b in backbones:
-                    results.append(bench_classifier(b, size, batch, steps, 5, gpu, tmp))
-            if "gan" in cases:
-                results.append(
-                    bench_gan(
-                        64 if gpu else 32,
-                        steps * (10 if gpu else 8),
-                        5,
-                        64 if gpu else 16,
-                        gpu,
-                        tmp,
-                    )
-                )
-            if "mura" in cases:
-                results += bench_mura(
-                    a.mura_images or (2000 if gpu else 600), 224, 256 if gpu else 32, tmp
-                )
-            rounds.append(results)
-    results = [median_of([rnd[i] for rnd in rounds]) for i in range(len(rounds[0]))]
     payload = {
         "command": "python " + " ".join(sys.argv),
-        "commit": commit(),
+        "commit": os.environ.get("XFERGAN_COMMIT") or commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "preset": a.preset,
-        "results": results,
+        "results": [],
     }
+
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="xfergan-bench-") as t:
+        for r in range(a.repeats):  # whole rounds: a noisy machine moves single timings a lot
+            tmp = Path(t) / f"round{r}"  # fresh caches: a first epoch decodes again
+            tmp.mkdir()
+            results = []
+            rounds.append(results)
+
+            def add(*rows, results=results, r=r):  # written after every case: a run stopped
+                results.extend(rows)  # at its time limit keeps what it measured
+                payload["results"] = [
+                    median_of([rnd[i] for rnd in rounds if i < len(rnd)])
+                    for i in range(len(results))
+                ]
+                payload["rounds_done"] = r + (len(results) == len(rounds[0]))
+                if a.out:
+                    write(Path(a.out))
+
+            if "classifier" in cases:
+                for b in backbones:
+                    add(bench_classifier(b, size, batch, steps, 5, gpu, tmp))
+            if "gan" in cases:
+                gan_batch, gan_width = (64, 64) if gpu else (32, 16)
+                add(bench_gan(gan_batch, steps * (10 if gpu else 8), 5, gan_width, gpu, tmp))
+            if "mura" in cases:
+                n_mura = a.mura_images or (2000 if gpu else 600)
+                add(*bench_mura(n_mura, 224, 256 if gpu else 32, tmp))
+            if "gan_speed" in cases:
+                add(*bench_gan_speed(steps * (10 if gpu else 2), 5, gpu, tmp, a.gan_variants))
+    results = payload["results"]
     dev = payload["machine"].get("gpu") or f"CPU x{os.cpu_count()}"
-    print(f"\ndevice: {dev}, torch {torch.__version__}, preset {a.preset}, commit {commit()[:10]}")
+    print(
+        f"\ndevice: {dev}, torch {torch.__version__}, preset {a.preset}, commit {payload['commit'][:10]}"
+    )
     print(f"{'case':78s} {'plain':>9s} {'ours':>9s} {'ratio':>6s}")
     for r in results:
-        print(f"{r['case']:78s} {r['plain']:9.1f} {r['ours']:9.1f} {r['ratio']:6.2f}  {r['unit']}")
-    text = json.dumps(payload, indent=2) + "\n"
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+        print(
+            f"{r['case']:78s} {r['plain']:9.1f} {r['ours']:9.1f} {r['ratio']:6.2f}  {r['unit']}"
+            + (f"  [{r['error']}]" if "error" in r else "")
+        )
     if a.save:
         slug = "".join(c if c.isalnum() else "-" for c in dev).strip("-").lower()
         p = ROOT / "benchmarks" / "results" / f"{payload['date'][:10]}_{slug}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        write(p)
         print(f"wrote {p}")
 
 

@@ -79,6 +79,10 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
             str(out),
             "--repeats",
             "2",
+            "--cases",
+            "classifier,gan,mura,gan_speed",
+            "--gan-variants",
+            "eager_bs16,eager_bs32,nosuch_bs8",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -91,7 +95,11 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
     assert any(c.startswith("classifier step mobilenet_v2") for c in cases)
     assert any(c.startswith("GAN step") for c in cases)
     assert sum(c.startswith("MURA input") for c in cases) == 2
-    assert all(c["ratio"] > 0 and c["plain"] > 0 for c in res["results"])
+    speed = [c for c in res["results"] if c["case"].startswith("GAN speed")]
+    assert [c["case"].split()[2] for c in speed] == ["eager_bs16", "eager_bs32", "nosuch_bs8"]
+    assert speed[0]["ratio"] == 1.0 and speed[1]["ratio"] > 0  # against the first option
+    assert speed[2]["ours"] == 0 and "KeyError" in speed[2]["error"]  # recorded, not a crash
+    assert all(c["ratio"] > 0 and c["plain"] > 0 for c in res["results"] if c not in speed[2:])
     for c in res["results"]:  # the reported figure is the lower median of the rounds
         assert len(c["rounds"]) == 2 and c["ratio"] == min(x["ratio"] for x in c["rounds"])
     assert res["commit"] and res["machine"]["cpu_count"] >= 1

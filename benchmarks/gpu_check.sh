@@ -54,26 +54,40 @@ else
   GAN256=(gan.steps=3750)  # 3,000 passes over 320 images at batch 256
 fi
 
+# a shorter check (e.g. what is left of a device budget): GPU_CHECK_STEPS picks steps and their
+# order; GPU_CHECK_BENCH_ARGS, GPU_CHECK_SPEED_VARIANTS, GPU_CHECK_TABLE3_ARGS (extra overrides)
+# and GPU_CHECK_TABLE3_NAME (its results/ folder) resize them
+[[ -n "${GPU_CHECK_BENCH_ARGS:-}" ]] && read -ra BENCH_ARGS <<<"$GPU_CHECK_BENCH_ARGS"
+[[ -n "${GPU_CHECK_SPEED_VARIANTS:-}" ]] && SPEED_ARGS+=(--gan-variants "$GPU_CHECK_SPEED_VARIANTS")
+read -ra TABLE3_ARGS <<<"${GPU_CHECK_TABLE3_ARGS:-}"
+TABLE3_NAME="${GPU_CHECK_TABLE3_NAME:-paper_table3_full}$SUFFIX"
+
+step1() {
 echo "== 1. framework vs plain loop ($(left 130) s) =="
 timeout "$(left 130)" python benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$BENCH" 2>&1 |
   grep -vE "Warning|warn\(|^\s*$" | tail -9
+}
 
+step2() {
 echo "== 2. experiment=paper_table3_full end to end ($(left 320) s) =="
 s=$(date +%s)
 cmd=(python run.py experiment=paper_table3_full logger=csv trainer.enable_progress_bar=false
-  "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}")
+  "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${TABLE3_ARGS[@]}")
 timeout "$(left 320)" "${cmd[@]}" >"$WORK/table3.log" 2>&1
 echo "exit $? after $(($(date +%s) - s)) s"
 grep -E "Error|error:" "$WORK/table3.log" | tail -3
-[[ -f "$WORK/table3/metrics.json" ]] && python results/record.py "paper_table3_full$SUFFIX" "$WORK/table3" \
+note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
+[[ -f "$WORK/table3/metrics.json" ]] || note="PARTIAL: stopped at its time limit; finished stages in jobs/"
+ls "$WORK"/table3/*/metrics.json >/dev/null 2>&1 && python results/record.py "$TABLE3_NAME" "$WORK/table3" \
   --command "${cmd[*]}" --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) \
-  --files table3.md table3.json table3.png metrics.json --glob \
-  --note "seed 0; one command end to end (feature net, GAN, synthesize, 4 classifiers) on one GPU"
+  --files table3.md table3.json table3.png metrics.json --glob --note "$note"
 FEAT=$(python -c "import json,sys; print(json.load(open(sys.argv[1])).get('feature_net/dir',''))" \
   "$WORK/table3/metrics.json" 2>/dev/null)
 FEAT_CKPT=$(python -c "import json,sys; print(json.load(open(sys.argv[1]+'/metrics.json'))['last_checkpoint'])" \
   "$FEAT" 2>/dev/null)
+}
 
+step3() {
 echo "== 3. the paper's GAN at batch 256, lr x2, the same passes ($(left 70) s) =="
 s=$(date +%s)
 cmd=(python run.py experiment=paper_table3_full task=gan logger=csv trainer.enable_progress_bar=false
@@ -85,10 +99,15 @@ grep -E "Error|error:" "$WORK/gan_bs256.log" | tail -3
 [[ -f "$WORK/gan_bs256/metrics.json" ]] && python results/record.py "gan_bs256$SUFFIX" "$WORK/gan_bs256" --command "${cmd[*]}" \
   --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) --files metrics.json samples_final.png \
   --glob --note "the paper_table3_full GAN (seed 0) at batch 256 for the same 3,000 passes"
+}
 
+step4() {
 echo "== 4. the GAN step's speed options ($(left 60) s) =="
 timeout "$(left 60)" python benchmarks/bench.py --cases gan_speed "${SPEED_ARGS[@]}" --out "$SPEED" 2>&1 |
   grep -vE "Warning|warn\(|^\s*$" | tail -7
+}
+
+for n in ${GPU_CHECK_STEPS:-1 2 3 4}; do "step$n"; done
 
 echo "== summary =="
 python - "$WORK" <<'PY'
@@ -105,7 +124,7 @@ for name in ("table3", "gan_bs256"):
 t = w / "table3" / "table3.md"
 print(t.read_text() if t.exists() else "no table3.md")
 PY
-tar czf "$OUT/gpu_results.tgz" benchmarks/results/*"_${TAG}"*.json "results/paper_table3_full$SUFFIX" \
+tar czf "$OUT/gpu_results.tgz" benchmarks/results/*"_${TAG}"*.json "results/$TABLE3_NAME" \
   "results/gan_bs256$SUFFIX" 2>/dev/null
 cp "$WORK"/*.log "$OUT"/ 2>/dev/null
 echo "total $(($(date +%s) - T0)) s; results packed in $OUT/gpu_results.tgz"

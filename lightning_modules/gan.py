@@ -4,7 +4,6 @@ generator through `torch.optim.swa_utils.AveragedModel`, divergence detection.""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -65,7 +64,7 @@ def ema_with_warmup(decay: float):
     reaches `decay`, so early sample grids show the generator, not its random init."""
 
     def update(ema_params, params, n_averaged):
-        n = float(n_averaged)
+        n = float(n_averaged)  # a host read when given a tensor: ConditionalGAN passes an int
         d = min(decay, (1.0 + n) / (10.0 + n))
         if torch.is_floating_point(ema_params[0]):
             torch._foreach_lerp_(ema_params, params, 1.0 - d)
@@ -124,7 +123,14 @@ class ConditionalGAN(pl.LightningModule):
             "fixed_z", torch.randn(10, z_dim, generator=torch.Generator().manual_seed(0))
         )
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # G+D steps, resumable
-        self._bad_steps = 0
+        # host-side mirrors: a training step never reads a tensor back (each read stalls the
+        # CPU until the accelerator has finished, so the next step's kernels cannot be queued)
+        self._steps = 0  # == int(self.steps)
+        self._ema_n = 0  # == int(self.ema.n_averaged)
+        self._ema_update = ema_with_warmup(ema_decay)
+        self._bad = torch.zeros((), dtype=torch.long)  # current streak of collapsed-D steps
+        self._worst = torch.zeros((), dtype=torch.long)  # longest streak since the last check
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
 
@@ -135,6 +141,39 @@ class ConditionalGAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.provenance = checkpoint.get("xfergan_provenance")
+        sd = checkpoint.get("state_dict", {})
+        self._steps = int(sd.get("steps", 0))
+        self._ema_n = int(sd.get("ema.n_averaged", 0))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._steps, self._ema_n = int(self.steps), int(self.ema.n_averaged)  # once, at load
+        return out
+
+    @property
+    def steps_done(self) -> int:
+        """G+D steps so far (the `steps` buffer, read without a device sync)."""
+        return self._steps
+
+    def update_ema(self) -> None:
+        """AveragedModel.update_parameters without its host reads (`if n_averaged == 0`, the
+        decay from a tensor): the same arithmetic with the count kept on the host."""
+        ema = list(self.ema.module.parameters()) + list(self.ema.module.buffers())
+        new = list(self.G.parameters()) + list(self.G.buffers())
+        with torch.no_grad():
+            if self._ema_n == 0:
+                for e, p in zip(ema, new):
+                    e.copy_(p)
+            else:
+                floats = [(e, p.detach()) for e, p in zip(ema, new) if torch.is_floating_point(e)]
+                others = [
+                    (e, p.detach()) for e, p in zip(ema, new) if not torch.is_floating_point(e)
+                ]
+                for group in (floats, others):
+                    if group:
+                        self._ema_update([e for e, _ in group], [p for _, p in group], self._ema_n)
+            self.ema.n_averaged += 1
+        self._ema_n += 1
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -229,8 +268,9 @@ class ConditionalGAN(pl.LightningModule):
         opt_g.step()
         self.D.requires_grad_(True)
         self.steps += 1
-        if int(self.steps) >= self.hparams.ema_start_step:
-            self.ema.update_parameters(self.G)
+        self._steps += 1
+        if self._steps >= self.hparams.ema_start_step:
+            self.update_ema()
         else:
             self.ema.module.load_state_dict(self.G.state_dict())
         return loss_d, loss_g
@@ -238,7 +278,10 @@ class ConditionalGAN(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         opt_g, opt_d = self.optimizers()
         loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
-        self._check_divergence(loss_d.detach(), loss_g.detach())
+        # read back (a host sync) every 25 steps and at each epoch's last batch, before the
+        # checkpoint at the epoch's end can save a diverged state
+        last = self.trainer is not None and batch_idx + 1 >= self.trainer.num_training_batches
+        self._check_divergence(loss_d.detach(), loss_g.detach(), read=last or self._steps % 25 == 0)
         self.log_dict(
             {"gan/loss_d": loss_d, "gan/loss_g": loss_g},
             prog_bar=True,
@@ -247,20 +290,33 @@ class ConditionalGAN(pl.LightningModule):
             batch_size=len(batch[1]),
         )
 
-    def _check_divergence(self, loss_d: torch.Tensor, loss_g: torch.Tensor) -> None:
-        ld, lg = float(loss_d), float(loss_g)
-        step = int(self.steps)
-        if not (math.isfinite(ld) and math.isfinite(lg)):
-            raise GANDivergedError(
-                f"GAN diverged at step {step}: loss_d={ld}, loss_g={lg} (NaN/Inf)"
+    def _check_divergence(
+        self, loss_d: torch.Tensor, loss_g: torch.Tensor, read: bool = True
+    ) -> None:
+        """Counts NaN/Inf losses and collapsed-D streaks on the device; raises when `read`."""
+        dev = loss_d.device
+        if self._bad.device != dev:
+            self._bad, self._worst, self._nonfinite = (
+                t.to(dev) for t in (self._bad, self._worst, self._nonfinite)
             )
+        self._nonfinite |= ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
         # collapsed D: it separates real from fake perfectly for `patience` steps in a row
-        collapsed = ld < 1e-3 if self.hparams.loss == "hinge" else ld < 1e-4
-        self._bad_steps = self._bad_steps + 1 if collapsed else 0
-        if self._bad_steps >= self.hparams.divergence_patience:
+        collapsed = loss_d < (1e-3 if self.hparams.loss == "hinge" else 1e-4)
+        self._bad = (self._bad + 1) * collapsed
+        self._worst = torch.maximum(self._worst, self._bad)
+        if not read:
+            return
+        nonfinite, worst = bool(self._nonfinite), int(self._worst)
+        self._worst = self._bad.clone()
+        if nonfinite:
             raise GANDivergedError(
-                f"GAN diverged at step {step}: the discriminator loss stayed at ~0 for "
-                f"{self._bad_steps} steps (D wins, G gets no signal); try DiffAugment, "
+                f"GAN diverged at step {self._steps}: loss_d={float(loss_d)}, "
+                f"loss_g={float(loss_g)} (NaN/Inf)"
+            )
+        if worst >= self.hparams.divergence_patience:
+            raise GANDivergedError(
+                f"GAN diverged at step {self._steps}: the discriminator loss stayed at ~0 for "
+                f"{worst} steps (D wins, G gets no signal); try DiffAugment, "
                 "spectral norm or a lower gan.lr_d"
             )
 

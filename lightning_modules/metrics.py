@@ -11,12 +11,32 @@ import torchmetrics
 from torchmetrics import classification as C
 
 
+class WeightedMean(torchmetrics.Metric):
+    """The batch-size-weighted mean loss. torchmetrics.MeanMetric checks every value for NaN,
+    which reads it back (a device sync every training step), and its nan_strategy="disable"
+    drops the weights (torchmetrics 1.9). A NaN loss shows here as a NaN mean."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: float) -> None:
+        self.total += value.detach().float() * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
 class ClassificationMetrics(torch.nn.Module):
     def __init__(self, num_classes: int, class_names: list[str] | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
-        self.loss = torchmetrics.MeanMetric()
+        self.loss = WeightedMean()
         self.acc = C.MulticlassAccuracy(num_classes, average="micro")
         self.acc_balanced = C.MulticlassAccuracy(num_classes, average="macro")
         self.acc_class = C.MulticlassAccuracy(num_classes, average=None)

@@ -62,8 +62,8 @@ class SampleGrid(pl.Callback):
         return path
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.is_global_zero and int(module.steps) % self.every == 0:
-            self.write(trainer, module, f"step_{int(module.steps):06d}")
+        if trainer.is_global_zero and module.steps_done % self.every == 0:
+            self.write(trainer, module, f"step_{module.steps_done:06d}")
 
     def on_train_end(self, trainer, module):
         if trainer.is_global_zero:

@@ -132,3 +132,130 @@ def test_step_budget_under_ddp_matches_what_each_rank_runs(tmp_path):
     assert len(set(per_rank)) == 1  # every rank runs the same number of steps
     bpe = math.ceil(per_rank[0] / dm.batch_size)
     assert bpe == dm.batches_per_epoch(4) and epochs * bpe >= 600 > (epochs - 1) * bpe
+
+
+class _CountReads:
+    """Host reads (device syncs on a GPU) inside each training batch, after `warmup` batches."""
+
+    def __init__(self, warmup: int = 2):
+        import collections
+
+        import pytorch_lightning as pl
+
+        from xfergan.syncs import HostReads
+
+        outer = self
+
+        class Probe(pl.Callback):
+            def on_train_batch_start(self, *args):
+                outer.mode = HostReads() if outer.batches >= warmup else None
+                if outer.mode:
+                    outer.mode.__enter__()
+
+            def on_train_batch_end(self, *args):
+                outer.batches += 1
+                if outer.mode:
+                    outer.mode.__exit__(None, None, None)
+                    outer.where += outer.mode.where
+                    outer.counted += 1
+
+        self.callback, self.where, self.batches, self.counted, self.mode = (
+            Probe(),
+            collections.Counter(),
+            0,
+            0,
+            None,
+        )
+
+
+def _fit(cfg, dm, model, probe, steps, tmp_path):
+    from tasks.common import build_trainer
+
+    trainer = build_trainer(
+        cfg,
+        tmp_path,
+        [],
+        [probe.callback],
+        max_steps=steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        logger=False,
+    )
+    trainer.fit(model, datamodule=dm)
+
+
+def test_training_steps_never_wait_for_the_device(tmp_path):
+    """A host read in a step (`.item()`, `float(t)`, `if t:`) stalls the CPU until the GPU has
+    finished, so the next step cannot be queued. The classifier's step makes none (torchmetrics'
+    NaN check on the loss did: 4 a step); the GAN's reads back its divergence counters once
+    every 25 steps (it read the losses, the EMA count and the step count: 8 a step)."""
+    from tasks.classify import build_classifier
+    from tasks.gan import build_gan
+
+    cfg = compose(FAST + ["dataset.n_per_class=40", "logger=none"], tmp_path)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    probe = _CountReads()
+    _fit(cfg, dm, build_classifier(cfg, dm), probe, 12, tmp_path)
+    assert probe.counted == 10 and sum(probe.where.values()) == 0, probe.where
+
+    cfg = compose(FAST + GAN_FAST + ["task=gan", "dataset.n_per_class=60"], tmp_path)
+    dm = gan_datamodule(cfg)
+    dm.setup()  # 600 images at batch 20: 30 batches an epoch
+    probe = _CountReads()
+    _fit(cfg, dm, build_gan(cfg, dm), probe, 2 * 29, tmp_path)  # 2 optimizer steps a batch
+    reads = sum(probe.where.values())
+    assert probe.counted == 27 and 1 <= reads <= 2, probe.where  # step 25 only
+
+
+def test_ema_without_host_reads_equals_averaged_model():
+    """ConditionalGAN.update_ema is AveragedModel.update_parameters (with the warm-up decay)
+    step for step, the count kept on the host."""
+    import copy
+
+    from tests.conftest import small_gan
+
+    torch.manual_seed(0)
+    a = small_gan(3, 28, ema_decay=0.9)
+    b = copy.deepcopy(a)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in a.G.parameters():
+                p.add_(torch.randn_like(p))
+        b.G.load_state_dict(a.G.state_dict())
+        a.update_ema()
+        b.ema.update_parameters(b.G)
+        for (k, x), y in zip(a.ema.state_dict().items(), b.ema.state_dict().values()):
+            assert torch.equal(x, y), k
+    assert a._ema_n == int(a.ema.n_averaged) == 4
+
+
+def test_divergence_counted_between_reads_is_not_lost():
+    """Streaks are counted on the device every step and read back later: a collapse that ended
+    before the read still stops the run."""
+    import pytest
+
+    from lightning_modules.gan import GANDivergedError
+    from tests.conftest import small_gan
+
+    m = small_gan(2, 28, divergence_patience=5)
+    for _ in range(6):
+        m._check_divergence(torch.tensor(0.0), torch.tensor(3.0), read=False)
+    m._check_divergence(torch.tensor(0.5), torch.tensor(1.0), read=False)  # recovered
+    with pytest.raises(GANDivergedError, match="stayed at ~0 for 6 steps"):
+        m._check_divergence(torch.tensor(0.5), torch.tensor(1.0), read=True)
+    m = small_gan(2, 28)
+    m._check_divergence(torch.tensor(float("inf")), torch.tensor(1.0), read=False)
+    with pytest.raises(GANDivergedError, match="NaN/Inf"):
+        m._check_divergence(torch.tensor(0.5), torch.tensor(1.0), read=True)
+
+
+def test_the_mean_loss_is_weighted_by_batch_size():
+    from lightning_modules.metrics import WeightedMean
+
+    m = WeightedMean()
+    m.update(torch.tensor(1.0), 3)
+    m.update(torch.tensor(3.0), 1)
+    assert float(m.compute()) == 1.5

@@ -77,7 +77,8 @@ timeout "$(left 320)" "${cmd[@]}" >"$WORK/table3.log" 2>&1
 echo "exit $? after $(($(date +%s) - s)) s"
 grep -E "Error|error:" "$WORK/table3.log" | tail -3
 note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
-[[ -f "$WORK/table3/metrics.json" ]] || note="PARTIAL: stopped at its time limit; finished stages in jobs/"
+grep -q '"status": "ok"' "$WORK/table3/metrics.json" 2>/dev/null ||
+  note="PARTIAL: stopped (time limit or error, see metrics.json); finished stages in jobs/"
 ls "$WORK"/table3/*/metrics.json >/dev/null 2>&1 && python results/record.py "$TABLE3_NAME" "$WORK/table3" \
   --command "${cmd[*]}" --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) \
   --files table3.md table3.json table3.png metrics.json --glob --note "$note"

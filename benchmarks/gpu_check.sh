@@ -46,10 +46,11 @@ if [[ $SMOKE == 1 ]]; then
   GAN256=(gan.steps=4)
 else
   BENCH_ARGS=(--preset gpu --repeats 2)
-  # torch.compile (and with it CUDA graphs, mode=reduce-overhead) stops at the first backward:
-  # spectral norm's in-place power iteration (benchmarks/results/2026-11-28_cpu-x2_gan-compile.json)
+  # gan.compile: CUDA graphs (reduce-overhead) is what a launch-bound step needs; it compiles
+  # since spectral norm became a parametrization (the hook version failed at the backward:
+  # benchmarks/results/2026-11-28_cpu-x2_gan-compile.json)
   SPEED_ARGS=(--preset gpu --repeats 1
-    --gan-variants eager_bs64,eager_bs64_bf16,eager_bs128_bf16,eager_bs256_bf16,eager_bs256)
+    --gan-variants eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16,compile_bs64_bf16)
   RUN_ARGS=()
   GAN256=(gan.steps=3750)  # 3,000 passes over 320 images at batch 256
 fi

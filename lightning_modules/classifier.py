@@ -81,7 +81,7 @@ class ClassifierModule(pl.LightningModule):
         # keys are not "train"/"val"/"test": ModuleDict keys become attributes (train() exists)
         self.stage_metrics = torch.nn.ModuleDict(
             {
-                f"{s}_metrics": ClassificationMetrics(num_classes, names)
+                f"{s}_metrics": ClassificationMetrics(num_classes, names, scores=s != "train")
                 for s in ("train", "val", "test")
             }
         )
@@ -166,7 +166,7 @@ class ClassifierModule(pl.LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         m = self.stage_metrics[f"{stage}_metrics"]
-        if m.acc.update_count == 0:
+        if m.counts.update_count == 0:
             return
         values = m.compute(stage)  # torchmetrics syncs across DDP ranks: exact, no duplicates
         self.log_dict(values, prog_bar=False, sync_dist=True)

@@ -75,6 +75,9 @@ def ema_with_warmup(decay: float):
     return update
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class GANDivergedError(RuntimeError):
     """Raised from a training step so Lightning stops without saving the diverged state."""
 
@@ -104,13 +107,17 @@ class ConditionalGAN(pl.LightningModule):
         ema_decay: float = _D.ema_decay,
         ema_start_step: int = _D.ema_start_step,
         divergence_patience: int = _D.divergence_patience,
+        compile: str | None = _D.compile,
         class_names: list[str] | None = None,
     ):
         super().__init__()
-        if loss not in ("hinge", "bce"):
-            from xfergan.errors import UserError
+        from xfergan.errors import UserError
 
+        if loss not in ("hinge", "bce"):
             raise UserError(f"gan.loss={loss!r}: use hinge or bce")
+        if compile not in COMPILE_MODES:
+            modes = ", ".join(str(m).lower() for m in COMPILE_MODES)
+            raise UserError(f"gan.compile={compile!r}: use one of {modes}")
         generator, discriminator = dict(generator), dict(discriminator)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -133,6 +140,12 @@ class ConditionalGAN(pl.LightningModule):
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
+
+    def setup(self, stage: str) -> None:
+        mode = self.hparams.compile
+        if mode and stage == "fit":  # compiled in place: the state_dict keys do not change
+            self.G.compile(mode=mode)
+            self.D.compile(mode=mode)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
@@ -276,6 +289,8 @@ class ConditionalGAN(pl.LightningModule):
         return loss_d, loss_g
 
     def training_step(self, batch, batch_idx):
+        if self.hparams.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step's outputs
         opt_g, opt_d = self.optimizers()
         loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
         # read back (a host sync) every 25 steps and at each epoch's last batch, before the

@@ -31,15 +31,46 @@ class WeightedMean(torchmetrics.Metric):
         return self.total / self.weight
 
 
+class ConfusionCounts(torchmetrics.Metric):
+    """Counts of (label, argmax prediction), summed across DDP ranks; accuracy, balanced accuracy
+    and per-class accuracy derive from it exactly as torchmetrics' MulticlassAccuracy does
+    (micro / macro over classes seen in labels or predictions / None). torchmetrics counts with
+    torch.bincount, which on a GPU reads the input's maximum back to the host: a device sync in
+    every training step. scatter_add_ needs none."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", torch.zeros(num_classes * num_classes), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        cell = target.long() * self.num_classes + probs.argmax(dim=1)
+        self.counts.scatter_add_(0, cell, torch.ones_like(cell, dtype=self.counts.dtype))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        cm = self.counts.view(self.num_classes, self.num_classes)  # rows: labels
+        tp, support, predicted = cm.diagonal(), cm.sum(dim=1), cm.sum(dim=0)
+        per_class = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+        seen = (support + predicted) > 0  # tp + fp + fn > 0
+        return {
+            "acc": tp.sum() / cm.sum().clamp(min=1),
+            "balanced_acc": (per_class * seen).sum() / seen.sum().clamp(min=1),
+            "per_class": per_class,
+        }
+
+
 class ClassificationMetrics(torch.nn.Module):
-    def __init__(self, num_classes: int, class_names: list[str] | None = None):
+    """`scores=False` (the training stage): no AUROC and binary metrics, which need every score
+    kept and validate their inputs on the host; the rest never waits for the device."""
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, scores=True):
         super().__init__()
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.loss = WeightedMean()
-        self.acc = C.MulticlassAccuracy(num_classes, average="micro")
-        self.acc_balanced = C.MulticlassAccuracy(num_classes, average="macro")
-        self.acc_class = C.MulticlassAccuracy(num_classes, average=None)
+        self.counts = ConfusionCounts(num_classes)
         self.binary = (
             torchmetrics.MetricCollection(
                 {
@@ -50,7 +81,7 @@ class ClassificationMetrics(torch.nn.Module):
                     "specificity": C.BinarySpecificity(),
                 }
             )
-            if num_classes == 2
+            if num_classes == 2 and scores
             else None
         )
 
@@ -63,20 +94,16 @@ class ClassificationMetrics(torch.nn.Module):
     ) -> None:
         if loss is not None:
             self.loss.update(loss, weight=n or len(target))
-        self.acc.update(probs, target)
-        self.acc_balanced.update(probs, target)
-        self.acc_class.update(probs, target)
+        self.counts.update(probs, target)
         if self.binary is not None:
             self.binary.update(probs[:, 1], target)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        out = {
-            f"{prefix}/acc": self.acc.compute().item(),
-            f"{prefix}/balanced_acc": self.acc_balanced.compute().item(),
-        }
+        c = self.counts.compute()
+        out = {f"{prefix}/acc": c["acc"].item(), f"{prefix}/balanced_acc": c["balanced_acc"].item()}
         if self.loss.update_count:
             out[f"{prefix}/loss"] = self.loss.compute().item()
-        for name, v in zip(self.class_names, self.acc_class.compute().tolist()):
+        for name, v in zip(self.class_names, c["per_class"].tolist()):
             out[f"{prefix}/acc_class_{name}"] = v
         if self.binary is not None:
             out.update({f"{prefix}/{k}": v.item() for k, v in self.binary.compute().items()})
@@ -84,9 +111,7 @@ class ClassificationMetrics(torch.nn.Module):
 
     def reset(self) -> None:
         self.loss.reset()
-        self.acc_balanced.reset()
-        self.acc.reset()
-        self.acc_class.reset()
+        self.counts.reset()
         if self.binary is not None:
             self.binary.reset()
 

@@ -74,18 +74,24 @@ class SampleGrid(pl.Callback):
 def build_gan(cfg: DictConfig, dm):
     """The configured GAN module (`gan._target_`) for this datamodule's classes and channels."""
     import hydra
+    from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
     g = OmegaConf.to_container(cfg.gan, resolve=True)
     args = {k: v for k, v in g.items() if k not in GAN_LOOP_KEYS}
-    return hydra.utils.instantiate(
-        {"_target_": g["_target_"], **args},
-        num_classes=dm.num_classes,
-        channels=dm.channels,
-        class_names=dm.class_names,
-        _convert_="all",
-        _recursive_=False,
-    )
+    try:
+        return hydra.utils.instantiate(
+            {"_target_": g["_target_"], **args},
+            num_classes=dm.num_classes,
+            channels=dm.channels,
+            class_names=dm.class_names,
+            _convert_="all",
+            _recursive_=False,
+        )
+    except InstantiationException as e:  # a bad gan.* value: the module's own one-line error
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
 
 
 def run(cfg: DictConfig) -> dict:

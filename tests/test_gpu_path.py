@@ -259,3 +259,30 @@ def test_the_mean_loss_is_weighted_by_batch_size():
     m.update(torch.tensor(1.0), 3)
     m.update(torch.tensor(3.0), 1)
     assert float(m.compute()) == 1.5
+
+
+def test_confusion_counts_give_torchmetrics_accuracies():
+    """Accuracy, balanced accuracy and per-class accuracy from ConfusionCounts equal
+    torchmetrics' MulticlassAccuracy (micro, macro, None), a class absent from the labels and a
+    class never seen at all included."""
+    from torchmetrics import classification as C
+
+    from lightning_modules.metrics import ConfusionCounts
+
+    g = torch.Generator().manual_seed(0)
+    k = 5
+    ours, ref = (
+        ConfusionCounts(k),
+        [C.MulticlassAccuracy(k, average=a) for a in ("micro", "macro", None)],
+    )
+    for _ in range(3):
+        probs = torch.rand(40, k, generator=g)
+        probs[:, 4] = 0  # class 4: never predicted ...
+        target = torch.randint(0, 3, (40,), generator=g)  # ... and never a label; 3: predicted only
+        ours.update(probs, target)
+        for r in ref:
+            r.update(probs, target)
+    got = ours.compute()
+    assert torch.allclose(got["acc"], ref[0].compute())
+    assert torch.allclose(got["balanced_acc"], ref[1].compute())
+    assert torch.allclose(got["per_class"], ref[2].compute())

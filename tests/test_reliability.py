@@ -78,6 +78,7 @@ ONE_LINE_ERRORS = [
         "init checkpoint /nonexistent/model.ckpt does not exist",
     ),
     (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
+    (["task=gan", "gan.compile=fast"], "gan.compile='fast': use one of none, default"),
     (["dataset=mura", "paths.data_dir=/tmp"], "no MURA-v1.1/ folder in /tmp"),
     (["task=synthesize", "synthesize.checkpoint=/nonexistent"], "GAN checkpoint /nonexistent"),
     (["task=pipeline", "pipeline.arms=[real,distil_gan]"], "unknown arm 'distil_gan'"),

@@ -183,6 +183,10 @@ class GANConfig:
     ema_decay: float = 0.999
     ema_start_step: int = 0
     divergence_patience: int = 200  # steps of NaN/collapse before the run stops
+    # torch.compile G and D: null (eager) | default | reduce-overhead (CUDA graphs: fewer kernel
+    # launches, what a launch-bound 28 px GAN step needs) | max-autotune. Not yet measured on a
+    # GPU (README, Speed); the first steps pay the compile time.
+    compile: str | None = None
     # ---- training loop (tasks/gan.py), not module arguments
     epochs: int = 3000  # passes over the real images; ignored when `steps` is set
     # G+D steps: the budget in steps, so small subsets are not under-trained (rounded up to

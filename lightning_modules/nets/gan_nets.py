@@ -12,7 +12,24 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils import spectral_norm as _sn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+# spectral norm as a parametrization (torch.nn.utils.parametrizations): torch.compile and CUDA
+# graphs run it; the older hook version (torch.nn.utils.spectral_norm) updates its vectors in
+# place where the compiled backward still needs them, and fails there. Checkpoints written with
+# the old version load: _old_spectral_norm_keys renames weight_orig / weight_u / weight_v.
+_OLD_SN = {
+    "weight_orig": "parametrizations.weight.original",
+    "weight_u": "parametrizations.weight.0._u",
+    "weight_v": "parametrizations.weight.0._v",
+}
+
+
+def _old_spectral_norm_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        head, _, last = key.rpartition(".")
+        if last in _OLD_SN:
+            state_dict[f"{head}.{_OLD_SN[last]}"] = state_dict.pop(key)
 
 
 def _plan(image_size: int) -> tuple[int, int]:
@@ -32,8 +49,8 @@ def _plan(image_size: int) -> tuple[int, int]:
 def dcgan_init(m: nn.Module) -> None:
     """DCGAN init: conv weights N(0, 0.02), norm gains N(1, 0.02), biases 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        w = getattr(m, "weight_orig", m.weight)
-        nn.init.normal_(w, 0.0, 0.02)
+        sn = getattr(getattr(m, "parametrizations", None), "weight", None)
+        nn.init.normal_(sn.original if sn is not None else m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.BatchNorm2d) and m.affine:
@@ -145,6 +162,7 @@ class Discriminator(nn.Module):
         self.linear = sn(nn.Linear(c, 1))
         self.embed = sn(nn.Embedding(num_classes, c))
         self.apply(dcgan_init)
+        self._register_load_state_dict_pre_hook(_old_spectral_norm_keys, with_module=True)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.body(x).sum(dim=(2, 3))

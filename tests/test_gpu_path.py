@@ -169,20 +169,10 @@ class _CountReads:
 
 
 def _fit(cfg, dm, model, probe, steps, tmp_path):
+    from benchmarks.bench import _fit_overrides  # training steps only, as the benchmark times
     from tasks.common import build_trainer
 
-    trainer = build_trainer(
-        cfg,
-        tmp_path,
-        [],
-        [probe.callback],
-        max_steps=steps,
-        max_epochs=-1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        logger=False,
-    )
+    trainer = build_trainer(cfg, tmp_path, [], [probe.callback], **_fit_overrides(steps))
     trainer.fit(model, datamodule=dm)
 
 

@@ -123,6 +123,10 @@ for name in ("table3", "gan_bs256"):
                                 "gan/steps") if isinstance(m.get(k), (int, float))]
             print(f"{str(f.parent.relative_to(w)):28s} {m.get('status')} wall {m.get('wall_s')} s  "
                   + "  ".join(f"{k}={m[k]:.4g}" for k in keys))
+for d in sorted(w.glob("*/gan")) + sorted(w.glob("gan_*")):  # how far a stopped GAN got
+    grids = sorted((d / "samples").glob("step_*.png"))
+    if grids:
+        print(f"{str(d.relative_to(w)):28s} last sample grid at step {int(grids[-1].stem[5:])}")
 t = w / "table3" / "table3.md"
 print(t.read_text() if t.exists() else "no table3.md")
 PY

@@ -113,8 +113,9 @@ def build_loggers(
 # ----------------------------------------------------------------------------- callbacks
 def build_callbacks(cfg: DictConfig, task: str, loggers: list) -> list:
     """The `callbacks` group's entries that apply to `task` (each entry lists its tasks), built
-    from their `_target_`. A learning-rate monitor needs a logger: without one it is left out."""
-    from pytorch_lightning.callbacks import LearningRateMonitor
+    from their `_target_`. A learning-rate monitor needs a logger and a progress bar
+    `trainer.enable_progress_bar`: without them they are left out."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar
 
     out = []
     for name, spec in (OmegaConf.to_container(cfg.callbacks, resolve=True) or {}).items():
@@ -125,6 +126,8 @@ def build_callbacks(cfg: DictConfig, task: str, loggers: list) -> list:
             continue
         cb = hydra.utils.instantiate(spec, _convert_="all")
         if isinstance(cb, LearningRateMonitor) and not loggers:
+            continue
+        if isinstance(cb, ProgressBar) and not cfg.trainer.enable_progress_bar:
             continue
         log.debug("callback %s: %s", name, type(cb).__name__)
         out.append(cb)

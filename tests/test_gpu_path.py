@@ -168,12 +168,34 @@ class _CountReads:
         )
 
 
-def _fit(cfg, dm, model, probe, steps, tmp_path):
+def _fit(cfg, dm, model, probe, steps, tmp_path, callbacks=()):
     from benchmarks.bench import _fit_overrides  # training steps only, as the benchmark times
     from tasks.common import build_trainer
 
-    trainer = build_trainer(cfg, tmp_path, [], [probe.callback], **_fit_overrides(steps))
+    trainer = build_trainer(
+        cfg, tmp_path, [], [*callbacks, probe.callback], **_fit_overrides(steps)
+    )
     trainer.fit(model, datamodule=dm)
+
+
+def test_the_progress_bar_reads_the_device_every_20_steps_not_every_step(tmp_path):
+    """Each redraw of Lightning's progress bar turns the logged loss into a number (a device
+    sync); the default callbacks redraw every 20 steps (Lightning's default: every step)."""
+    from tasks.classify import build_classifier
+    from tasks.common import build_callbacks
+
+    cfg = compose(
+        FAST + ["dataset.n_per_class=80", "logger=none", "trainer.enable_progress_bar=true"],
+        tmp_path,
+    )
+    dm = build_datamodule(cfg)
+    dm.setup()
+    probe = _CountReads()
+    bar = build_callbacks(cfg, "classify", [])
+    _fit(cfg, dm, build_classifier(cfg, dm), probe, 24, tmp_path, bar)
+    assert probe.counted == 22 and 1 <= sum(probe.where.values()) <= 3, probe.where
+    off = compose(FAST + ["dataset.n_per_class=80", "logger=none"], tmp_path)
+    assert not build_callbacks(off, "classify", [])  # no bar when the Trainer shows none
 
 
 def test_training_steps_never_wait_for_the_device(tmp_path):

@@ -450,13 +450,12 @@ def main():
             results = []
             rounds.append(results)
 
-            def add(*rows, results=results, r=r):  # written after every case: a run stopped
-                results.extend(rows)  # at its time limit keeps what it measured
-                payload["results"] = [
+            def add(*rows, results=results):  # written after every case: a run stopped at
+                results.extend(rows)  # its time limit keeps what it measured (each case's
+                payload["results"] = [  # `rounds` says how many rounds it got)
                     median_of([rnd[i] for rnd in rounds if i < len(rnd)])
                     for i in range(len(results))
                 ]
-                payload["rounds_done"] = r + (len(results) == len(rounds[0]))
                 if a.out:
                     write(Path(a.out))
 

@@ -40,13 +40,23 @@ left() {  # seconds for the next step: its own cap, never past the deadline
   ((cap < 5)) && cap=5
   echo "$cap"
 }
+run_logged() {  # run_logged <log> <cap s> command...: time-limited, output to the log
+  local log=$1 cap=$2
+  shift 2
+  s=$(date +%s)
+  timeout "$(left "$cap")" "$@" >"$log" 2>&1
+  echo "exit $? after $(($(date +%s) - s)) s"
+  grep -E "Error|error:" "$log" | tail -3
+}
 if [[ $SMOKE == 1 ]]; then
   BENCH_ARGS=(--preset cpu --backbones mobilenet_v2 --size 32 --batch 8 --steps 3 --mura-images 24 --repeats 1)
   SPEED_ARGS=(--preset cpu --steps 2 --repeats 1 --gan-variants eager_bs64,eager_bs256_bf16)
   RUN_ARGS=(trainer=cpu debug=smoke dataset.val_per_class=2)
   GAN256=(gan.steps=4)
 else
-  BENCH_ARGS=(--preset gpu --repeats 1 --steps 20 --mura-images 1000)  # ~120 s on the H200
+  # these sizes took 125 s on the H200: step 2 of run 2 had 125 s left of its 250 s budget
+  # (results/gpu_h200_2026-11-28/run2_gpu_check.log)
+  BENCH_ARGS=(--preset gpu --repeats 1 --steps 20 --mura-images 1000)
   # gan.compile: CUDA graphs (reduce-overhead) is what a launch-bound step needs; it compiles
   # since spectral norm became a parametrization (the hook version failed at the backward:
   # benchmarks/results/2026-11-28_cpu-x2_gan-compile.json)
@@ -72,33 +82,29 @@ timeout "$(left 130)" python benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$BENC
 
 step2() {
 echo "== 2. experiment=paper_table3_full end to end ($(left 320) s) =="
-s=$(date +%s)
 cmd=(python run.py experiment=paper_table3_full logger=csv trainer.enable_progress_bar=false
   "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${TABLE3_ARGS[@]}")
-timeout "$(left 320)" "${cmd[@]}" >"$WORK/table3.log" 2>&1
-echo "exit $? after $(($(date +%s) - s)) s"
-grep -E "Error|error:" "$WORK/table3.log" | tail -3
+run_logged "$WORK/table3.log" 320 "${cmd[@]}"
 note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
 grep -q '"status": "ok"' "$WORK/table3/metrics.json" 2>/dev/null ||
   note="PARTIAL: stopped (time limit or error, see metrics.json); finished stages in jobs/"
 ls "$WORK"/table3/*/metrics.json >/dev/null 2>&1 && python results/record.py "$TABLE3_NAME" "$WORK/table3" \
   --command "${cmd[*]}" --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) \
   --files table3.md table3.json table3.png metrics.json --glob --note "$note"
-FEAT=$(python -c "import json,sys; print(json.load(open(sys.argv[1])).get('feature_net/dir',''))" \
-  "$WORK/table3/metrics.json" 2>/dev/null)
-FEAT_CKPT=$(python -c "import json,sys; print(json.load(open(sys.argv[1]+'/metrics.json'))['last_checkpoint'])" \
-  "$FEAT" 2>/dev/null)
+FEAT_CKPT=$(python - "$WORK/table3/metrics.json" 2>/dev/null <<'PY'
+import json, pathlib, sys  # the feature net the pipeline trained: its last checkpoint
+d = pathlib.Path(json.loads(pathlib.Path(sys.argv[1]).read_text())["feature_net/dir"])
+print(json.loads((d / "metrics.json").read_text())["last_checkpoint"])
+PY
+)
 }
 
 step3() {
 echo "== 3. the paper's GAN at batch 256, lr x2, the same passes ($(left 70) s) =="
-s=$(date +%s)
 cmd=(python run.py experiment=paper_table3_full task=gan logger=csv trainer.enable_progress_bar=false
-  gan.batch_size=256 gan.lr_g=4e-4 gan.lr_d=4e-4 "${GAN256[@]}" "gan.feature_ckpt=$FEAT_CKPT"
+  gan.batch_size=256 gan.lr_g=4e-4 gan.lr_d=4e-4 "${GAN256[@]}" "gan.feature_ckpt=${FEAT_CKPT:-}"
   "hydra.run.dir=$WORK/gan_bs256" "${RUN_ARGS[@]}")
-timeout "$(left 70)" "${cmd[@]}" >"$WORK/gan_bs256.log" 2>&1
-echo "exit $? after $(($(date +%s) - s)) s"
-grep -E "Error|error:" "$WORK/gan_bs256.log" | tail -3
+run_logged "$WORK/gan_bs256.log" 70 "${cmd[@]}"
 [[ -f "$WORK/gan_bs256/metrics.json" ]] && python results/record.py "gan_bs256$SUFFIX" "$WORK/gan_bs256" --command "${cmd[*]}" \
   --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) --files metrics.json samples_final.png \
   --glob --note "the paper_table3_full GAN (seed 0) at batch 256 for the same 3,000 passes"

@@ -154,11 +154,9 @@ class ConditionalGAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.provenance = checkpoint.get("xfergan_provenance")
-        sd = checkpoint.get("state_dict", {})
-        self._steps = int(sd.get("steps", 0))
-        self._ema_n = int(sd.get("ema.n_averaged", 0))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also the host-side counts (load_from_checkpoint and a resumed fit both come here)."""
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._steps, self._ema_n = int(self.steps), int(self.ema.n_averaged)  # once, at load
         return out
@@ -177,14 +175,15 @@ class ConditionalGAN(pl.LightningModule):
             if self._ema_n == 0:
                 for e, p in zip(ema, new):
                     e.copy_(p)
-            else:
-                floats = [(e, p.detach()) for e, p in zip(ema, new) if torch.is_floating_point(e)]
-                others = [
-                    (e, p.detach()) for e, p in zip(ema, new) if not torch.is_floating_point(e)
-                ]
-                for group in (floats, others):
-                    if group:
-                        self._ema_update([e for e, _ in group], [p for _, p in group], self._ema_n)
+            else:  # floating tensors are averaged, integer buffers copied (one call each)
+                groups: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+                for e, p in zip(ema, new):
+                    group = groups[torch.is_floating_point(e)]
+                    group[0].append(e)
+                    group[1].append(p.detach())
+                for es, ps in groups.values():
+                    if es:
+                        self._ema_update(es, ps, self._ema_n)
             self.ema.n_averaged += 1
         self._ema_n += 1
 
@@ -295,7 +294,7 @@ class ConditionalGAN(pl.LightningModule):
         loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
         # read back (a host sync) every 25 steps and at each epoch's last batch, before the
         # checkpoint at the epoch's end can save a diverged state
-        last = self.trainer is not None and batch_idx + 1 >= self.trainer.num_training_batches
+        last = batch_idx + 1 >= self.trainer.num_training_batches
         self._check_divergence(loss_d.detach(), loss_g.detach(), read=last or self._steps % 25 == 0)
         self.log_dict(
             {"gan/loss_d": loss_d, "gan/loss_g": loss_g},

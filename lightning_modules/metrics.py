@@ -52,7 +52,7 @@ class ConfusionCounts(torchmetrics.Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         cm = self.counts.view(self.num_classes, self.num_classes)  # rows: labels
         tp, support, predicted = cm.diagonal(), cm.sum(dim=1), cm.sum(dim=0)
-        per_class = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+        per_class = tp / support.clamp(min=1)  # 0 for a class without labels (tp = 0)
         seen = (support + predicted) > 0  # tp + fp + fn > 0
         return {
             "acc": tp.sum() / cm.sum().clamp(min=1),

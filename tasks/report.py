@@ -167,6 +167,11 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _head(cells) -> list[str]:
+    """A markdown table's header row and its separator."""
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
 def _fmt_ci(m: float, lo: float, hi: float, n: int) -> str:
     if math.isnan(lo):
         return f"{m:.4f} (n={n})"
@@ -237,23 +242,21 @@ def arm_lines(a: dict) -> list[str]:
             "",
             f"## Arms: {m} on the real test set, mean [95% CI] over seeds",
             "",
-            "| " + " | ".join(keys + arms) + " |",
-            "|" + "---|" * (len(keys) + len(arms)),
+            *_head(keys + arms),
         ]
         for g in a["groups"]:
             cells = [g["group"][k] for k in keys]
             for arm in arms:
                 v = g["arms"][m].get(arm)
                 cells.append(_fmt_ci(v["mean"], v["low"], v["high"], v["n"]) if v else "—")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_row(cells))
     lines += [
         "",
         "## Paired differences by seed (same seed = same real images in every arm)",
         "",
-        _row(
+        *_head(
             list(keys) + ["metric", "comparison", "mean", "95% CI", "p (paired t)", "n", "verdict"]
         ),
-        "|" + "---|" * (len(keys) + 7),
     ]
     for g in a["groups"]:
         for d in g["paired"]:
@@ -284,13 +287,12 @@ def arm_lines(a: dict) -> list[str]:
             "",
             "## GAN quality next to it (mean over seeds; FID/KID on our own features)",
             "",
-            "| " + " | ".join(keys + [c.split("/", 1)[1] for c in cols]) + " |",
-            "|" + "---|" * (len(keys) + len(cols)),
+            *_head(keys + [c.split("/", 1)[1] for c in cols]),
         ]
         for g in a["groups"]:
             cells = [g["group"][k] for k in keys]
             cells += [f"{g['gan'][c][0]:.4g}" if c in g["gan"] else "—" for c in cols]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_row(cells))
     return lines
 
 
@@ -307,15 +309,13 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
         f"Grouped by: {', '.join(keys) if keys else '(nothing swept)'}; mean ± std over seeds.",
         "",
     ]
-    header = keys + ["n"] + present
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
+    lines += _head(keys + ["n"] + present)
     for row in rows:
         cells = [row["group"][k] for k in keys] + [str(row["n"])]
         for m in present:
             v = row["metrics"].get(m)
             cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     arms = arm_analysis(runs, keys)
     lines += arm_lines(arms)
     foreign = [r for r in runs if r.get("synthetic_foreign")]

@@ -159,13 +159,9 @@ class _CountReads:
                     outer.where += outer.mode.where
                     outer.counted += 1
 
-        self.callback, self.where, self.batches, self.counted, self.mode = (
-            Probe(),
-            collections.Counter(),
-            0,
-            0,
-            None,
-        )
+        self.callback, self.where = Probe(), collections.Counter()
+        self.batches = self.counted = 0
+        self.mode = None
 
 
 def _fit(cfg, dm, model, probe, steps, tmp_path, callbacks=()):

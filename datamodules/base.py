@@ -163,9 +163,12 @@ class EpochSampler(torch.utils.data.Sampler):
     augmentation, dropout and GAN noise are a function of the epoch too, so a run resumed from a
     checkpoint continues exactly as the uninterrupted run would have.
 
-    Under DDP (world > 1) each rank takes every world-th index of the same order, padded to equal
-    length (every rank must run the same number of steps). `repeats` > 1 makes one epoch that many
-    passes (tiny sets under a step budget: fewer, longer epochs, less per-epoch overhead)."""
+    `epoch_samples` (None: one pass, n) fixes how many indices an epoch yields in all ranks
+    together: epoch e takes positions [e*L, (e+1)*L) of one endless stream of passes, each pass a
+    permutation seeded by (seed, pass) -- every image once per pass, however the passes fall on
+    epochs. A step budget uses it to make every epoch the same whole number of full batches
+    (see ImageDataModule.plan_epochs). Under DDP (world > 1) each rank takes every world-th index
+    of the epoch's order, padded to equal length (every rank must run the same number of steps)."""
 
     def __init__(
         self,
@@ -174,26 +177,37 @@ class EpochSampler(torch.utils.data.Sampler):
         weights: torch.Tensor | None = None,
         rank: int = 0,
         world: int = 1,
-        repeats: int = 1,
+        epoch_samples: int | None = None,
     ):
         self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
-        self.rank, self.world, self.repeats = rank, world, max(1, int(repeats))
+        self.rank, self.world = rank, world
+        self.total = int(epoch_samples) if epoch_samples else n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.n * self.repeats / self.world)
+        return math.ceil(self.total / self.world)
+
+    def _pass(self, k: int) -> torch.Tensor:
+        # pass k of a one-pass-an-epoch run is epoch k's order, as it always was
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        return torch.randperm(self.n, generator=g)
 
     def __iter__(self):
         s = self.seed * 1_000_003 + self.epoch
         pl.seed_everything((s + 7919 * self.rank) % (2**32), workers=True, verbose=False)
-        g = torch.Generator().manual_seed(s)
-        m = self.n * self.repeats
-        if self.weights is None:
-            order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(self.repeats)])
-        else:
+        m = self.total
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(s)
             order = torch.multinomial(self.weights, m, replacement=True, generator=g)
+        elif m == self.n:  # one pass an epoch
+            order = self._pass(self.epoch)
+        else:
+            a = self.epoch * m
+            first, last = a // self.n, (a + m - 1) // self.n
+            stream = torch.cat([self._pass(k) for k in range(first, last + 1)])
+            order = stream[a - first * self.n : a - first * self.n + m]
         if self.world > 1:
             total = len(self) * self.world
             reps = math.ceil(total / max(1, m))
@@ -233,6 +247,7 @@ class ImageDataModule(pl.LightningDataModule):
         synthetic_path: str | None = _D.synthetic_path,
         synthetic_ratio: float = _D.synthetic_ratio,
         synthetic_provenance: str = _D.synthetic_provenance,
+        model_provenance: str = _D.model_provenance,
         mix_balance: float | None = _D.mix_balance,
         seed: int = 0,
     ):
@@ -248,10 +263,12 @@ class ImageDataModule(pl.LightningDataModule):
             raise UserError(f"dataset.synthetic_ratio={synthetic_ratio} must be in [0, 1]")
         if mix_balance is not None and not 0.0 < mix_balance < 1.0:
             raise UserError(f"dataset.mix_balance={mix_balance} must be in (0, 1) or null")
-        if synthetic_provenance not in ("check", "ignore"):
-            raise UserError(
-                f"dataset.synthetic_provenance={synthetic_provenance!r}: use check or ignore"
-            )
+        for key, value in (
+            ("synthetic_provenance", synthetic_provenance),
+            ("model_provenance", model_provenance),
+        ):
+            if value not in ("check", "ignore"):
+                raise UserError(f"dataset.{key}={value!r}: use check or ignore")
         if normalize not in ("imagenet", "half", "none"):
             raise UserError(f"dataset.normalize={normalize!r}: use imagenet, half or none")
         self.name = name
@@ -269,6 +286,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.synthetic_path = synthetic_path
         self.synthetic_ratio = float(synthetic_ratio)
         self.synthetic_provenance = synthetic_provenance
+        self.model_provenance = model_provenance  # teachers and init checkpoints (the tasks')
         self.mix_balance = mix_balance
         self.seed = int(seed)
         self.splits: Splits | None = None
@@ -277,7 +295,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.real_train: Split | None = None
         self.synthetic_train: Split | None = None
         self.synthetic_info: dict[str, Any] = {}  # provenance check results (metrics.json)
-        self.train_repeats = 1  # passes over the training set per epoch (see plan_epochs)
+        self.synthetic_real_uids: torch.Tensor | None = None  # the real ids behind that set
+        self.epoch_samples: int | None = None  # indices per epoch, all ranks (see plan_epochs)
 
     # ------------------------------------------------------------------ to implement
     def load(self) -> Splits:
@@ -328,6 +347,7 @@ class ImageDataModule(pl.LightningDataModule):
                 self.synthetic_path, num_classes=len(splits.class_names), like=splits.train.x
             )
             self.synthetic_info = check_provenance(loaded, self, splits)
+            self.synthetic_real_uids = loaded.real_uids
             for k, v in (loaded.manifest.get("gan_quality") or {}).items():
                 self.synthetic_info["synthetic_" + k.replace("/", "_")] = v  # synthetic_gan_fid
             syn = loaded.split
@@ -362,6 +382,21 @@ class ImageDataModule(pl.LightningDataModule):
             "train_ids_sha256": uids_digest(uid) if uid is not None else None,
         }
 
+    def seen_uids(self) -> torch.Tensor | None:
+        """Ids of every real image a model trained here sees: the real training images and
+        those behind the synthetic set (its GAN's or teacher's)."""
+        from datamodules.provenance import union
+
+        self._ensure_loaded()
+        parts = []
+        if self.source != "synthetic":
+            parts.append(self.real_train.uid)
+        if self.source != "real":
+            parts.append(self.synthetic_real_uids)
+        if any(p is None for p in parts):
+            return None
+        return union(*parts)
+
     def _maybe_move_to_device(self, max_bytes: int = 2 << 30) -> None:
         """Tiny sets live on the accelerator: batches are sliced there, no host->device copies."""
         trainer = self.trainer
@@ -381,24 +416,29 @@ class ImageDataModule(pl.LightningDataModule):
 
     def batches_per_epoch(self, world: int = 1) -> int:
         """Training batches per epoch on each rank: exactly what EpochSampler yields."""
-        per_rank = math.ceil(len(self.splits.train) * self.train_repeats / world)
-        return max(1, math.ceil(per_rank / self.batch_size))
+        n = self.epoch_samples or len(self.splits.train)
+        return max(1, math.ceil(math.ceil(n / world) / self.batch_size))
 
     def plan_epochs(
         self, steps: int, world: int = 1, limit_batches: int | None = None, target: int = 50
     ) -> int:
-        """For a budget of `steps` optimizer steps: an epoch becomes about `target` steps (several
-        passes over a tiny set: less per-epoch overhead), and the budget is rounded up to whole
-        epochs, so checkpoints fall on epoch ends and a resumed run continues exactly. The epoch's
-        length depends on the data and batch size only, never on the budget."""
+        """A budget of exactly `steps` optimizer steps, whatever the training set's size: every
+        epoch is the same number of full batches, a divisor of `steps` as near `target` as there
+        is (600 -> 12 epochs of 50; a prime budget is one epoch), so the run ends on an epoch end
+        at exactly `steps`, checkpoints fall on epoch ends and a resumed run continues exactly.
+        An epoch's batches come from an endless stream of passes over the images (EpochSampler):
+        a tiny set is seen several times an epoch, a large one over several epochs."""
         self._ensure_loaded()
-        self.train_repeats = 1
-        per_pass = self.batches_per_epoch(world)  # one pass over the training images
-        self.train_repeats = max(1, target // per_pass)
-        bpe = self.batches_per_epoch(world)
-        if limit_batches:
-            bpe = min(bpe, int(limit_batches))
-        return math.ceil(steps / bpe)
+        steps = int(steps)
+        if steps <= 0:
+            raise UserError(f"a step budget must be a positive number of steps, not {steps}")
+        if limit_batches:  # debug caps (trainer.limit_train_batches): not an exact budget
+            self.epoch_samples = None
+            return math.ceil(steps / min(self.batches_per_epoch(world), int(limit_batches)))
+        divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+        bpe = min(divisors, key=lambda d: (abs(math.log(d / target)), -d))
+        self.epoch_samples = bpe * self.batch_size * world
+        return steps // bpe
 
     def sizes(self) -> dict[str, Any]:
         self._ensure_loaded()
@@ -452,7 +492,7 @@ class ImageDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         if train:
             sampler = EpochSampler(
-                len(split), self.seed, self._train_weights(split), rank, world, self.train_repeats
+                len(split), self.seed, self._train_weights(split), rank, world, self.epoch_samples
             )
         else:
             sampler = ShardSampler(len(split), rank, world)

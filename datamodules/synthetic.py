@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from datamodules.base import Split
+from datamodules.provenance import check_seen, describe
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save, atomic_write_json, read_json, sha256_file
 from xfergan.transforms import resize
@@ -125,65 +126,28 @@ def load_synthetic(
     )
 
 
-def describe(p: dict | None) -> str:
-    """One line naming a set of real images: 'mnist n_per_class=32 seed=0 (320 images, ids 1a2b3c4d)'."""
-    if not p:
-        return "unknown real images"
-    keys = [
-        k
-        for k in ("dataset", "body_part", "n_per_class", "val_per_class", "val_fraction", "seed")
-        if k in p
-    ]
-    head = p.get("dataset", "?")
-    parts = [f"{k}={p[k]}" for k in keys if k != "dataset"]
-    ids = str(p.get("train_ids_sha256") or "none")[:8]
-    return f"{head} {' '.join(parts)} ({p.get('n_images', '?')} images, ids {ids})"
-
-
 def check_provenance(s: SyntheticSet, dm, splits) -> dict[str, Any]:
-    """The synthetic images must come from a GAN trained on exactly this run's real training
-    images, and on none of its val or test images. A GAN that saw test images is always refused;
-    anything else can be overridden with dataset.synthetic_provenance=ignore, and is then
-    flagged in metrics.json (`synthetic_foreign: true`)."""
-    policy = dm.synthetic_provenance
+    """The synthetic images must come from a GAN (or teacher) trained on exactly this run's real
+    training images, and on none of its val or test images (datamodules.provenance.check_seen).
+    A set whose models saw test images is always refused; anything else can be overridden with
+    dataset.synthetic_provenance=ignore, and is then flagged in metrics.json
+    (`synthetic_foreign: true`)."""
     theirs = s.manifest.get("real_data")
-    own = dm.provenance()
+    res = check_seen(
+        s.real_uids if theirs is not None else None,
+        theirs,
+        dm,
+        splits,
+        f"synthetic set {s.path} (the models that made it)",
+        dm.synthetic_provenance,
+        "dataset.synthetic_provenance",
+    )
     info: dict[str, Any] = {
-        "synthetic_provenance": policy,
+        "synthetic_provenance": dm.synthetic_provenance,
         "synthetic_real_data": describe(theirs) if theirs else None,
-        "synthetic_foreign": False,
+        "synthetic_foreign": res["foreign"],
+        "synthetic_leak_val": res["leak_val"],
     }
-    leak = {}
-    if s.real_uids is not None:
-        for name in ("val", "test"):
-            uid = getattr(splits, name).uid
-            leak[name] = int(torch.isin(s.real_uids, uid).sum()) if uid is not None else 0
-    if leak.get("test"):
-        raise UserError(
-            f"synthetic set {s.path} comes from a GAN that saw {leak['test']} images of this "
-            f"run's test split ({describe(theirs)}): refused whatever "
-            "dataset.synthetic_provenance says; train the GAN on training images only"
-        )
-    problems = []
-    if theirs is None or s.real_uids is None:
-        problems.append("it records no provenance (re-run task=gan and task=synthesize)")
-    elif own.get("train_ids_sha256") is None:
-        problems.append(f"this dataset ({dm.name}) records no sample ids to compare")
-    elif theirs.get("train_ids_sha256") != own["train_ids_sha256"]:
-        problems.append(f"its GAN was trained on {describe(theirs)}, this run on {describe(own)}")
-    if leak.get("val"):
-        problems.append(f"its GAN saw {leak['val']} images of this run's val split")
-    if problems:
-        reason = "; ".join(problems)
-        if policy != "ignore":
-            raise UserError(
-                f"synthetic set {s.path}: {reason}. Synthesize from a GAN trained on this run's "
-                "own subset (same dataset, n_per_class and seed), or set "
-                "dataset.synthetic_provenance=ignore to use it anyway (flagged in metrics.json)"
-            )
-        log.warning(
-            "using a foreign synthetic set (dataset.synthetic_provenance=ignore): %s", reason
-        )
-        info.update(synthetic_foreign=True, synthetic_foreign_reason=reason)
-    info["synthetic_leak_val"] = leak.get("val", 0)
+    if res["foreign"]:
+        info["synthetic_foreign_reason"] = res["reason"]
     return info

@@ -87,6 +87,15 @@ class ClassifierModule(pl.LightningModule):
         )
         # per-image outputs of the last val / test pass (probabilities, labels, groups)
         self.outputs: dict[str, dict[str, list[torch.Tensor]]] = {"val": {}, "test": {}}
+        # which real images this model saw (datamodules.provenance.model_record), saved in every
+        # checkpoint: what a run that uses the model as a teacher or init checks
+        self.provenance: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["xfergan_provenance"] = self.provenance
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.provenance = checkpoint.get("xfergan_provenance", self.provenance)
 
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -114,6 +123,8 @@ class ClassifierModule(pl.LightningModule):
             raise UserError(f"{path} is not a classifier checkpoint written by task=classify")
         hp.update(init="scratch", compile=False)
         model = cls(**hp)
+        model.provenance = blob.get("xfergan_provenance")
+        model.decision = blob.get("xfergan_decision")
         try:
             model.load_state_dict(blob["state_dict"])
         except RuntimeError as e:

@@ -70,8 +70,11 @@ def gan_quality(
     fake_y: torch.Tensor,
     train: torch.Tensor,
     k: int = 3,
+    prefix: str = "val/gan_",
 ) -> dict[str, float]:
-    """All images float in [0, 1], [N, C, H, W], at the GAN's resolution."""
+    """All images float in [0, 1], [N, C, H, W], at the GAN's resolution. `real_test` are the
+    real images compared against (never the training ones): keys are `<prefix><metric>`, e.g.
+    val/gan_fid for the val split (a chooser may read it), test/gan_fid for the test split."""
     out: dict[str, float] = {}
     fid = FrechetInceptionDistance(feature=features, reset_real_features=True)
     n = min(len(real_test), len(fake))
@@ -82,12 +85,12 @@ def gan_quality(
     for i in range(0, len(fake), 500):
         fid.update(fake[i : i + 500], real=False)
         kid.update(fake[i : i + 500], real=False)
-    out["gan/fid"] = fid.compute().item()
+    out[f"{prefix}fid"] = fid.compute().item()
     kid_mean, kid_std = kid.compute()
-    out["gan/kid"], out["gan/kid_std"] = kid_mean.item(), kid_std.item()
+    out[f"{prefix}kid"], out[f"{prefix}kid_std"] = kid_mean.item(), kid_std.item()
 
     real_f, fake_f = batched(features, real_test).float(), batched(features, fake).float()
-    out["gan/precision"], out["gan/recall"] = precision_recall(real_f, fake_f, k)
+    out[f"{prefix}precision"], out[f"{prefix}recall"] = precision_recall(real_f, fake_f, k)
     # per class: collapse inside a class (every "3" the same "3") shows as low recall there
     recalls = []
     for c in torch.unique(real_test_y).tolist():
@@ -95,13 +98,13 @@ def gan_quality(
         if len(rf) > k and len(ff) > k:
             recalls.append(precision_recall(rf, ff, k)[1])
     if recalls:
-        out["gan/recall_per_class_mean"] = sum(recalls) / len(recalls)
-        out["gan/recall_per_class_min"] = min(recalls)
+        out[f"{prefix}recall_per_class_mean"] = sum(recalls) / len(recalls)
+        out[f"{prefix}recall_per_class_min"] = min(recalls)
     # memorization: how close samples sit to the few training images, vs real test images
     d_fake = nn_distance(fake, train)
     d_test = nn_distance(real_test[: len(fake)], train)
-    out["gan/nn_dist_fake_to_train"] = d_fake.mean().item()
-    out["gan/nn_dist_test_to_train"] = d_test.mean().item()
-    out["gan/memorization_ratio"] = (d_fake.mean() / d_test.mean().clamp(min=1e-8)).item()
-    out["gan/frac_fake_closer_than_any_test"] = (d_fake < d_test.min()).float().mean().item()
+    out[f"{prefix}nn_dist_fake_to_train"] = d_fake.mean().item()
+    out[f"{prefix}nn_dist_real_to_train"] = d_test.mean().item()
+    out[f"{prefix}memorization_ratio"] = (d_fake.mean() / d_test.mean().clamp(min=1e-8)).item()
+    out[f"{prefix}frac_fake_closer_than_any_real"] = (d_fake < d_test.min()).float().mean().item()
     return out

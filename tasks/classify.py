@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -16,6 +17,7 @@ from tasks.common import (
     build_datamodule,
     build_loggers,
     build_trainer,
+    is_global_zero,
     output_dir,
     scalar_metrics,
     world_size,
@@ -92,17 +94,18 @@ def resume_path(cfg: DictConfig, out: Path) -> str | None:
 
 def step_budget(cfg: DictConfig, dm) -> dict:
     """trainer.max_steps > 0: a budget that does not depend on the training set's size (arms on
-    80 or 10,000 images get the same number of steps), run as whole epochs of about 50 steps
-    (dm.plan_epochs): checkpoints fall on epoch ends and resumed runs continue exactly."""
+    80 or 10,000 images get exactly the same number of steps), run as equal epochs of full
+    batches that end at exactly the budget (dm.plan_epochs): checkpoints fall on epoch ends and
+    resumed runs continue exactly. `steps`: the budget this run has (for metrics.json)."""
     steps = cfg.trainer.max_steps
     if not steps or steps <= 0:
-        return {}
+        return {"steps": None}
     if cfg.get("smoke"):
         steps = min(int(steps), 2)
     limit = cfg.trainer.limit_train_batches
     limit = limit if isinstance(limit, int) and limit > 0 else None
     epochs = dm.plan_epochs(int(steps), world_size(cfg), limit)
-    return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None}
+    return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}
 
 
 def decide(cfg: DictConfig, model: ClassifierModule) -> dict:
@@ -129,7 +132,65 @@ def decide(cfg: DictConfig, model: ClassifierModule) -> dict:
     return out
 
 
+def init_provenance(cfg: DictConfig, dm) -> tuple[torch.Tensor | None, dict]:
+    """model.init=<checkpoint>: it must have seen exactly this run's real images (the synthetic
+    arm's model, before fine-tuning), checked like a synthetic set; returns its seen ids."""
+    init = str(cfg.model.init)
+    if init in ("imagenet", "scratch"):
+        return None, {}
+    from datamodules.provenance import check_seen
+    from xfergan.io import safe_torch_load
+
+    rec = (safe_torch_load(init, "init checkpoint") or {}).get("xfergan_provenance") or {}
+    res = check_seen(
+        rec.get("seen_uids"),
+        rec or None,
+        dm,
+        dm.splits,
+        f"model.init checkpoint {init}",
+        str(cfg.dataset.model_provenance),
+        "dataset.model_provenance",
+    )
+    info = {"init_foreign": res["foreign"]}
+    if res["foreign"]:
+        info["init_foreign_reason"] = res["reason"]
+    return rec.get("seen_uids"), info
+
+
+def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) -> None:
+    """test_predictions.npz: every test image's label and decided class (and P(class 1) for two
+    classes), in test-split order, with the split's id digest: what task=report resamples for
+    intervals that include the test sample's variance."""
+    import io
+
+    import numpy as np
+
+    from datamodules.base import uids_digest
+    from xfergan.io import atomic_write_bytes
+
+    o = model.collected_outputs("test")
+    if "probs" not in o:
+        return
+    probs, labels = o["probs"].float(), o["labels"]
+    if threshold is not None:
+        pred = (probs[:, 1] >= float(threshold)).long()
+    else:
+        pred = probs.argmax(1)
+    blob = {"label": labels.numpy().astype(np.int16), "pred": pred.numpy().astype(np.int16)}
+    if probs.shape[1] == 2:
+        blob["score"] = probs[:, 1].numpy().astype(np.float32)
+    uid = dm.splits.test.uid
+    blob["test_ids_sha256"] = np.array(uids_digest(uid) if uid is not None else "")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **blob)
+    atomic_write_bytes(out / PREDICTIONS_FILE, buf.getvalue())
+
+
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
 def run(cfg: DictConfig) -> dict:
+    from datamodules.provenance import flat, model_record, union
     from tasks.tracking import update_axes
 
     out = output_dir(cfg)
@@ -141,7 +202,10 @@ def run(cfg: DictConfig) -> dict:
     if dm.problems:
         sizes["n_skipped"] = len(dm.problems)
     update_axes(loggers, cfg, sizes)
+    init_seen, init_info = init_provenance(cfg, dm)
     model = build_classifier(cfg, dm)
+    seen = dm.seen_uids()
+    model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)
     ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
@@ -151,7 +215,9 @@ def run(cfg: DictConfig) -> dict:
 
         syn = str(cfg.dataset.synthetic_path)
         record_lineage(loggers, {artifact_name("synthetic", syn): syn})
-    trainer = build_trainer(cfg, out, loggers, callbacks, **step_budget(cfg, dm))
+    plan = step_budget(cfg, dm)
+    budget = plan.pop("steps")
+    trainer = build_trainer(cfg, out, loggers, callbacks, **plan)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
 
     best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
@@ -165,6 +231,10 @@ def run(cfg: DictConfig) -> dict:
     metrics.update(scalar_metrics(trainer, "test/"))
     metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
     metrics.update(decide(cfg, model))
+    if is_global_zero():
+        write_test_predictions(out, model, dm, metrics.get("decision_threshold"))
+    metrics.update(flat(model.provenance))
+    metrics.update(init_info)
     metrics["tested_checkpoint"] = ckpt_path or "final-weights"
     metrics["tested_checkpoint_kind"] = which if ckpt_path else "final-weights"
     metrics["best_checkpoint"] = best or None
@@ -172,5 +242,6 @@ def run(cfg: DictConfig) -> dict:
     metrics["class_names"] = list(dm.class_names)
     metrics["epochs"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
+    metrics["step_budget"] = budget
     metrics.update(sizes)
     return metrics

@@ -184,6 +184,34 @@ def build_trainer(
 
 
 # ----------------------------------------------------------------------------- metrics.json
+# keys that change where or how visibly a job runs, never what it computes
+VOLATILE_KEYS = {
+    "resume": None,
+    "paths": None,
+    "logger": None,
+    "device_pool": None,
+    "trainer": ("enable_progress_bar", "enable_model_summary", "default_root_dir", "devices"),
+    "evaluate": None,
+    "dir": None,
+}
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """sha256 of the resolved config without VOLATILE_KEYS: two runs with the same digest
+    computed the same thing (what a resumed pipeline compares before it reuses a stage)."""
+    import hashlib
+    import json
+
+    c = resolved_config(cfg)
+    for key, sub in VOLATILE_KEYS.items():
+        if sub is None:
+            c.pop(key, None)
+        elif isinstance(c.get(key), dict):
+            for k in sub:
+                c[key].pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_meta(cfg: DictConfig) -> dict[str, Any]:
     """Flat keys every metrics.json carries, so reports can group runs without reading configs."""
     meta: dict[str, Any] = {
@@ -196,6 +224,7 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
         "body_part": enum_name(cfg.body_part),
         "model": cfg.model.backbone,
         "arm": cfg.get("arm"),
+        "config_sha256": config_digest(cfg),
     }
     try:
         from hydra.core.hydra_config import HydraConfig

@@ -61,7 +61,7 @@ def panels() -> list[dict[str, Any]]:
             "section": "GAN quality",
             "kind": "scatter",
             "title": "GAN FID (our features) vs test/acc of the classifier trained on its images",
-            "x": "synthetic_gan_fid",
+            "x": "synthetic_val_gan_fid",
             "y": "test/acc",
             "question": "Do better GANs give better classifiers?",
         },

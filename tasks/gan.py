@@ -101,8 +101,8 @@ def run(cfg: DictConfig) -> dict:
     model = build_gan(cfg, dm)
     model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
     loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"], sizes=dm.sizes())
-    # The budget runs in whole passes over the real images (a step budget is rounded up to
-    # whole epochs), and checkpoints are taken at epoch ends: a resumed run then continues
+    # A step budget runs as whole epochs of full batches that end at exactly gan.steps
+    # (dm.plan_epochs), and checkpoints are taken at epoch ends: a resumed run then continues
     # exactly as the uninterrupted one (Lightning's mid-epoch restore replays batches wrongly).
     limit = cfg.trainer.limit_train_batches  # debug=smoke: 2 batches per epoch
     limit = limit if isinstance(limit, int) and limit > 0 else None
@@ -154,7 +154,10 @@ def run(cfg: DictConfig) -> dict:
 
 
 def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
-    """FID/KID/precision/recall/memorization with a classifier of our own as the feature net."""
+    """FID/KID/precision/recall/memorization with a classifier of our own as the feature net,
+    against the real images of `gan.eval_split` (val by default: what a user may choose a GAN
+    by; test gives test/gan_* keys, refused as choosers). Up to gan.eval_n_per_class real
+    images per class, gan.eval_n_per_class samples per class."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality
 
@@ -165,6 +168,13 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
             "checkpoint trained on the full real set by task=classify)"
         )
         return {}
+    split = str(cfg.gan.eval_split)
+    if split not in ("val", "test"):
+        raise UserError(f"gan.eval_split={split!r}: use val (choosable) or test (reported only)")
+    ref = getattr(dm.splits, split)
+    if len(ref) == 0:
+        log.warning("gan.eval_split=%s is empty: no FID/KID/precision/recall", split)
+        return {}
     clf = ClassifierModule.load_safely(path)
     spec = clf.hparams.input_spec or {}
     feats = FeatureNet(
@@ -172,26 +182,31 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     )
     k = dm.num_classes
     n = int(cfg.gan.eval_n_per_class)
-    test = dm.splits.test
     gen = torch.Generator().manual_seed(int(cfg.seed) + 12345)
-    idx = torch.randperm(len(test), generator=gen)[: n * k]
-    real = test.x[idx].float().cpu() / 255.0
-    real = (
-        torch.nn.functional.interpolate(
-            real, size=cfg.gan.image_size, mode="bilinear", antialias=True
-        )
-        if real.shape[-1] != cfg.gan.image_size
-        else real
+    ry = ref.y.cpu()
+    idx = torch.cat(
+        [
+            (ids := torch.nonzero(ry == c).flatten())[torch.randperm(len(ids), generator=gen)[:n]]
+            for c in range(k)
+        ]
     )
-    real_y = test.y[idx].cpu()
+    real = to_gan_size(ref.x[idx.to(ref.x.device)].float().cpu() / 255.0, cfg.gan.image_size)
+    real_y = ry[idx]
     fake_y = torch.arange(k).repeat_interleave(n)
     model = model.cpu().eval()
     fake = torch.cat(
         [model.sample(fake_y[i : i + 500], generator=gen) for i in range(0, len(fake_y), 500)]
     )
-    train = dm.splits.train.x.float().cpu() / 255.0
-    if train.shape[-1] != cfg.gan.image_size:
-        train = torch.nn.functional.interpolate(
-            train, size=cfg.gan.image_size, mode="bilinear", antialias=True
-        )
-    return gan_quality(feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k)
+    train = to_gan_size(dm.splits.train.x.float().cpu() / 255.0, cfg.gan.image_size)
+    out = gan_quality(
+        feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
+    )
+    out[f"{split}/gan_n_real"] = len(real_y)
+    return out
+
+
+def to_gan_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images resized (antialiased) to the GAN's resolution."""
+    if x.shape[-1] == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)

@@ -52,15 +52,32 @@ def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) 
 
 
 def _run(sub: DictConfig) -> dict:
-    """Run a stage, or reuse it when resume=true and it already finished."""
+    """Run a stage, or reuse it when resume=true, it finished, and its resolved config is the
+    one asked for now (config_sha256); a stage run with other settings is run again."""
     from tasks import run_task
+    from tasks.common import config_digest
+    from xfergan.io import read_json
 
     done = Path(sub.paths.output_dir) / "metrics.json"
     if sub.resume and done.is_file():
-        m = json.loads(done.read_text())
-        if m.get("status") == "ok":
+        try:
+            m = read_json(done)
+        except UserError as e:
+            log.warning("resume: %s; running the stage again", e)
+            m = {}
+        if m.get("status") == "ok" and m.get("config_sha256") == config_digest(sub):
             log.info("resume: stage %s already finished, reusing it", done.parent.name)
             return m
+        if m.get("status") == "ok":
+            log.warning(
+                "resume: stage %s finished with other settings (config_sha256 %s != %s): "
+                "running it again",
+                done.parent.name,
+                str(m.get("config_sha256"))[:12],
+                config_digest(sub)[:12],
+            )
+            for stale in ("checkpoints/last.ckpt",):  # never continue another config's run
+                (done.parent / stale).unlink(missing_ok=True)
     m = run_task(sub)
     if m.get("status") != "ok":
         raise UserError(f"pipeline stage {sub.task} failed: {m.get('error')}")
@@ -88,7 +105,9 @@ class Context:
             if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
                 over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
             gm = self.stage("gan", "gan", over)
-            self.results.update({k: v for k, v in gm.items() if k.startswith("gan/")})
+            self.results.update(
+                {k: v for k, v in gm.items() if k.startswith("gan/") or "/gan_" in k}
+            )
             sm = self.stage(
                 "synthesize", "synthesize", {"synthesize.checkpoint": gm["gan/checkpoint"]}
             )
@@ -277,9 +296,23 @@ def run(cfg: DictConfig) -> dict:
         for k in ARM_KEYS:
             if isinstance(m.get(k), (int, float)):
                 ctx.results[f"{k}_{name}"] = m[k]
+        # what pairing and budgets are checked on: steps run, the budget, the real images
+        ctx.results[f"steps_{name}"] = m.get("global_step")
+        ctx.results[f"budget_{name}"] = m.get("step_budget")
+        for k in ("data/train_ids_sha256", "data/test_ids_sha256", "data/seen_ids_sha256"):
+            ctx.results[f"{k}_{name}"] = m.get(k)
         if "real" in table and name != "real":
             ctx.results[f"diff/test/acc_{name}-real"] = m["test/acc"] - table["real"]["test/acc"]
     ctx.results["arms"] = arms
+    ctx.results["primary"] = [list(p) for p in cfg.pipeline.primary]
+    ctx.results["primary_metric"] = cfg.pipeline.primary_metric
+    ctx.results["unequal_budgets"] = list(cfg.pipeline.unequal_budgets)
+    ctx.results["foreign"] = {  # every model or set used under a provenance override
+        stage: m.get(f"{what}_foreign_reason")
+        for stage, m in ctx.stage_metrics.items()
+        for what in ("synthetic", "teacher", "init")
+        if m.get(f"{what}_foreign")
+    }
     ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}
     write_table3(out, cfg, table, ctx.results)
     return ctx.results
@@ -311,7 +344,7 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
 
     gan_keys = [k for k in GAN_COLUMNS if k in results]
     if gan_keys:
-        lines += ["", "GAN: " + ", ".join(f"{k.split('/')[1]} {results[k]:.4g}" for k in gan_keys)]
+        lines += ["", "GAN: " + ", ".join(f"{k} {results[k]:.4g}" for k in gan_keys)]
     kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
     for k in kept:
         lines.append(

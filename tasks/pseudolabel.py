@@ -20,7 +20,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from datamodules.synthetic import load_synthetic, write_synthetic
+from datamodules.base import uids_digest
+from datamodules.provenance import check_seen, union
+from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
 from tasks.common import build_datamodule, output_dir
 from xfergan import transforms as T
@@ -58,6 +60,31 @@ def load_teachers(spec, num_classes: int) -> list[tuple[ClassifierModule, Path]]
                 f"has {num_classes}: use a teacher trained on this dataset"
             )
         out.append((model, path))
+    return out
+
+
+def teacher_seen(cfg: DictConfig, dm, teachers, metrics: dict) -> list:
+    """Every teacher (ensemble member) must have seen exactly this run's real training images
+    (datamodules.provenance.check_seen; dataset.model_provenance=ignore overrides, recorded as
+    teacher_foreign in metrics.json). Returns each teacher's seen ids (None: unknown)."""
+    reasons, out = [], []
+    for model, path in teachers:
+        rec = model.provenance or {}
+        res = check_seen(
+            rec.get("seen_uids"),
+            rec or None,
+            dm,
+            dm.splits,
+            f"teacher {path}",
+            str(cfg.dataset.model_provenance),
+            "dataset.model_provenance",
+        )
+        if res["foreign"]:
+            reasons.append(f"{path}: {res['reason']}")
+        out.append(rec.get("seen_uids"))
+    metrics["teacher_foreign"] = bool(reasons)
+    if reasons:
+        metrics["teacher_foreign_reason"] = "; ".join(reasons)
     return out
 
 
@@ -116,23 +143,31 @@ def run(cfg: DictConfig) -> dict:
     dm.setup()
     k = dm.num_classes
     teachers = load_teachers(d.teacher, k)
-    prov = dm.provenance()
-    real_uids = dm.real_train.uid
+    metrics: dict = {}
+    seen = [dm.real_train.uid, *teacher_seen(cfg, dm, teachers, metrics)]
     if d.source == "synthetic":
         if not cfg.dataset.synthetic_path:
             raise UserError(
                 "distill.source=synthetic needs dataset.synthetic_path=<synthesize dir>"
             )
         s = load_synthetic(cfg.dataset.synthetic_path, k)
+        check_provenance(s, dm, dm.splits)  # the GAN's images: this run's subset only
         x, y = s.split.x, s.split.y
-        prov, real_uids = s.manifest.get("real_data"), s.real_uids
+        seen.append(s.real_uids)
         origin = {"synthetic_path": str(s.path), "synthetic_sha256": s.manifest.get("sha256")}
     else:
         n = int(d.n_per_class or cfg.synthesize.n_per_class)
         x, y = augmented_copies(dm, n, int(cfg.seed))
         origin = {"augmented_real": n}
+    # the set's provenance: every real image its teachers and its GAN saw (unknown if any
+    # part is unknown), so a run training on it checks them all
+    real_uids = None if any(u is None for u in seen) else union(*seen)
+    prov = {
+        **dm.provenance(),
+        "train_ids_sha256": uids_digest(real_uids) if real_uids is not None else None,
+        "n_images": len(real_uids) if real_uids is not None else None,
+    }
     models = [t for t, _ in teachers]
-    metrics: dict = {}
     if d.evaluate_teacher:  # reported next to the arms; nothing is chosen with it
         for split in ("val", "test"):
             s_ = getattr(dm.splits, split)

@@ -29,10 +29,10 @@ MAIN = [
     "test/study_auroc",
     "test/majority_acc",
     "test/study_majority_acc",
-    "gan/fid",
-    "gan/kid",
-    "gan/precision",
-    "gan/recall",
+    "val/gan_fid",
+    "val/gan_kid",
+    "val/gan_precision",
+    "val/gan_recall",
 ]
 IGNORED_KEYS = {"seed", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "task", "dir"}
 
@@ -152,12 +152,16 @@ ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "tes
 # paired comparisons beyond "every arm vs real": (arm, baseline)
 EXTRA_PAIRS = (("distill_gan", "distill_real"), ("distill_gan", "teacher"))
 GAN_COLUMNS = (
-    "gan/fid",
-    "gan/kid",
-    "gan/precision",
-    "gan/recall",
-    "gan/recall_per_class_min",
-    "gan/memorization_ratio",
+    "val/gan_fid",
+    "val/gan_kid",
+    "val/gan_precision",
+    "val/gan_recall",
+    "val/gan_recall_per_class_min",
+    "val/gan_memorization_ratio",
+    "val/gan_n_real",
+    "test/gan_fid",
+    "test/gan_precision",
+    "test/gan_recall",
     "gan/steps",
 )
 

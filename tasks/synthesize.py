@@ -68,7 +68,11 @@ def gan_quality(ckpt: Path) -> dict:
     m = ckpt.parent.parent / "metrics.json"
     if not m.is_file():
         return {}
-    return {k: v for k, v in read_json(m).items() if k.startswith("gan/") and isinstance(v, float)}
+    return {
+        k: v
+        for k, v in read_json(m).items()
+        if k.split("/", 1)[-1].startswith("gan_") and isinstance(v, float)
+    }
 
 
 def run(cfg: DictConfig) -> dict:

@@ -205,16 +205,49 @@ def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
 
 
-def test_a_step_budget_runs_whole_epochs_whose_length_ignores_the_budget(tmp_path):
-    """gan.steps / trainer.max_steps: ~50-step epochs (several passes over a tiny set), the same
-    epochs whatever the budget (so a resumed run with a larger budget continues exactly)."""
+def test_a_step_budget_is_exact_in_equal_epochs_of_full_batches(tmp_path):
+    """gan.steps / trainer.max_steps: the run makes exactly that many steps whatever the data's
+    size (no rounding up to whole passes), in equal epochs of ~50 full batches; every image is
+    seen once per pass of the sampler's stream, however passes fall on epochs."""
+    from datamodules.base import EpochSampler
+
     cfg = compose(FAST + ["dataset.n_per_class=4", "dataset.batch_size=20"], tmp_path)
     dm = build_datamodule(cfg)
-    assert dm.plan_epochs(120) == 3 and dm.train_repeats == 25  # 40 images: 2 batches a pass
-    assert dm.plan_epochs(7) == 1 and dm.train_repeats == 25
+    assert dm.plan_epochs(600) == 12 and dm.batches_per_epoch() == 50  # 40 images
     assert len(dm.train_dataloader()) == 50
+    assert dm.plan_epochs(620) == 10 and dm.batches_per_epoch() == 62
+    assert dm.plan_epochs(7) == 1 and dm.batches_per_epoch() == 7
+    for steps in (600, 608, 631, 640, 1000):
+        epochs = dm.plan_epochs(steps)
+        assert epochs * dm.batches_per_epoch() == steps
+        batches = [len(b.y) for b in dm.train_dataloader()]
+        assert set(batches) == {20}  # full batches only
     big = build_datamodule(compose(FAST + ["dataset.batch_size=20"], tmp_path))
-    assert big.plan_epochs(5000) == 2 and big.train_repeats == 1  # 59,000 images: one pass
+    assert big.plan_epochs(5000) == 100 and big.batches_per_epoch() == 50  # 59,000 images
+    s = EpochSampler(7, 3, epoch_samples=5)
+    stream = []
+    for e in range(7):  # 35 indices = 5 whole passes over the 7 images
+        s.set_epoch(e)
+        stream += list(s)
+    assert all(sorted(stream[i : i + 7]) == list(range(7)) for i in range(0, 35, 7))
+
+
+def test_every_arm_makes_exactly_its_step_budget(tmp_path):
+    """A real arm (80 images) and a larger one (590 images) both stop at exactly 130 steps."""
+    for n in (8, 59):
+        cfg = compose(
+            FAST
+            + [
+                "task=classify",
+                f"dataset.n_per_class={n}",
+                "dataset.val_per_class=2",
+                "trainer.max_steps=130",
+                "trainer.limit_train_batches=null",
+            ],
+            tmp_path / str(n),
+        )
+        m = run_task(cfg)
+        assert m["global_step"] == 130, (n, m["global_step"])
 
 
 def test_a_checkpoint_with_the_old_spectral_norm_loads_unchanged():

@@ -83,6 +83,9 @@ class DatasetConfig:
     # check: a synthetic set must come from a GAN trained on exactly this run's real training
     # images and none of its val/test images; ignore: use it anyway (metrics.json says so)
     synthetic_provenance: str = "check"
+    # the same rule for every model that feeds this run (a pseudolabel teacher or ensemble
+    # member, a model.init checkpoint): check | ignore (recorded in metrics.json)
+    model_provenance: str = "check"
     # mixed: fraction of every batch drawn from the synthetic part (null: in proportion to sizes)
     mix_balance: float | None = None
     # your own datamodule class's extra constructor arguments (a yaml starting from schema_image)
@@ -189,13 +192,16 @@ class GANConfig:
     compile: str | None = None
     # ---- training loop (tasks/gan.py), not module arguments
     epochs: int = 3000  # passes over the real images; ignored when `steps` is set
-    # G+D steps: the budget in steps, so small subsets are not under-trained (rounded up to
-    # whole passes over the real images; metrics.json reports the steps run)
+    # G+D steps: the budget in steps, so small subsets are not under-trained (exactly this many,
+    # in equal epochs of full batches; metrics.json reports the steps run)
     steps: int | None = None
     batch_size: int = 64
     sample_every_n_steps: int = 500
     checkpoint_every_n_steps: int = 1000
     eval_n_per_class: int = 200  # samples per class for FID/KID/precision/recall at the end
+    # the real images the quality metrics compare against: val (val/gan_* keys, may be chosen
+    # by) | test (test/gan_* keys: reported only, never a chooser). Never the training images.
+    eval_split: str = "val"
     feature_ckpt: str | None = None  # classifier checkpoint whose penultimate layer is the feature
     knn_k: int = 3
 
@@ -224,6 +230,7 @@ GAN_LOOP_KEYS = (
     "sample_every_n_steps",
     "checkpoint_every_n_steps",
     "eval_n_per_class",
+    "eval_split",
     "feature_ckpt",
     "knn_k",
 )
@@ -275,6 +282,13 @@ class PipelineConfig:
     # train a feature classifier on the full real set first, for FID/KID/precision/recall
     feature_net: bool = True
     feature_net_overrides: dict[str, Any] = field(default_factory=dict)
+    # the comparisons that answer the question: [[arm, baseline], ...], corrected together
+    # (Holm) in task=report; every other comparison is labelled exploratory
+    primary: list[Any] = field(default_factory=list)
+    primary_metric: str = "test/acc"  # the metric the primary comparisons are judged on
+    # arms allowed a different step budget from their baseline (e.g. a teacher with another
+    # model): their comparisons are shown with both budgets, never silently
+    unequal_budgets: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- trainer, logger

@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from xfergan.errors import UserError
+from xfergan.errors import SelectionError, UserError
 from xfergan.schema import register_configs
 
 register_configs()
@@ -28,7 +28,9 @@ def main(cfg: DictConfig) -> float | None:
         with job_scope():
             metrics = run_task(cfg)
     except UserError as e:
-        if multirun:  # record it (done by run_task) and let the other jobs go on
+        if multirun and not isinstance(
+            e, SelectionError
+        ):  # record it (done by run_task) and let the other jobs go on
             log.error("job failed: %s", e)
             return None
         print(f"xfergan: error: {e}", file=sys.stderr)

@@ -172,3 +172,13 @@ def at_threshold(p1: torch.Tensor, t: float) -> torch.Tensor:
     eps = 1e-6  # p == t is called positive (p >= t), as when the threshold was chosen
     upper = 0.5 + eps + (p1 - t) / (2 * (1 - t)) * (1 - 2 * eps)
     return torch.where(p1 < t, p1 / (2 * t) * (1 - 2 * eps), upper).float()
+
+
+def decided(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Class probabilities whose argmax is the run's decision: unchanged for argmax; for two
+    classes and a val-chosen threshold t, P(class 1) mapped by at_threshold (t -> 0.5; AUROC
+    and every ranking unchanged). What tests, evaluate, predict and study metrics all use."""
+    if threshold is None:
+        return probs
+    q = at_threshold(probs[:, 1], float(threshold))
+    return torch.stack([1 - q, q], dim=1)

@@ -50,6 +50,14 @@ def main():
         rel = f.parent.relative_to(src).as_posix().replace("/", "__")
         (dst / "jobs").mkdir(exist_ok=True)
         shutil.copy(f, dst / "jobs" / f"{rel}.json")
+    # every stage's per-image test predictions (what the report's bootstrap resamples), so the
+    # intervals can be recomputed from the committed files
+    for f in sorted(src.glob("*/*/test_predictions.npz")) + sorted(
+        src.glob("*/test_predictions.npz")
+    ):
+        rel = f.parent.relative_to(src).as_posix().replace("/", "__")
+        (dst / "predictions").mkdir(exist_ok=True)
+        shutil.copy(f, dst / "predictions" / f"{rel}.npz")
     if (src / "metrics.json").is_file() and "metrics.json" not in copied:  # a single run
         shutil.copy(src / "metrics.json", dst)
         copied.append("metrics.json")

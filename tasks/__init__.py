@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from tasks import tracking
 from tasks.common import is_global_zero, output_dir, write_metrics
 from xfergan.devices import device_slot, visible_gpus
-from xfergan.errors import UserError
+from xfergan.errors import SelectionError, UserError
 from xfergan.io import atomic_write_text
 from xfergan.schema import enum_name
 
@@ -61,9 +61,21 @@ def _pool_size(cfg: DictConfig) -> int:
     return visible_gpus()
 
 
+CHOOSABLE = ("val/", "train/")  # what may pick a checkpoint, a threshold or a setting
+
+
+def choosable(key: str) -> bool:
+    """An allow-list, not a deny-prefix: a val/ or train/ number, and no part of its name a
+    test one (val/x_test, train/test/acc are refused too)."""
+    key = str(key)
+    return key.startswith(CHOOSABLE) and not any(
+        part.startswith("test") for part in key.replace("_", "/").split("/")
+    )
+
+
 def check_selection(cfg: DictConfig) -> None:
-    """No test label in any choice: what picks a checkpoint or a hyper-parameter is a train/ or
-    val/ number."""
+    """No test label in any choice: what picks a checkpoint, a threshold or a hyper-parameter
+    (sweep.objective, checkpoint.monitor, every callback's monitor) is a val/ or train/ number."""
     checks = [
         ("sweep.objective", cfg.sweep.objective),
         ("checkpoint.monitor", cfg.checkpoint.monitor),
@@ -72,10 +84,11 @@ def check_selection(cfg: DictConfig) -> None:
         if cb and cb.get("monitor"):  # early stopping, checkpoints, ...
             checks.append((f"callbacks.{name}.monitor", cb.monitor))
     for key, value in checks:
-        if str(value).startswith("test/"):
-            raise UserError(
-                f"{key}={value}: choices (checkpoints, sweeps) may only use a train/ or val/ "
-                "metric -- test numbers are reported, never chosen on; use e.g. val/acc"
+        if not choosable(value):
+            raise SelectionError(
+                f"{key}={value}: choices (checkpoints, sweeps, early stopping) may only use a "
+                "val/ or train/ metric -- test numbers are reported, never chosen on; use e.g. "
+                "val/acc"
             )
     if cfg.checkpoint.test not in ("best", "last"):
         raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")

@@ -108,28 +108,33 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}
 
 
-def decide(cfg: DictConfig, model: ClassifierModule) -> dict:
-    """model.decision=val_balanced_acc: the threshold is chosen on val, then test is decided at
-    it (test/acc, balanced_acc, kappa, ... at the threshold; argmax values kept as *_argmax)."""
+def choose_threshold(cfg: DictConfig, model: ClassifierModule) -> float | None:
+    """model.decision=val_balanced_acc: the P(class 1) threshold that maximizes balanced
+    accuracy on val (the tested checkpoint's val pass); argmax: None."""
     how = cfg.model.decision
     if how == "argmax":
-        return {}
+        return None
     if how != "val_balanced_acc":
         raise UserError(f"model.decision={how!r}: use argmax or val_balanced_acc")
-    from lightning_modules.metrics import at_threshold, balanced_acc_threshold, binary_metrics
+    from lightning_modules.metrics import balanced_acc_threshold
 
-    val, test = model.collected_outputs("val"), model.collected_outputs("test")
+    val = model.collected_outputs("val")
     if model.hparams.num_classes != 2 or "probs" not in val:
         raise UserError("model.decision=val_balanced_acc needs two classes and a val split")
-    t = balanced_acc_threshold(val["probs"][:, 1], val["labels"])
-    out = {"decision_threshold": t}
-    at_t = binary_metrics(at_threshold(test["probs"][:, 1], t), test["labels"], "test/")
-    argmax = binary_metrics(test["probs"][:, 1], test["labels"], "test/")
-    for k, v in at_t.items():
-        if k != "test/auroc":
-            out[f"{k}_argmax"] = argmax[k]
-            out[k] = v
-    return out
+    return balanced_acc_threshold(val["probs"][:, 1], val["labels"])
+
+
+def save_decision(ckpt_path: str | None, threshold: float | None) -> None:
+    """The decision rule goes into the tested checkpoint (`xfergan_decision`): evaluate and
+    predict apply the same threshold the run was tested at."""
+    if not ckpt_path or not is_global_zero():
+        return
+    from xfergan.io import atomic_torch_save, safe_torch_load
+
+    blob = safe_torch_load(ckpt_path, "checkpoint")
+    rule = "argmax" if threshold is None else "val_balanced_acc"
+    blob["xfergan_decision"] = {"rule": rule, "threshold": threshold}
+    atomic_torch_save(blob, ckpt_path)
 
 
 def init_provenance(cfg: DictConfig, dm) -> tuple[torch.Tensor | None, dict]:
@@ -229,10 +234,12 @@ def run(cfg: DictConfig) -> dict:
         metrics.update(scalar_metrics(trainer, "val/"))
     trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     metrics.update(scalar_metrics(trainer, "test/"))
-    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers))
-    metrics.update(decide(cfg, model))
+    threshold = choose_threshold(cfg, model)
+    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers, threshold))
+    metrics.update(evaluation.decided_test_metrics(model, threshold))
+    save_decision(ckpt_path, threshold)
     if is_global_zero():
-        write_test_predictions(out, model, dm, metrics.get("decision_threshold"))
+        write_test_predictions(out, model, dm, threshold)
     metrics.update(flat(model.provenance))
     metrics.update(init_info)
     metrics["tested_checkpoint"] = ckpt_path or "final-weights"

@@ -1,9 +1,9 @@
 """task=dashboard group=<experiment> [dir=<its run or sweep dir>]: the W&B workspace and report
 that compare synthetic and real runs of one experiment group, built with wandb-workspaces:
 
-  test/acc by source and by arm (bars, mean ± std over seeds), accuracy vs n_per_class (scatter
-  by arm), the synthetic set's GAN quality vs test/acc (scatter), val/acc curves grouped by
-  source, study kappa per body part (MURA), the latest GAN sample grids, a run comparer.
+  test/acc by pipeline arm (bars, mean ± std over seeds: arms, not sources -- a teacher and a
+  fine-tuned model are both "real"), accuracy vs n_per_class (scatter by arm), the synthetic
+  set's GAN quality (val/gan_fid) vs test/acc (scatter), val/acc curves grouped by arm, study kappa per body part (MURA), the latest GAN sample grids, a run comparer.
 
 `dir=` (a finished run or sweep dir) keeps only the panels whose keys those runs have. Offline
 (the default) the spec is written as dashboard.json into this run's dir with the command that
@@ -33,21 +33,13 @@ def panels() -> list[dict[str, Any]]:
     """Every panel the dashboard can have: (section, kind, title, keys). `metrics` are summary or
     history keys; `groupby`/`x` config keys carry the `config.` prefix."""
     return [
-        {
-            "section": "Synthetic vs real",
-            "kind": "bar",
-            "title": "test/acc by training source (mean ± std over seeds)",
-            "metrics": ["test/acc"],
-            "groupby": "config.source",
-            "question": "Does training on synthetic or mixed data beat the real images alone?",
-        },
-        {
+        {  # by arm, not by source: teacher and finetune are "real", distill_* "mixed"
             "section": "Synthetic vs real",
             "kind": "bar",
             "title": "test/acc by pipeline arm (mean ± std over seeds)",
             "metrics": ["test/acc"],
             "groupby": "config.arm",
-            "question": "Which arm (real, synthetic, mixed, teacher, distill_*) wins?",
+            "question": "Does any arm (synthetic, mixed, teacher, distill_*) beat the real images?",
         },
         {
             "section": "Synthetic vs real",
@@ -75,10 +67,10 @@ def panels() -> list[dict[str, Any]]:
         {
             "section": "Training",
             "kind": "line",
-            "title": "val/acc during training, grouped by source",
+            "title": "val/acc during training, grouped by arm",
             "metrics": ["val/acc"],
-            "groupby": "config.source",
-            "question": "Do synthetic-data runs converge differently on the real val set?",
+            "groupby": "config.arm",
+            "question": "Do synthetic-data arms converge differently on the real val set?",
         },
         {
             "section": "MURA",

@@ -61,6 +61,20 @@ def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
     return Path(p), kind
 
 
+def saved_threshold(model: ClassifierModule, run_dir: Path, ckpt: Path) -> float | None:
+    """The decision rule the run was tested with: the checkpoint's own (`xfergan_decision`), or
+    for runs from before it was saved there, the run's decision_threshold when this is the
+    checkpoint it tested. None: argmax."""
+    d = getattr(model, "decision", None)
+    if d:
+        return d.get("threshold")
+    mf = run_dir / "metrics.json"
+    m = read_json(mf) if mf.is_file() else {}
+    if m.get("decision_threshold") is not None and str(ckpt) == str(m.get("tested_checkpoint")):
+        return float(m["decision_threshold"])
+    return None
+
+
 def run(cfg: DictConfig) -> dict:
     if not cfg.run:
         raise UserError("task=evaluate needs run=<a finished task=classify run dir>")
@@ -94,10 +108,12 @@ def run(cfg: DictConfig) -> dict:
             f"{ckpt} predicts {model.hparams.num_classes} classes but the test set has "
             f"{dm.num_classes}"
         )
+    threshold = saved_threshold(model, run_dir, ckpt)
     trainer = build_trainer(eval_cfg, out, [], [])
     trainer.test(model, datamodule=dm)
     metrics = scalar_metrics(trainer, "test/")
-    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, []))
+    metrics.update(evaluation.evaluate_test_outputs(model, dm, out, [], threshold))
+    metrics.update(evaluation.decided_test_metrics(model, threshold))
     metrics.update(
         {
             "evaluated_run": str(run_dir),

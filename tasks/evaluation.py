@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.metrics import binary_metrics, majority_baseline, max_class_share
+from lightning_modules.metrics import (
+    at_threshold,
+    binary_metrics,
+    decided,
+    majority_baseline,
+    max_class_share,
+)
 from tasks import plots
 from tasks.common import is_global_zero
 from tasks.wandb_utils import log_image
@@ -52,12 +58,18 @@ def grouped_metrics(
     train_groups: torch.Tensor | None,
     names: list[str],
     prefix: str = "test/",
+    threshold: float | None = None,
 ):
-    """Study-level metrics (mean probability of a study's images, threshold 0.5), the study-level
+    """Study-level metrics (mean probability of a study's images, decided at the run's threshold:
+    0.5, or the val-chosen one), the study-level
     majority baseline (fitted on the training studies), and per body part the same at image and
     study level (baselines fitted on that part's training images / studies)."""
     sp, sy, ids = group_mean(p1, labels, groups)
-    out = binary_metrics(sp, sy, f"{prefix}study_")
+
+    def at(q):  # decided at the run's threshold (AUROC does not change)
+        return q if threshold is None else at_threshold(q, threshold)
+
+    out = binary_metrics(at(sp), sy, f"{prefix}study_")
     out[f"{prefix}n_studies"] = len(ids)
     ty, tids = (
         group_labels(train_y, train_groups)
@@ -78,18 +90,23 @@ def grouped_metrics(
             tim = torch.tensor([q == part for q in train_img_parts], dtype=torch.bool)
             tsm = torch.tensor([q == part for q in train_study_parts], dtype=torch.bool)
             pp = f"{prefix}{part}/"
-            out.update(binary_metrics(p1[im], labels[im], pp))
+            out.update(binary_metrics(at(p1[im]), labels[im], pp))
             _baseline(out, pp, train_y[tim] if len(tim) else train_y[:0], labels[im], 2, names)
-            out.update(binary_metrics(sp[sm], sy[sm], f"{pp}study_"))
+            out.update(binary_metrics(at(sp[sm]), sy[sm], f"{pp}study_"))
             _baseline(out, f"{pp}study_", ty[tsm] if len(tsm) else ty[:0], sy[sm], 2, names)
     return out, (sp, sy)
 
 
-def evaluate_test_outputs(model, dm, out: Path, loggers: list) -> dict[str, float]:
+def evaluate_test_outputs(
+    model, dm, out: Path, loggers: list, threshold: float | None = None
+) -> dict[str, float]:
+    """Baselines, study-level and per-part metrics, confusion matrix and ROC, all decided by the
+    run's rule (`threshold`: a val-chosen P(class 1) threshold, or None for argmax)."""
     o = model.collected_test_outputs()
     if "probs" not in o:
         return {}
-    probs, labels = o["probs"], o["labels"]
+    raw, labels = o["probs"], o["labels"]
+    probs = decided(raw, threshold)
     names = dm.class_names
     train = dm.real_train  # the baselines are fitted on the run's real training images
     metrics: dict = {}
@@ -105,17 +122,18 @@ def evaluate_test_outputs(model, dm, out: Path, loggers: list) -> dict[str, floa
         )
         log_image(loggers, "test/confusion_matrix", cm)
     if len(names) == 2:
-        curves = {"image": (probs[:, 1], labels)}
+        curves = {"image": (raw[:, 1], labels)}
         groups = o.get("groups")
         if groups is not None and (groups >= 0).all():
             gm, (sp, sy) = grouped_metrics(
-                probs[:, 1],
+                raw[:, 1],
                 labels,
                 groups,
                 getattr(dm, "group_parts", None),
                 train.y.cpu(),
                 train.group.cpu() if train.group is not None else None,
                 names,
+                threshold=threshold,
             )
             metrics.update(gm)
             curves["study"] = (sp, sy)
@@ -123,3 +141,20 @@ def evaluate_test_outputs(model, dm, out: Path, loggers: list) -> dict[str, floa
             roc = plots.roc_png(curves, out / "roc.png", title=f"{dm.name} ROC (test)")
             log_image(loggers, "test/roc", roc)
     return metrics
+
+
+def decided_test_metrics(model, threshold: float | None) -> dict:
+    """At a val-chosen threshold: test/acc, balanced_acc, kappa, ... decided at it (the argmax
+    values kept as *_argmax) and decision_threshold; nothing for argmax. task=classify and
+    task=evaluate both report through here, so they agree exactly."""
+    if threshold is None:
+        return {}
+    test = model.collected_outputs("test")
+    out = {"decision_threshold": threshold}
+    at_t = binary_metrics(at_threshold(test["probs"][:, 1], threshold), test["labels"], "test/")
+    argmax = binary_metrics(test["probs"][:, 1], test["labels"], "test/")
+    for k, v in at_t.items():
+        if k != "test/auroc":
+            out[f"{k}_argmax"] = argmax[k]
+            out[k] = v
+    return out

@@ -109,25 +109,25 @@ def run(cfg: DictConfig) -> dict:
             xb = T.set_channels(xb, int(spec.get("channels", xb.shape[1])))
             xb = T.normalize(xb, str(spec.get("normalize", "imagenet")))
             probs.append(model(xb).float().softmax(1).cpu())
+    from lightning_modules.metrics import decided
+
+    threshold = (getattr(model, "decision", None) or {}).get("threshold")
     p = torch.cat(probs)
     names = names or [str(i) for i in range(p.shape[1])]
+
+    def predicted(pr: torch.Tensor) -> str:  # the rule the run was tested with
+        return names[int(decided(pr[None], threshold).argmax(1))]
 
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["level", "path", "group", "predicted"] + [f"prob_{n}" for n in names])
-    for r, pr in zip(rows, p.tolist()):
-        w.writerow(
-            ["image", r.path, r.group, names[max(range(len(pr)), key=pr.__getitem__)]]
-            + [f"{v:.6f}" for v in pr]
-        )
+    for r, pr in zip(rows, p):
+        w.writerow(["image", r.path, r.group, predicted(pr)] + [f"{v:.6f}" for v in pr.tolist()])
     groups = sorted({r.group for r in rows if r.group})
     for g in groups:
         idx = [i for i, r in enumerate(rows) if r.group == g]
-        pr = p[idx].mean(0).tolist()
-        w.writerow(
-            ["group", "", g, names[max(range(len(pr)), key=pr.__getitem__)]]
-            + [f"{v:.6f}" for v in pr]
-        )
+        pr = p[idx].mean(0)
+        w.writerow(["group", "", g, predicted(pr)] + [f"{v:.6f}" for v in pr.tolist()])
     atomic_write_text(out / "predictions.csv", buf.getvalue())
     log.info(
         "wrote %s (%d images, %d groups, %d skipped)",
@@ -144,4 +144,5 @@ def run(cfg: DictConfig) -> dict:
         "n_groups": len(groups),
         "n_skipped": len(problems),
         "class_names": names,
+        "decision_threshold": threshold,
     }

@@ -16,6 +16,7 @@ import yaml
 from omegaconf import DictConfig
 
 from xfergan.errors import UserError
+from xfergan.evaluation.arms import GAN_KEYS, arm_analysis, arm_lines
 from xfergan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,9 @@ def swept_keys(runs: list[dict], missing: list[dict]) -> list[str]:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
+    from xfergan.stats import std
+
+    return sum(xs) / len(xs), std(xs)
 
 
 def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
@@ -136,10 +137,10 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
             }
         )
         for name in names:
-            vals = [
+            vals = [  # an undefined value (null, NaN) is missing, not a number
                 float(r[name])
                 for r in rs
-                if isinstance(r.get(name), (int, float)) and r.get(name) is not None
+                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])
             ]
             if vals:
                 row["metrics"][name] = (*mean_std(vals), len(vals))
@@ -147,23 +148,7 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
     return rows
 
 
-# the arms' numbers a pipeline run carries as <metric>_<arm>
-ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "test/study_kappa")
-# paired comparisons beyond "every arm vs real": (arm, baseline)
-EXTRA_PAIRS = (("distill_gan", "distill_real"), ("distill_gan", "teacher"))
-GAN_COLUMNS = (
-    "val/gan_fid",
-    "val/gan_kid",
-    "val/gan_precision",
-    "val/gan_recall",
-    "val/gan_recall_per_class_min",
-    "val/gan_memorization_ratio",
-    "val/gan_n_real",
-    "test/gan_fid",
-    "test/gan_precision",
-    "test/gan_recall",
-    "gan/steps",
-)
+GAN_COLUMNS = GAN_KEYS  # the pipeline's table3.md lists the same GAN numbers
 
 
 def _row(cells) -> str:
@@ -174,130 +159,6 @@ def _row(cells) -> str:
 def _head(cells) -> list[str]:
     """A markdown table's header row and its separator."""
     return [_row(cells), "|" + "---|" * len(cells)]
-
-
-def _fmt_ci(m: float, lo: float, hi: float, n: int) -> str:
-    if math.isnan(lo):
-        return f"{m:.4f} (n={n})"
-    return f"{m:.4f} [{lo:.4f}, {hi:.4f}] (n={n})"
-
-
-def arm_analysis(runs: list[dict], keys: list[str]) -> dict:
-    """For pipeline runs: per group (the swept keys but the seed) and arm, the metric by seed;
-    mean and 95% CI over seeds; paired differences (every arm - real, and EXTRA_PAIRS) with a
-    paired t-test and a verdict. What report.md, report.json and the arms plot show."""
-    from xfergan.stats import mean_ci, paired, verdict
-
-    pipes = [r for r in runs if r.get("status") == "ok" and r.get("task") == "pipeline"]
-    if not pipes:
-        return {}
-    arms: list[str] = []
-    for r in pipes:
-        arms += [a for a in r.get("arms") or [] if a not in arms]
-    # group by what varies among the pipeline runs (a constant experiment name is no axis)
-    keys = [k for k in keys if len({r["_overrides"].get(k, "") for r in pipes}) > 1]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in pipes:
-        groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
-    metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
-    out: dict = {"keys": keys, "arms": arms, "metrics": metrics, "groups": []}
-    for gkey, rs in sorted(groups.items(), key=lambda kv: [_num(v) for v in kv[0]]):
-        g: dict = {"group": dict(zip(keys, gkey)), "seeds": sorted(r.get("seed") for r in rs)}
-        g["arms"], g["paired"], g["gan"] = {}, [], {}
-        for m in metrics:
-            by_arm = {
-                a: {r.get("seed"): float(r[f"{m}_{a}"]) for r in rs if f"{m}_{a}" in r}
-                for a in arms
-            }
-            g["arms"][m] = {
-                a: dict(zip(("mean", "low", "high", "n"), mean_ci(list(v.values()))), by_seed=v)
-                for a, v in by_arm.items()
-                if v
-            }
-            pairs = [(a, "real") for a in arms if a != "real" and "real" in by_arm]
-            pairs += [(a, b) for a, b in EXTRA_PAIRS if a in arms and b in arms]
-            for a, b in pairs:
-                if by_arm.get(a) and by_arm.get(b):
-                    d = paired(by_arm[a], by_arm[b])
-                    d.update(metric=m, arm=a, baseline=b, verdict=verdict(d["low"], d["high"]))
-                    g["paired"].append(d)
-        for k in GAN_COLUMNS + tuple(k for k in rs[0] if k.startswith("distill/kept_fraction_min")):
-            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float))]
-            if vals:
-                g["gan"][k] = mean_ci(vals)
-        out["groups"].append(g)
-    return out
-
-
-def _num(v: str):
-    try:
-        return (0, float(v))
-    except (TypeError, ValueError):
-        return (1, str(v))
-
-
-def arm_lines(a: dict) -> list[str]:
-    if not a:
-        return []
-    keys, arms = a["keys"], a["arms"]
-    lines = []
-    for m in a["metrics"]:
-        lines += [
-            "",
-            f"## Arms: {m} on the real test set, mean [95% CI] over seeds",
-            "",
-            *_head(keys + arms),
-        ]
-        for g in a["groups"]:
-            cells = [g["group"][k] for k in keys]
-            for arm in arms:
-                v = g["arms"][m].get(arm)
-                cells.append(_fmt_ci(v["mean"], v["low"], v["high"], v["n"]) if v else "—")
-            lines.append(_row(cells))
-    lines += [
-        "",
-        "## Paired differences by seed (same seed = same real images in every arm)",
-        "",
-        *_head(
-            list(keys) + ["metric", "comparison", "mean", "95% CI", "p (paired t)", "n", "verdict"]
-        ),
-    ]
-    for g in a["groups"]:
-        for d in g["paired"]:
-            ci = "—" if math.isnan(d["low"]) else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
-            p = "—" if math.isnan(d["p"]) else f"{d['p']:.3g}"
-            cells = [d["metric"], f"{d['arm']} − {d['baseline']}", f"{d['mean']:+.4f}", ci, p]
-            lines.append(_row([g["group"][k] for k in keys] + cells + [d["n"], d["verdict"]]))
-    for main in a["metrics"]:
-        lines += [
-            "",
-            f"Verdicts ({main}; helps / hurts = the 95% CI of the paired difference is "
-            "above / below 0):",
-        ]
-        for g in a["groups"]:
-            where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
-            said = [
-                f"{d['arm']} vs {d['baseline']}: {d['verdict']} ({100 * d['mean']:+.2f} pp)"
-                for d in g["paired"]
-                if d["metric"] == main
-            ]
-            lines.append(f"- {where}: " + ("; ".join(said) if said else "nothing to compare"))
-    if any(g["gan"] for g in a["groups"]):
-        cols = sorted(
-            {k for g in a["groups"] for k in g["gan"]},
-            key=lambda k: (GAN_COLUMNS.index(k) if k in GAN_COLUMNS else 99, k),
-        )
-        lines += [
-            "",
-            "## GAN quality next to it (mean over seeds; FID/KID on our own features)",
-            "",
-            *_head(keys + [c.split("/", 1)[1] for c in cols]),
-        ]
-        for g in a["groups"]:
-            cells = [g["group"][k] for k in keys]
-            cells += [f"{g['gan'][c][0]:.4g}" if c in g["gan"] else "—" for c in cols]
-            lines.append(_row(cells))
-    return lines
 
 
 def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
@@ -321,7 +182,7 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
         lines.append(_row(cells))
     arms = arm_analysis(runs, keys)
-    lines += arm_lines(arms)
+    lines += arm_lines(arms, _row, _head)
     foreign = [r for r in runs if r.get("synthetic_foreign")]
     if foreign:
         lines += [

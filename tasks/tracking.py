@@ -1,6 +1,7 @@
 """The logging contract every tracker gets (W&B, MLflow, and any logger that takes it):
 
-- run name `{task}[-{arm}]-{dataset}[-{body_part}]-{source}-n{n_per_class}-s{seed}[-j{job}]`,
+- run name `{task}[-{arm}]-{dataset}[-{body_part}]-{source}-n{n_per_class}[v{val_per_class}]-s{seed}[-j{job}]`
+  (v: the val images per class, part of the labelled budget),
   group = experiment (`name`), job_type = stage (classify, gan, synthesize, pseudolabel, report)
 - flat top-level config keys for the comparison axes (AXES) next to the nested resolved config;
   `n_train_real` / `n_train_synthetic` are added once the data is loaded
@@ -66,7 +67,11 @@ def run_name(cfg: DictConfig, job_type: str | None = None) -> str:
     if "body_part" in cfg.dataset and bp != "all":
         parts.append(str(bp))
     n = cfg.dataset.n_per_class
-    parts += [str(cfg.dataset.source), f"n{n if n is not None else 'all'}", f"s{cfg.seed}"]
+    shots = f"n{n if n is not None else 'all'}"
+    val = cfg.dataset.get("val_per_class")
+    if n is not None and val:  # the labelled budget is train + val per class: n8v8
+        shots += f"v{val}"
+    parts += [str(cfg.dataset.source), shots, f"s{cfg.seed}"]
     job = job_number()
     if job is not None:
         parts.append(f"j{job}")
@@ -78,6 +83,7 @@ def axes(cfg: DictConfig, sizes: dict | None = None) -> dict[str, Any]:
     out = {
         "source": str(cfg.dataset.source),
         "n_per_class": cfg.dataset.n_per_class,
+        "val_per_class": cfg.dataset.get("val_per_class"),
         "synthetic_ratio": float(cfg.dataset.synthetic_ratio)
         if cfg.dataset.source == "mixed"
         else (1.0 if cfg.dataset.source == "synthetic" else 0.0),

@@ -95,7 +95,7 @@ def test_real_and_synthetic_runs_compare_by_source_in_mlflow(mlflow_server, tmp_
     assert by_source["synthetic"]["metrics.test/acc"] == pytest.approx(synth["test/acc"])
     assert by_source["synthetic"]["params.n_train_synthetic"] == str(synth["n_train_synthetic"])
     assert by_source["real"]["tags.status"] == "ok" and by_source["real"]["status"] == "FINISHED"
-    assert by_source["real"]["tags.mlflow.runName"] == "classify-mnist-real-n4-s0"
+    assert by_source["real"]["tags.mlflow.runName"] == "classify-mnist-real-n4v100-s0"
     mean = df.groupby("params.source")["metrics.test/acc"].mean()
     assert set(mean.index) == {"real", "synthetic"}
     client = mlflow.tracking.MlflowClient(mlflow_server)

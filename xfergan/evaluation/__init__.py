@@ -1,0 +1,1 @@
+"""Evaluation and statistics on plain data: arm comparisons for reports."""

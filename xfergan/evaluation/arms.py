@@ -1,0 +1,474 @@
+"""Pipeline arms compared across seeds: what task=report says about "does arm A beat arm B?".
+
+Input: the pipeline runs' metrics.json (plain dicts, with `_dir` and `_overrides`) and, next to
+each, its stages' test_predictions.npz. Output: a plain dict (report.json's `arms`) and the
+markdown lines of report.md. Rules (the rules of evidence, made mechanical):
+  - one run per seed and group: duplicates are left out and listed, never averaged in;
+  - pairs by seed: a seed counts in a comparison only when both arms trained on the same real
+    images (data/train_ids_sha256) and were tested on the same test images;
+  - equal budgets: arms whose optimizer steps differ are not compared, unless the pipeline
+    declared the arm in `pipeline.unequal_budgets` (then both budgets are shown);
+  - intervals include the test sample: a hierarchical bootstrap over seeds and test images
+    where per-image predictions exist (seed-only t intervals otherwise, and labelled so);
+  - the comparisons the pipeline declared primary (`pipeline.primary`, judged on
+    `pipeline.primary_metric`) are corrected together (Holm across the whole report, with
+    Bonferroni simultaneous intervals); every other comparison is exploratory;
+  - an undefined number (null, NaN) is a missing value, counted and shown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from xfergan import stats
+
+# the arms' numbers a pipeline run carries as <metric>_<arm>
+ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "test/study_kappa")
+# exploratory comparisons beyond "every arm vs real": (arm, baseline)
+EXTRA_PAIRS = (("distill_gan", "distill_real"), ("distill_gan", "teacher"))
+PREDICTIONS = "test_predictions.npz"
+LEVEL = 0.95
+N_BOOT = 2000
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v: str):
+    try:
+        return (0, float(v))
+    except (TypeError, ValueError):
+        return (1, str(v))
+
+
+def _load_predictions(run: dict, arm: str):
+    import numpy as np
+
+    f = Path(run["_dir"]) / f"classify_{arm}" / PREDICTIONS
+    if not f.is_file():
+        return None
+    try:
+        z = np.load(f)
+        p = stats.Predictions(z["label"], z["pred"], z["score"] if "score" in z else None)
+        p.test_ids = str(z["test_ids_sha256"]) if "test_ids_sha256" in z else None
+        return p
+    except Exception:  # noqa: BLE001 - a damaged file: that seed falls back to seed-only stats
+        return None
+
+
+def _stage(run: dict, arm: str) -> dict:
+    from xfergan.io import read_json
+
+    f = Path(run["_dir"]) / f"classify_{arm}" / "metrics.json"
+    try:
+        return read_json(f) if f.is_file() else {}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
+    """The first run (by dir) of every seed; a note for each one left out."""
+    by_seed: dict[Any, list[dict]] = defaultdict(list)
+    for r in sorted(rs, key=lambda r: r["_dir"]):
+        by_seed[r.get("seed")].append(r)
+    kept, notes = [], []
+    for s, group in sorted(by_seed.items(), key=lambda kv: _num(kv[0])):
+        kept.append(group[0])
+        for extra in group[1:]:
+            notes.append(
+                f"seed {s} has {len(group)} runs: kept `{group[0]['_dir']}`, left out "
+                f"`{extra['_dir']}`"
+            )
+    return kept, notes
+
+
+def labelled_budget(rs: list[dict], arm: str) -> str | None:
+    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics."""
+    st = _stage(rs[0], arm) if rs else {}
+    k = len(st.get("class_names") or [])
+    tr, va = st.get("n_train_real"), st.get("n_val")
+    if not k or tr is None or va is None:
+        return None
+    if tr % k == 0 and va % k == 0:
+        return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
+    return f"{tr} train + {va} val images ({tr + va} labelled; classes unbalanced)"
+
+
+def _budget(rs: list[dict], arm: str) -> set:
+    return {r.get(f"steps_{arm}") for r in rs if r.get(f"steps_{arm}") is not None}
+
+
+def _pairable(rs: list[dict], a: str, b: str) -> tuple[list, list[str]]:
+    """Seeds at which a and b are a true pair (same real subset, same test set)."""
+    seeds, notes = [], []
+    for r in rs:
+        s = r.get("seed")
+        ta, tb = r.get(f"data/train_ids_sha256_{a}"), r.get(f"data/train_ids_sha256_{b}")
+        xa, xb = r.get(f"data/test_ids_sha256_{a}"), r.get(f"data/test_ids_sha256_{b}")
+        if ta is not None and tb is not None and ta != tb:
+            notes.append(f"seed {s}: {a} and {b} trained on different real images")
+            continue
+        if xa is not None and xb is not None and xa != xb:
+            notes.append(f"seed {s}: {a} and {b} were tested on different images")
+            continue
+        seeds.append(s)
+    return seeds, notes
+
+
+def comparisons(pipes: list[dict], arms: list[str]) -> tuple[list[tuple], set[tuple]]:
+    """(every comparison in order, the primary ones)."""
+    primary: set[tuple] = set()
+    for r in pipes:
+        primary |= {tuple(p) for p in r.get("primary") or [] if len(p) == 2}
+    out = [p for p in sorted(primary) if p[0] in arms and p[1] in arms]
+    if "real" in arms:
+        out += [(a, "real") for a in arms if a != "real"]
+    out += [(a, b) for a, b in EXTRA_PAIRS if a in arms and b in arms]
+    seen, uniq = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    return uniq, primary
+
+
+def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dict:
+    pipes = [r for r in runs if r.get("status") == "ok" and r.get("task") == "pipeline"]
+    if not pipes:
+        return {}
+    arms: list[str] = []
+    for r in pipes:
+        arms += [a for a in r.get("arms") or [] if a not in arms]
+    keys = [k for k in keys if len({r["_overrides"].get(k, "") for r in pipes}) > 1]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in pipes:
+        groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
+    metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
+    primary_metric = next((r.get("primary_metric") for r in pipes if r.get("primary_metric")), None)
+    unequal = {a for r in pipes for a in r.get("unequal_budgets") or []}
+    pairs, primary = comparisons(pipes, arms)
+    out: dict = {
+        "keys": keys,
+        "arms": arms,
+        "metrics": metrics,
+        "groups": [],
+        "primary": [list(p) for p in sorted(primary)],
+        "primary_metric": primary_metric,
+        "unequal_budgets": sorted(unequal),
+        "level": LEVEL,
+    }
+    family = []  # the primary comparisons, corrected together
+    for gkey, rs in sorted(groups.items(), key=lambda kv: [_num(v) for v in kv[0]]):
+        rs, notes = one_per_seed(rs)
+        g: dict = {
+            "group": dict(zip(keys, gkey)),
+            "seeds": [r.get("seed") for r in rs],
+            "notes": notes,
+            "arms": {},
+            "paired": [],
+            "gan": {},
+            "steps": {a: sorted(_budget(rs, a)) for a in arms},
+            "labelled": labelled_budget(rs, arms[0]),
+            "foreign": {
+                f"seed {r.get('seed')}: {stage}": why
+                for r in rs
+                for stage, why in (r.get("foreign") or {}).items()
+            },
+        }
+        preds = {a: {r.get("seed"): _load_predictions(r, a) for r in rs} for a in arms}
+        for m in metrics:
+            by_arm, missing = {}, {}
+            for a in arms:
+                vals = {r.get("seed"): r.get(f"{m}_{a}") for r in rs if f"{m}_{a}" in r}
+                by_arm[a] = {s: float(v) for s, v in vals.items() if _finite(v)}
+                missing[a] = sorted(s for s, v in vals.items() if not _finite(v))
+            g["arms"][m] = {
+                a: {
+                    **dict(zip(("mean", "low", "high", "n"), stats.mean_ci(list(v.values())))),
+                    "by_seed": v,
+                    "missing_seeds": missing[a],
+                }
+                for a, v in by_arm.items()
+                if v or missing[a]
+            }
+            boot = None
+            if m in stats.BOOTSTRAP_METRICS:
+                have = {
+                    a: {s: p for s, p in preds[a].items() if p is not None}
+                    for a in arms
+                    if any(p is not None for p in preds[a].values())
+                }
+                if have:
+                    boot = stats.bootstrap_table(have, m, n_boot=n_boot)
+            for a, b in pairs:
+                d = compare(g, rs, m, a, b, by_arm, boot, unequal)
+                if d is None:
+                    continue
+                d["kind"] = (
+                    "primary" if (a, b) in primary and m == primary_metric else "exploratory"
+                )
+                g["paired"].append(d)
+                if d["kind"] == "primary" and d["method"] != "not compared":
+                    family.append(d)
+        for k in GAN_KEYS + tuple(k for k in rs[0] if k.startswith("distill/kept_fraction_min")):
+            vals = [float(r[k]) for r in rs if _finite(r.get(k))]
+            if vals:
+                g["gan"][k] = stats.mean_ci(vals)
+        out["groups"].append(g)
+    correct(family)
+    for g in out["groups"]:
+        for d in g["paired"]:
+            d.pop("_boot", None)
+    out["family_size"] = sum(math.isfinite(d["p"]) for d in family)
+    return out
+
+
+GAN_KEYS = (
+    "val/gan_fid",
+    "val/gan_kid",
+    "val/gan_precision",
+    "val/gan_recall",
+    "val/gan_recall_per_class_min",
+    "val/gan_memorization_ratio",
+    "val/gan_n_real",
+    "test/gan_fid",
+    "test/gan_precision",
+    "test/gan_recall",
+    "gan/steps",
+)
+
+
+def compare(g, rs, m, a, b, by_arm, boot, unequal) -> dict | None:
+    """One paired comparison a - b at metric m in a group, or None when an arm has no value."""
+    if not by_arm.get(a) or not by_arm.get(b):
+        return None
+    seeds, notes = _pairable(rs, a, b)
+    seeds = [s for s in seeds if s in by_arm[a] and s in by_arm[b]]
+    sa, sb = _budget(rs, a), _budget(rs, b)
+    budget = f"{'/'.join(map(str, sorted(sa))) or '?'} vs {'/'.join(map(str, sorted(sb))) or '?'}"
+    d: dict = {"metric": m, "arm": a, "baseline": b, "budget": budget, "notes": notes}
+    differ = bool(sa and sb and sa != sb) or len(sa) > 1 or len(sb) > 1
+    if differ and a not in unequal and b not in unequal:
+        d.update(
+            mean=math.nan, low=math.nan, high=math.nan, p=math.nan, n=len(seeds),
+            method="not compared", verdict="not compared: unequal step budgets",
+        )  # fmt: skip
+        return d
+    if differ:
+        d["notes"] = notes + [f"unequal budgets ({budget}), allowed by pipeline.unequal_budgets"]
+    use_boot = (
+        boot is not None
+        and a in boot[1]
+        and b in boot[1]
+        and all(s in boot[1][a] and s in boot[1][b] for s in seeds)
+    )
+    if use_boot:
+        full, reps = boot
+        r = stats.bootstrap_paired(full[a], full[b], reps[a], reps[b], seeds, LEVEL)
+        d["method"] = "bootstrap: seeds x test images"
+        d["_boot"] = r.pop("boot", None)
+    else:
+        r = stats.paired({s: by_arm[a][s] for s in seeds}, {s: by_arm[b][s] for s in seeds})
+        d["method"] = "t over seeds (no per-image predictions)"
+    d.update({k: r[k] for k in ("mean", "low", "high", "p", "n")})
+    d["seeds"] = seeds
+    d["verdict"] = stats.verdict(d["low"], d["high"])
+    return d
+
+
+def correct(family: list[dict]) -> None:
+    """Holm-adjusted p-values over the primary comparisons, Bonferroni simultaneous intervals,
+    and the primary verdict from the adjusted p (undefined stays undefined)."""
+    defined = [d for d in family if math.isfinite(d["p"])]
+    m = len(defined)
+    adj = stats.holm([d["p"] for d in family])
+    for d, p in zip(family, adj):
+        d["p_holm"] = p
+        if not math.isfinite(p):
+            d["verdict"] = stats.UNDEFINED
+            continue
+        level = 1 - (1 - LEVEL) / m
+        boot = d.get("_boot")
+        if boot is not None and len(boot) > 1:
+            d["low_corrected"], d["high_corrected"] = stats.interval(boot, level)
+        else:
+            half = (d["high"] - d["low"]) / 2
+            n = max(2, d["n"])
+            scale = stats.stats.t.ppf(0.5 + level / 2, n - 1) / stats.stats.t.ppf(
+                0.5 + LEVEL / 2, n - 1
+            )
+            d["low_corrected"] = d["mean"] - half * scale
+            d["high_corrected"] = d["mean"] + half * scale
+        d["corrected_level"] = level
+        if p < 1 - LEVEL:
+            d["verdict"] = "helps" if d["mean"] > 0 else "hurts"
+        else:
+            d["verdict"] = "no evidence"
+
+
+def _ci(lo: float, hi: float) -> str:
+    return "undefined" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+
+
+def _fmt_ci(v: dict) -> str:
+    miss = f", {len(v['missing_seeds'])} undefined" if v.get("missing_seeds") else ""
+    if not v["n"]:
+        return f"— (n=0{miss})"
+    if math.isnan(v["low"]):
+        return f"{v['mean']:.4f} (n={v['n']}{miss})"
+    return f"{v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}] (n={v['n']}{miss})"
+
+
+def _p(p: float) -> str:
+    return "—" if not math.isfinite(p) else f"{p:.3g}"
+
+
+def arm_lines(a: dict, row, head) -> list[str]:
+    """report.md's sections for pipeline arms (row/head: the report's markdown table helpers)."""
+    if not a:
+        return []
+    keys, arms = a["keys"], a["arms"]
+    lines: list[str] = []
+    lines += ["", "## Setting", ""]
+    for g in a["groups"]:
+        where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
+        lines.append(
+            f"- {where}: seeds {', '.join(str(s) for s in g['seeds'])}; labelled budget "
+            f"{g['labelled'] or 'not recorded'}"
+        )
+        for n in g["notes"]:
+            lines.append(f"  - {n}")
+        for stage, why in g["foreign"].items():
+            lines.append(f"  - provenance override, {stage}: {why}")
+    lines += ["", "## Steps run per arm (optimizer steps; arms compared must match)", ""]
+    lines += head(keys + arms)
+    for g in a["groups"]:
+        cells = [g["group"][k] for k in keys]
+        cells += ["/".join(map(str, g["steps"].get(arm) or [])) or "—" for arm in arms]
+        lines.append(row(cells))
+    if a.get("unequal_budgets"):
+        lines.append("")
+        lines.append(
+            "Allowed a different budget (pipeline.unequal_budgets): "
+            + ", ".join(a["unequal_budgets"])
+        )
+    for m in a["metrics"]:
+        lines += [
+            "",
+            f"## Arms: {m} on the real test set, mean [95% t interval over seeds]",
+            "",
+            *head(keys + arms),
+        ]
+        for g in a["groups"]:
+            cells = [g["group"][k] for k in keys]
+            for arm in arms:
+                v = g["arms"][m].get(arm)
+                cells.append(_fmt_ci(v) if v else "—")
+            lines.append(row(cells))
+    prim = [(g, d) for g in a["groups"] for d in g["paired"] if d["kind"] == "primary"]
+    if prim:
+        lines += [
+            "",
+            f"## Primary comparisons ({a['primary_metric']}; Holm-corrected over "
+            f"{a['family_size']} comparisons)",
+            "",
+            "Paired by seed; 95% interval and p from a bootstrap over seeds and test images; the "
+            "simultaneous interval is Bonferroni-corrected; the verdict reads the Holm p.",
+            "",
+            *head(
+                keys
+                + [
+                    "comparison",
+                    "steps",
+                    "mean",
+                    "95% interval",
+                    "simultaneous interval",
+                    "p",
+                    "p (Holm)",
+                    "seeds",
+                    "verdict",
+                ]
+            ),
+        ]
+        for g, d in prim:
+            cells = [g["group"][k] for k in keys]
+            cells += [
+                f"{d['arm']} − {d['baseline']}",
+                d["budget"],
+                "—" if math.isnan(d["mean"]) else f"{d['mean']:+.4f}",
+                _ci(d["low"], d["high"]),
+                _ci(d.get("low_corrected", math.nan), d.get("high_corrected", math.nan)),
+                _p(d["p"]),
+                _p(d.get("p_holm", math.nan)),
+                d["n"],
+                d["verdict"],
+            ]
+            lines.append(row(cells))
+    lines += [
+        "",
+        "## Exploratory comparisons (uncorrected; not what the experiment was built to answer)",
+        "",
+        *head(
+            keys
+            + [
+                "metric",
+                "comparison",
+                "steps",
+                "mean",
+                "95% interval",
+                "p",
+                "n",
+                "method",
+                "verdict",
+            ]
+        ),
+    ]
+    for g in a["groups"]:
+        for d in g["paired"]:
+            if d["kind"] != "exploratory":
+                continue
+            cells = [g["group"][k] for k in keys]
+            cells += [
+                d["metric"],
+                f"{d['arm']} − {d['baseline']}",
+                d["budget"],
+                "—" if math.isnan(d["mean"]) else f"{d['mean']:+.4f}",
+                _ci(d["low"], d["high"]),
+                _p(d["p"]),
+                d["n"],
+                d["method"],
+                d["verdict"],
+            ]
+            lines.append(row(cells))
+    notes = [(g, d) for g in a["groups"] for d in g["paired"] if d.get("notes")]
+    if notes:
+        lines += ["", "Notes on comparisons:"]
+        seen = set()
+        for g, d in notes:
+            for n in d["notes"]:
+                where = ", ".join(f"{k}={g['group'][k]}" for k in keys) or "all runs"
+                key = (where, d["arm"], d["baseline"], n)
+                if key not in seen:
+                    seen.add(key)
+                    lines.append(f"- {where}, {d['arm']} − {d['baseline']}: {n}")
+    if any(g["gan"] for g in a["groups"]):
+        cols = sorted(
+            {k for g in a["groups"] for k in g["gan"]},
+            key=lambda k: (GAN_KEYS.index(k) if k in GAN_KEYS else 99, k),
+        )
+        lines += [
+            "",
+            "## GAN quality next to it (mean over seeds; FID/KID on our own features; val/ "
+            "against the val images, test/ reported only)",
+            "",
+            *head(keys + cols),
+        ]
+        for g in a["groups"]:
+            cells = [g["group"][k] for k in keys]
+            cells += [f"{g['gan'][c][0]:.4g}" if c in g["gan"] else "—" for c in cols]
+            lines.append(row(cells))
+    return lines

@@ -50,3 +50,8 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    from xfergan import outcome
+
+    if outcome.failures:  # a multirun whose jobs (or report) failed: after the others finished
+        print(f"xfergan: error: {'; '.join(outcome.failures)}", file=sys.stderr)
+        sys.exit(1)

@@ -82,7 +82,7 @@ timeout "$(left 130)" python benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$BENC
 
 step2() {
 echo "== 2. experiment=paper_table3_full end to end ($(left 320) s) =="
-cmd=(python run.py experiment=paper_table3_full logger=csv trainer.enable_progress_bar=false
+cmd=(python run.py experiment=paper_table3_full logger=csv
   "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${TABLE3_ARGS[@]}")
 run_logged "$WORK/table3.log" 320 "${cmd[@]}"
 note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
@@ -101,7 +101,7 @@ PY
 
 step3() {
 echo "== 3. the paper's GAN at batch 256, lr x2, the same passes ($(left 70) s) =="
-cmd=(python run.py experiment=paper_table3_full task=gan logger=csv trainer.enable_progress_bar=false
+cmd=(python run.py experiment=paper_table3_full task=gan logger=csv
   gan.batch_size=256 gan.lr_g=4e-4 gan.lr_d=4e-4 "${GAN256[@]}" "gan.feature_ckpt=${FEAT_CKPT:-}"
   "hydra.run.dir=$WORK/gan_bs256" "${RUN_ARGS[@]}")
 run_logged "$WORK/gan_bs256.log" 70 "${cmd[@]}"

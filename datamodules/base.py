@@ -6,17 +6,17 @@ A subclass implements `load()` and returns `Splits`; everything else is here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.provenance import uids_digest, uids_of, union  # noqa: F401 (re-exported)
+from datamodules.split import Batch, Split, Splits, concat  # noqa: F401 (re-exported)
 from xfergan import transforms as T
 from xfergan.errors import UserError
 from xfergan.schema import DatasetConfig
@@ -25,106 +25,6 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("real", "synthetic", "mixed")
 _D = DatasetConfig()  # the schema is the one source of defaults
-
-
-def uids_of(names: list[str]) -> torch.Tensor:
-    """A stable 64-bit id per sample name (e.g. "mnist/train/123", a MURA path): what provenance
-    records and compares, whatever size or preprocessing the images are read at."""
-    return torch.tensor(
-        [
-            int.from_bytes(
-                hashlib.blake2b(n.encode(), digest_size=8).digest(), "little", signed=True
-            )
-            for n in names
-        ],
-        dtype=torch.long,
-    )
-
-
-def uids_digest(uids: torch.Tensor) -> str:
-    """sha256 of the sorted ids: the identity of a set of images."""
-    return hashlib.sha256(torch.sort(uids.cpu()).values.numpy().tobytes()).hexdigest()
-
-
-@dataclass
-class Split:
-    x: torch.Tensor  # uint8 [N, C, H, W]
-    y: torch.Tensor  # int64 [N]
-    group: torch.Tensor | None = None  # int64 [N], e.g. the study of each MURA image
-    uid: torch.Tensor | None = None  # int64 [N], see uids_of (None for generated images)
-    soft: torch.Tensor | None = None  # float [N, K] target distributions (teacher soft labels)
-    # bool [N]: images that were augmented when they were made (their label is for that view):
-    # training does not augment them again
-    fixed: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def subset(self, idx: torch.Tensor) -> Split:
-        def pick(t):
-            return t[idx] if t is not None else None
-
-        return Split(
-            self.x[idx],
-            self.y[idx],
-            pick(self.group),
-            pick(self.uid),
-            pick(self.soft),
-            pick(self.fixed),
-        )
-
-    def to(self, device) -> Split:
-        def mv(t):
-            return t.to(device) if t is not None else None
-
-        return Split(
-            mv(self.x), mv(self.y), mv(self.group), self.uid, mv(self.soft), mv(self.fixed)
-        )
-
-
-def concat(a: Split, b: Split, num_classes: int) -> Split:
-    """Real + extra images; group -1 and no uid for the extra ones; soft targets one-hot for the
-    part that has none."""
-
-    def soft(s: Split):
-        return (
-            s.soft if s.soft is not None else torch.nn.functional.one_hot(s.y, num_classes).float()
-        )
-
-    group = None
-    if a.group is not None:
-        group = torch.cat([a.group, torch.full_like(b.y, -1)])
-
-    def fixed(s: Split):
-        return s.fixed if s.fixed is not None else torch.zeros(len(s), dtype=torch.bool)
-
-    both_soft = a.soft is not None or b.soft is not None
-    any_fixed = a.fixed is not None or b.fixed is not None
-    return Split(
-        torch.cat([a.x, b.x]),
-        torch.cat([a.y, b.y]),
-        group,
-        None,
-        torch.cat([soft(a), soft(b)]) if both_soft else None,
-        torch.cat([fixed(a), fixed(b)]) if any_fixed else None,
-    )
-
-
-@dataclass
-class Splits:
-    train: Split
-    val: Split
-    test: Split
-    class_names: list[str]
-    info: dict[str, Any] = field(default_factory=dict)  # extra metadata (e.g. study -> body part)
-
-
-class Batch(NamedTuple):
-    x: torch.Tensor
-    y: torch.Tensor
-    group: torch.Tensor | None = None
-    soft: torch.Tensor | None = None
-    fixed: torch.Tensor | None = None  # bool: do not augment these (made augmented)
 
 
 class IndexedTensors(torch.utils.data.Dataset):
@@ -296,7 +196,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.synthetic_train: Split | None = None
         self.synthetic_info: dict[str, Any] = {}  # provenance check results (metrics.json)
         self.synthetic_real_uids: torch.Tensor | None = None  # the real ids behind that set
-        self.epoch_samples: int | None = None  # indices per epoch, all ranks (see plan_epochs)
+        self.epoch_batches: int | None = None  # batches per epoch on each rank (plan_epochs)
 
     # ------------------------------------------------------------------ to implement
     def load(self) -> Splits:
@@ -385,8 +285,6 @@ class ImageDataModule(pl.LightningDataModule):
     def seen_uids(self) -> torch.Tensor | None:
         """Ids of every real image a model trained here sees: the real training images and
         those behind the synthetic set (its GAN's or teacher's)."""
-        from datamodules.provenance import union
-
         self._ensure_loaded()
         parts = []
         if self.source != "synthetic":
@@ -416,8 +314,15 @@ class ImageDataModule(pl.LightningDataModule):
 
     def batches_per_epoch(self, world: int = 1) -> int:
         """Training batches per epoch on each rank: exactly what EpochSampler yields."""
-        n = self.epoch_samples or len(self.splits.train)
-        return max(1, math.ceil(math.ceil(n / world) / self.batch_size))
+        if self.epoch_batches:
+            return self.epoch_batches
+        return max(1, math.ceil(math.ceil(len(self.splits.train) / world) / self.batch_size))
+
+    def epoch_samples(self, world: int) -> int | None:
+        """Indices an epoch yields on all `world` ranks together (None: one pass). Taken from
+        the Trainer's real world size when the loader is built, so a budget stays exact
+        whatever launched the ranks."""
+        return self.epoch_batches * self.batch_size * world if self.epoch_batches else None
 
     def plan_epochs(
         self, steps: int, world: int = 1, limit_batches: int | None = None, target: int = 50
@@ -432,13 +337,12 @@ class ImageDataModule(pl.LightningDataModule):
         steps = int(steps)
         if steps <= 0:
             raise UserError(f"a step budget must be a positive number of steps, not {steps}")
+        self.epoch_batches = None
         if limit_batches:  # debug caps (trainer.limit_train_batches): not an exact budget
-            self.epoch_samples = None
             return math.ceil(steps / min(self.batches_per_epoch(world), int(limit_batches)))
         divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-        bpe = min(divisors, key=lambda d: (abs(math.log(d / target)), -d))
-        self.epoch_samples = bpe * self.batch_size * world
-        return steps // bpe
+        self.epoch_batches = min(divisors, key=lambda d: (abs(math.log(d / target)), -d))
+        return steps // self.epoch_batches
 
     def sizes(self) -> dict[str, Any]:
         self._ensure_loaded()
@@ -492,7 +396,12 @@ class ImageDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         if train:
             sampler = EpochSampler(
-                len(split), self.seed, self._train_weights(split), rank, world, self.epoch_samples
+                len(split),
+                self.seed,
+                self._train_weights(split),
+                rank,
+                world,
+                self.epoch_samples(world),
             )
         else:
             sampler = ShardSampler(len(split), rank, world)

@@ -6,6 +6,7 @@ went into the model, its inputs' models included (a GAN's images count as the GA
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -16,6 +17,25 @@ from xfergan.errors import UserError
 log = logging.getLogger(__name__)
 
 POLICIES = ("check", "ignore")
+
+
+def uids_of(names: list[str]) -> torch.Tensor:
+    """A stable 64-bit id per sample name (e.g. "mnist/train/123", a MURA path): what provenance
+    records and compares, whatever size or preprocessing the images are read at."""
+    return torch.tensor(
+        [
+            int.from_bytes(
+                hashlib.blake2b(n.encode(), digest_size=8).digest(), "little", signed=True
+            )
+            for n in names
+        ],
+        dtype=torch.long,
+    )
+
+
+def uids_digest(uids: torch.Tensor) -> str:
+    """sha256 of the sorted ids: the identity of a set of images."""
+    return hashlib.sha256(torch.sort(uids.cpu()).values.numpy().tobytes()).hexdigest()
 
 
 def union(*uids: torch.Tensor | None) -> torch.Tensor | None:
@@ -54,8 +74,6 @@ def check_seen(
     images and none of its val or test images. Seeing test images is refused whatever `policy`
     says; anything else stops with one line unless policy=ignore, and is then returned as a
     problem for metrics.json. Returns {"foreign": bool, "reason": str | None, "leak_val": int}."""
-    from datamodules.base import uids_digest
-
     if policy not in POLICIES:
         raise UserError(f"{override}={policy!r}: use check or ignore")
     own = dm.provenance()
@@ -96,8 +114,6 @@ def check_seen(
 def model_record(dm, seen: torch.Tensor | None) -> dict[str, Any]:
     """What a classifier checkpoint records: this run's identity and split digests, and the ids
     of every real image the model saw."""
-    from datamodules.base import uids_digest
-
     rec: dict[str, Any] = dict(dm.provenance())
     for name in ("val", "test"):
         uid = getattr(dm.splits, name).uid

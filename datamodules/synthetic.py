@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from datamodules.base import Split
 from datamodules.provenance import check_seen, describe
+from datamodules.split import Split
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save, atomic_write_json, read_json, sha256_file
 from xfergan.transforms import resize

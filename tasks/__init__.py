@@ -94,6 +94,20 @@ def check_selection(cfg: DictConfig) -> None:
         raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")
 
 
+def _where_job() -> None:
+    """[job k/N] in every progress line of a multirun job."""
+    from xfergan import progress
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            progress.where.job, progress.where.jobs = int(hc.job.num) + 1, progress.sweep_size()
+    except ValueError:
+        pass
+
+
 _depth = 0  # nesting of run_task calls (a pipeline runs its stages through run_task)
 
 
@@ -113,6 +127,13 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)
     if zero:
         pid_file.write_text(f"{os.getpid()}\n")
+        if _depth:  # a pipeline's stage: a complete run dir (evaluate, predict, teacher= read it)
+            from omegaconf import OmegaConf
+
+            (out / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    if not _depth:
+        _where_job()
     try:
         check_selection(cfg)
         module = importlib.import_module(TASKS[task])

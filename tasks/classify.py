@@ -19,6 +19,7 @@ from tasks.common import (
     build_trainer,
     is_global_zero,
     output_dir,
+    resume_checkpoint,
     scalar_metrics,
     world_size,
     write_problems,
@@ -79,17 +80,6 @@ def checkpoint_callback(cfg: DictConfig, out: Path, has_val: bool) -> ModelCheck
         every_n_epochs=cc.every_n_epochs,
         auto_insert_metric_name=False,
     )
-
-
-def resume_path(cfg: DictConfig, out: Path) -> str | None:
-    if not cfg.resume:
-        return None
-    last = out / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        log.warning("resume=true but %s does not exist: starting from scratch", last)
-        return None
-    log.info("resuming from %s", last)
-    return str(last)
 
 
 def step_budget(cfg: DictConfig, dm) -> dict:
@@ -207,8 +197,8 @@ def run(cfg: DictConfig) -> dict:
     if dm.problems:
         sizes["n_skipped"] = len(dm.problems)
     update_axes(loggers, cfg, sizes)
+    model = build_classifier(cfg, dm)  # a checkpoint that does not fit is named first
     init_seen, init_info = init_provenance(cfg, dm)
-    model = build_classifier(cfg, dm)
     seen = dm.seen_uids()
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
     if model.init_report:
@@ -223,7 +213,7 @@ def run(cfg: DictConfig) -> dict:
     plan = step_budget(cfg, dm)
     budget = plan.pop("steps")
     trainer = build_trainer(cfg, out, loggers, callbacks, **plan)
-    trainer.fit(model, datamodule=dm, ckpt_path=resume_path(cfg, out))
+    trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
 
     best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
     which = cfg.checkpoint.test if best else "last"

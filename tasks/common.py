@@ -48,6 +48,51 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
         raise
 
 
+class ConfigStamp(pl.Callback):
+    """Every checkpoint records the config digest of the run that wrote it (config_digest):
+    resume=true continues a checkpoint only when it was written with the same settings."""
+
+    def __init__(self, digest: str):
+        self.digest = digest
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["xfergan_config_sha256"] = self.digest
+
+
+def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    """resume=true: this run dir's checkpoints/last.ckpt when it exists, loads, and was written
+    with the same settings; otherwise one line saying why, and a fresh start (None). A damaged
+    checkpoint stops with one line naming it."""
+    if not cfg.resume:
+        return None
+    from xfergan.io import safe_torch_load
+
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        log.warning("resume=true, but %s has no checkpoints/last.ckpt: starting from scratch", out)
+        return None
+    try:
+        blob = safe_torch_load(last, "checkpoint to resume from")
+    except Exception as e:  # noqa: BLE001 - named in one line
+        from xfergan.errors import UserError
+
+        raise UserError(f"{e}; delete it to start this run from scratch") from None
+    stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
+    if stamp != config_digest(cfg):
+        log.warning(
+            "resume=true, but %s was written with other settings (config %s, now %s): "
+            "starting from scratch",
+            last,
+            (stamp or "not recorded")[:12],
+            config_digest(cfg)[:12],
+        )
+        return None
+    log.info(
+        "resuming from %s (epoch %s, step %s)", last, blob.get("epoch"), blob.get("global_step")
+    )
+    return str(last)
+
+
 class ProcessRecord(pl.Callback):
     """Under DDP every process writes processes/rank<r>.json: pid, argv, Hydra mode, seed, world
     size -- which processes ran this job, and how they were started."""
@@ -78,6 +123,40 @@ class ProcessRecord(pl.Callback):
                 "stage": stage,
             },
         )
+
+
+# ----------------------------------------------------------------------------- finished runs
+def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
+    """(checkpoint, kind) of a finished task=classify run dir (a pipeline stage dir too): the one
+    it tested, or best / last / a path. The one resolver evaluate, predict and pseudolabel use;
+    a relative recorded path is relative to the run's checkpoints/."""
+    from xfergan.errors import UserError
+
+    if which not in ("tested", "best", "last"):
+        p = Path(which)
+        if not p.is_file():
+            raise UserError(f"evaluate.checkpoint={which}: no such file (use tested, best, last)")
+        return p, "path"
+    from xfergan.errors import UserError
+    from xfergan.io import read_json
+
+    mf = run_dir / "metrics.json"
+    if not mf.is_file():
+        raise UserError(f"{run_dir} has no metrics.json: is it a finished task=classify run?")
+    m = read_json(mf)
+    if m.get("status") != "ok":
+        raise UserError(f"{run_dir} did not finish ({m.get('error') or m.get('status')})")
+    key = {"tested": "tested_checkpoint", "best": "best_checkpoint", "last": "last_checkpoint"}
+    p = m.get(key[which])
+    if p and not Path(p).is_absolute() and not Path(p).is_file():  # a file name (older runs)
+        p = str(run_dir / "checkpoints" / Path(p).name)
+    if not p or not Path(p).is_file():
+        raise UserError(
+            f"{run_dir}: its {which} checkpoint ({p or 'none recorded'}) does not exist; pass "
+            "evaluate.checkpoint=best|last|<path>"
+        )
+    kind = m.get("tested_checkpoint_kind", which) if which == "tested" else which
+    return Path(p), kind
 
 
 # ----------------------------------------------------------------------------- loggers
@@ -172,7 +251,11 @@ def build_trainer(
         from xfergan.ddp import patch_lightning_launcher
 
         patch_lightning_launcher()
-    callbacks = [*callbacks, ProcessRecord(out, int(cfg.seed))]
+    from pytorch_lightning.callbacks import ProgressBar
+
+    if not any(isinstance(c, ProgressBar) for c in callbacks):  # no bar chosen: none at all
+        tc["enable_progress_bar"] = False  # (Lightning's default bar redraws every step)
+    callbacks = [*callbacks, ProcessRecord(out, int(cfg.seed)), ConfigStamp(config_digest(cfg))]
     from xfergan.checkpoint_io import AtomicCheckpointIO
 
     tc.setdefault("plugins", [AtomicCheckpointIO()])
@@ -190,15 +273,20 @@ VOLATILE_KEYS = {
     "paths": None,
     "logger": None,
     "device_pool": None,
-    "trainer": ("enable_progress_bar", "enable_model_summary", "default_root_dir", "devices"),
+    "name": None,  # the experiment's name: a W&B group
     "evaluate": None,
     "dir": None,
+    "trainer": ("enable_progress_bar", "enable_model_summary", "default_root_dir", "devices"),
+    "callbacks": ("progress_bar", "sample_grid"),
+    "dataset": ("cache_dir", "num_workers"),
 }
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """sha256 of the resolved config without VOLATILE_KEYS: two runs with the same digest
-    computed the same thing (what a resumed pipeline compares before it reuses a stage)."""
+    """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
+    pipeline section no stage reads), with the number of processes in place of the device
+    list: two runs with the same digest computed the same thing. What a resumed pipeline
+    compares before it reuses a stage, and a checkpoint before it is continued."""
     import hashlib
     import json
 
@@ -209,6 +297,9 @@ def config_digest(cfg: DictConfig) -> str:
         elif isinstance(c.get(key), dict):
             for k in sub:
                 c[key].pop(k, None)
+    if c.get("task") != "pipeline":
+        c.pop("pipeline", None)
+    c["world_size"] = world_size(cfg)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -15,7 +15,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.classifier import ClassifierModule
 from tasks import evaluation
-from tasks.common import build_datamodule, build_trainer, output_dir, scalar_metrics
+from tasks.common import (
+    build_datamodule,
+    build_trainer,
+    find_checkpoint,
+    output_dir,
+    scalar_metrics,
+)
 from xfergan.errors import UserError
 from xfergan.io import read_json
 
@@ -37,30 +43,6 @@ def _cli_overrides() -> list[str]:
     ]
 
 
-def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
-    """(checkpoint, kind): the one the run tested, or best / last / a path."""
-    if which not in ("tested", "best", "last"):
-        p = Path(which)
-        if not p.is_file():
-            raise UserError(f"evaluate.checkpoint={which}: no such file (use tested, best, last)")
-        return p, "path"
-    mf = run_dir / "metrics.json"
-    if not mf.is_file():
-        raise UserError(f"{run_dir} has no metrics.json: is it a finished task=classify run?")
-    m = read_json(mf)
-    key = {"tested": "tested_checkpoint", "best": "best_checkpoint", "last": "last_checkpoint"}
-    p = m.get(key[which])
-    if which == "tested" and p and not Path(p).is_absolute():  # older runs: a file name
-        p = str(run_dir / "checkpoints" / p)
-    if not p or not Path(p).is_file():
-        raise UserError(
-            f"{run_dir}: its {which} checkpoint ({p or 'none recorded'}) does not exist; pass "
-            "evaluate.checkpoint=best|last|<path>"
-        )
-    kind = m.get("tested_checkpoint_kind", which) if which == "tested" else which
-    return Path(p), kind
-
-
 def saved_threshold(model: ClassifierModule, run_dir: Path, ckpt: Path) -> float | None:
     """The decision rule the run was tested with: the checkpoint's own (`xfergan_decision`), or
     for runs from before it was saved there, the run's decision_threshold when this is the
@@ -79,6 +61,7 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.run:
         raise UserError("task=evaluate needs run=<a finished task=classify run dir>")
     run_dir = Path(cfg.run)
+    ckpt, kind = find_checkpoint(run_dir, str(cfg.evaluate.checkpoint))  # a finished run?
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise UserError(f"{run_dir} has no .hydra/config.yaml: pass a run dir written by run.py")
@@ -99,7 +82,6 @@ def run(cfg: DictConfig) -> dict:
             base.dataset.body_part = base.body_part
     eval_cfg = base
     out = output_dir(cfg)
-    ckpt, kind = find_checkpoint(run_dir, str(cfg.evaluate.checkpoint))
     model = ClassifierModule.load_safely(str(ckpt))
     dm = build_datamodule(eval_cfg)
     dm.setup()

@@ -20,6 +20,7 @@ from tasks.common import (
     build_loggers,
     build_trainer,
     output_dir,
+    resume_checkpoint,
     world_size,
 )
 from tasks.wandb_utils import artifact_name, log_image, record_lineage
@@ -135,9 +136,8 @@ def run(cfg: DictConfig) -> dict:
         gradient_clip_val=None,
     )
     last = out / "checkpoints" / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() else None
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=resume)
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
     except GANDivergedError as e:
         good = ckpt.last_model_path or "none yet"
         raise UserError(f"{e}; last good checkpoint: {good}") from None

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tasks.common import output_dir
 from tasks.plots import bar_chart_png
-from xfergan.errors import UserError
+from xfergan.errors import SelectionError, UserError
 from xfergan.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,23 +51,23 @@ def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) 
     return sub
 
 
-def _run(sub: DictConfig) -> dict:
+def _run(sub: DictConfig, reuse: bool = True) -> dict:
     """Run a stage, or reuse it when resume=true, it finished, and its resolved config is the
-    one asked for now (config_sha256); a stage run with other settings is run again."""
+    one asked for now (config_sha256); a stage run with other settings is run again. `reuse`
+    False: run it whatever (a stage before it ran again, so its inputs may have changed)."""
     from tasks import run_task
     from tasks.common import config_digest
     from xfergan.io import read_json
 
     done = Path(sub.paths.output_dir) / "metrics.json"
-    if sub.resume and done.is_file():
+    if sub.resume and reuse and done.is_file():
         try:
             m = read_json(done)
         except UserError as e:
             log.warning("resume: %s; running the stage again", e)
             m = {}
         if m.get("status") == "ok" and m.get("config_sha256") == config_digest(sub):
-            log.info("resume: stage %s already finished, reusing it", done.parent.name)
-            return m
+            return {**m, "_reused": True}
         if m.get("status") == "ok":
             log.warning(
                 "resume: stage %s finished with other settings (config_sha256 %s != %s): "
@@ -76,12 +76,50 @@ def _run(sub: DictConfig) -> dict:
                 str(m.get("config_sha256"))[:12],
                 config_digest(sub)[:12],
             )
-            for stale in ("checkpoints/last.ckpt",):  # never continue another config's run
-                (done.parent / stale).unlink(missing_ok=True)
     m = run_task(sub)
     if m.get("status") != "ok":
-        raise UserError(f"pipeline stage {sub.task} failed: {m.get('error')}")
+        raise UserError(str(m.get("error")))
     return m
+
+
+def headline(m: dict) -> str:
+    """A finished stage's number worth a log line."""
+    for k in ("test/acc", "val/gan_fid", "gan/steps", "distill/n_kept", "n_images"):
+        v = m.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{k} {v:.4g}"
+    return ""
+
+
+def planned_stages(cfg: DictConfig) -> list[str]:
+    """The stage dirs this pipeline will run, in order (what Context builds on demand)."""
+    plan: list[str] = []
+
+    def need(name: str) -> None:
+        if name not in plan:
+            plan.append(name)
+
+    def arm_needs(name: str) -> None:
+        base = arm_spec(cfg, name)[0]
+        if base in ("synthetic", "mixed", "distill_gan"):
+            need("gan")
+            need("synthesize")
+        if base == "finetune":
+            arm_needs("synthetic")
+            need("classify_synthetic")
+        if base in ("distill_real", "distill_gan"):
+            for t in cfg.pipeline.teacher_ensemble:
+                arm_needs(t)
+                need(f"classify_{t}")
+            need("pseudolabel_" + ("real" if base == "distill_real" else "synthetic"))
+        need(f"classify_{name}")
+
+    try:
+        for arm in cfg.pipeline.arms:
+            arm_needs(arm)
+    except UserError:
+        return []
+    return plan
 
 
 class Context:
@@ -93,10 +131,30 @@ class Context:
         self.stage_metrics: dict[str, dict] = {}
         self._synthetic: str | None = None
         self._pseudo: dict[str, str] = {}
+        self.plan = planned_stages(cfg)  # for "stage k/N" in the progress lines
+        self.done: list[str] = []
+        self.ran = False  # a stage actually ran (not reused): no later stage is reused
 
     def stage(self, name: str, task: str, overrides: dict[str, Any]) -> dict:
-        m = _run(stage_cfg(self.cfg, self.out / name, task, overrides))
+        from xfergan import progress
+
+        self.done.append(name)
+        arm = overrides.get("arm")
+        t0 = progress.stage_started(len(self.done), max(len(self.plan), len(self.done)), f"{name}")
+        try:
+            m = _run(stage_cfg(self.cfg, self.out / name, task, overrides), reuse=not self.ran)
+        except SelectionError:
+            raise  # the same for every job: the sweep stops (run.py)
+        except Exception as e:  # which stage and arm failed, in the one line a user sees
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = f"stage {name}" + (f" (arm {arm})" if arm else "")
+            raise UserError(
+                f"pipeline {where} failed: {first} (details: {self.out / name}/error.txt)"
+            ) from None
         self.stage_metrics[name] = m
+        reused = bool(m.pop("_reused", False))
+        self.ran = self.ran or not reused  # later stages may read what this one wrote
+        progress.stage_finished(t0, headline(m), reused=reused)
         return m
 
     def synthetic(self) -> str:
@@ -264,12 +322,36 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
+    from xfergan import progress
+
+    try:
+        return _pipeline(cfg)
+    finally:
+        progress.pipeline_done()
+
+
+def _pipeline(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     arms = list(cfg.pipeline.arms)
     for name in arms:
         arm_spec(cfg, name)  # every name is known before anything trains
     if len(set(arms)) != len(arms):
         raise UserError(f"pipeline.arms lists an arm twice: {arms}")
+    for p in cfg.pipeline.primary:  # what the report corrects together: checked now
+        if not (OmegaConf.is_list(p) or isinstance(p, list)) or len(p) != 2:
+            raise UserError(
+                f"pipeline.primary: {p} is not an [arm, baseline] pair; write e.g. "
+                "[[distill_gan, real], [synthetic, real]]"
+            )
+        for a in p:
+            if a not in arms:
+                raise UserError(f"pipeline.primary names {a!r}, which is not in pipeline.arms")
+    tested = [k for k in ARM_KEYS if k.startswith("test/")]
+    if cfg.pipeline.primary and cfg.pipeline.primary_metric not in tested:
+        raise UserError(
+            f"pipeline.primary_metric={cfg.pipeline.primary_metric}: use one of "
+            + ", ".join(tested)
+        )
     bases = {arm_spec(cfg, a)[0] for a in arms}
     if bases & {"distill_real", "distill_gan"}:  # fail before anything trains
         if not 0.0 < float(cfg.distill.min_confidence) <= 1.0:

@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 
 from datamodules.files import ImageRow, decode_all, inside
 from lightning_modules.classifier import ClassifierModule
-from tasks.common import output_dir, write_problems
-from tasks.evaluate import find_checkpoint
+from tasks.common import find_checkpoint, output_dir, write_problems
 from xfergan import transforms as T
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_text

@@ -24,23 +24,20 @@ from datamodules.base import uids_digest
 from datamodules.provenance import check_seen, union
 from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
-from tasks.common import build_datamodule, output_dir
+from tasks.common import build_datamodule, find_checkpoint, output_dir
 from xfergan import transforms as T
 from xfergan.errors import UserError
-from xfergan.io import read_json, sha256_file
+from xfergan.io import sha256_file
 
 log = logging.getLogger(__name__)
 
 
 def teacher_checkpoint(spec: str) -> Path:
-    """A finished task=classify run dir (its tested checkpoint) or a checkpoint file."""
+    """A finished task=classify run dir (a pipeline stage dir too: its tested checkpoint) or a
+    checkpoint file."""
     p = Path(spec)
     if p.is_dir():
-        m = read_json(p / "metrics.json") if (p / "metrics.json").is_file() else {}
-        c = m.get("tested_checkpoint")
-        if m.get("status") != "ok" or not c or not Path(c).is_file():
-            raise UserError(f"distill.teacher={spec}: not a finished task=classify run dir")
-        return Path(c)
+        return find_checkpoint(p, "tested")[0]
     if not p.is_file():
         raise UserError(f"distill.teacher={spec} does not exist (a classify run dir or a .ckpt)")
     return p

@@ -61,7 +61,17 @@ def test_one_command_runs_the_grid_and_ends_with_the_report(ablation):
         assert f"{arm} − real" in md
     assert "distill_gan − distill_real" in md and "distill_gan − teacher" in md
     assert "- dataset.n_per_class=8:" in md and "- dataset.n_per_class=32:" in md
-    assert "95% CI" in md and "p (paired t)" in md
+    # the labelled budget is train + val per class; the steps of every arm; primary comparisons
+    assert "8 train + 8 val per class (160 labelled images)" in md
+    assert "32 train + 8 val per class (400 labelled images)" in md
+    assert "## Steps run per arm" in md and "## Primary comparisons (test/acc; Holm" in md
+    for pair in (
+        "distill_gan − real",
+        "synthetic − real",
+        "mixed − real",
+        "distill_gan − distill_real",
+    ):
+        assert f"| 8 | {pair} |" in md and f"| 32 | {pair} |" in md  # rows of the primary table
     assert "## GAN quality" in md and "gan_memorization_ratio" in md
     assert (sweep / "plot_arms.png").stat().st_size > 5000
     rep = json.loads((sweep / "report.json").read_text())

@@ -88,7 +88,9 @@ def test_joblib_parallel_jobs_and_a_killed_one(tmp_path):
     assert "1 missing" in report and "MISSING" in report and "max_epochs=400" in report
 
 
-def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failed_job_is_recorded_the_sweep_goes_on_and_the_command_fails(tmp_path):
+    """Job 0 fails, job 1 still runs; then one summary names the failure and the command exits
+    non-zero (a failed sweep never looks like a finished one)."""
     sweep = tmp_path / "sweep"
     r = run_py(
         [
@@ -100,7 +102,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
             f"hydra.sweep.dir={sweep}",
         ]
     )
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "2 jobs -- 1 ok, 1 failed, 0 missing" in r.stdout
+    assert f"FAILED  {sweep / '0'}: error: dataset.n_per_class=-1" in r.stdout
+    assert r.stderr.strip().splitlines()[-1].startswith("xfergan: error: sweep ")
+    assert "Traceback" not in r.stderr
     bad = json.loads((sweep / "0" / "metrics.json").read_text())
     good = json.loads((sweep / "1" / "metrics.json").read_text())
     assert bad["status"] == "failed" and "n_per_class=-1" in bad["error"]

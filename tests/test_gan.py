@@ -84,11 +84,11 @@ def test_fid_real_vs_real_is_small_noise_vs_real_is_large():
     train = x[1200:1300].float() / 255
     same = gan_quality(feats, a, y[:600], b, y[600:1200], train)
     diff = gan_quality(feats, a, y[:600], noise, y[600:1200], train)
-    assert diff["gan/fid"] > 20 * same["gan/fid"]
-    assert same["gan/precision"] > 0.8 and same["gan/recall"] > 0.8
-    assert diff["gan/precision"] < 0.2 and diff["gan/recall"] < 0.2
+    assert diff["val/gan_fid"] > 20 * same["val/gan_fid"]
+    assert same["val/gan_precision"] > 0.8 and same["val/gan_recall"] > 0.8
+    assert diff["val/gan_precision"] < 0.2 and diff["val/gan_recall"] < 0.2
     # memorization check: real test images are no closer to the train images than other real ones
-    assert 0.8 < same["gan/memorization_ratio"] < 1.25
+    assert 0.8 < same["val/gan_memorization_ratio"] < 1.25
 
 
 def test_gan_synthesize_roundtrip_and_tamper_refused(tmp_path):
@@ -169,7 +169,7 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
     assert ft["source"] == "real" and ft["n_train"] == table["arms"]["real"]["n_train_real"]
     assert "| synthetic only |" in (out / "table3.md").read_text()
     assert (out / "table3.png").stat().st_size > 1000
-    assert "gan/fid" in m and "gan/recall" in m  # the feature net stage fed the GAN metrics
+    assert "val/gan_fid" in m and "val/gan_recall" in m  # the feature net stage fed the GAN metrics
     jobs = {d: _wandb_meta(out / d) for d in ("gan", "synthesize", "classify_mixed")}
     assert {v["group"] for v in jobs.values()} == {"paper_table3"}
     assert [jobs[d]["job_type"] for d in ("gan", "synthesize", "classify_mixed")] == [

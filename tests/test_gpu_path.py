@@ -128,7 +128,7 @@ def test_step_budget_under_ddp_matches_what_each_rank_runs(tmp_path):
     dm = build_datamodule(cfg)
     dm.setup()
     epochs = dm.plan_epochs(600, 4)
-    per_rank = [len(list(EpochSampler(10, 0, None, r, 4, dm.epoch_samples))) for r in range(4)]
+    per_rank = [len(list(EpochSampler(10, 0, None, r, 4, dm.epoch_samples(4)))) for r in range(4)]
     assert len(set(per_rank)) == 1  # every rank runs the same number of steps
     bpe = math.ceil(per_rank[0] / dm.batch_size)
     assert bpe == dm.batches_per_epoch(4) and epochs * bpe == 600

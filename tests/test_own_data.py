@@ -324,3 +324,61 @@ def test_a_dataset_and_gan_networks_added_from_outside_the_repo(tmp_path):
         ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
     ).stdout
     assert after == before, "the repository was changed"
+
+
+@pytest.fixture(scope="module")
+def own_data_sweep(xray_files, tmp_path_factory):
+    """README's own-data commands on real PNGs (one seed, debug=smoke): the sweep and its report."""
+    sweep = tmp_path_factory.mktemp("own") / "sweep"
+    r = run_py(
+        [
+            "experiment=own_data",
+            f"dataset.root={xray_files}",
+            "dataset.n_per_class=8",
+            "dataset.image_size=28",
+            "debug=smoke",
+            "logger=none",
+            "seed=0",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    return sweep, r
+
+
+def test_own_data_ends_with_a_report_even_when_a_metric_is_undefined(own_data_sweep):
+    """A smoke-trained arm may predict one class: its kappa is undefined (null). The report is
+    still written, counts it as missing, and the command succeeds."""
+    sweep, r = own_data_sweep
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 jobs -- 1 ok, 0 failed, 0 missing" in r.stdout
+    rep = json.loads((sweep / "report.json").read_text())
+    kappa = rep["arms"]["groups"][0]["arms"].get("test/kappa", {})
+    stages = [json.loads(p.read_text()) for p in (sweep / "0").glob("classify_*/metrics.json")]
+    undefined = [m["arm"] for m in stages if m.get("test/kappa") is None]
+    for arm in undefined:
+        assert kappa[arm]["missing_seeds"] == [0] and kappa[arm]["n"] == 0
+    assert "undefined" in (sweep / "report.md").read_text() or not undefined
+
+
+def test_predict_and_evaluate_take_a_pipeline_stage_dir(own_data_sweep, xray_files, tmp_path):
+    """README: `python run.py task=predict run=<sweep dir>/0/classify_distill_gan input=...`, and
+    task=evaluate on the same stage dir reproduces its test numbers (its own config: the stage's
+    settings, not the pipeline's)."""
+    sweep, _ = own_data_sweep
+    stage = sweep / "0" / "classify_distill_gan"
+    inp = tmp_path / "new_images"
+    inp.mkdir()
+    for i in range(4):
+        src = sorted((xray_files / "test" / NAMES[i % 2]).glob("*.png"))[i]
+        (inp / f"x{i}.png").write_bytes(src.read_bytes())
+    r = run_py(
+        ["task=predict", f"run={stage}", f"input={inp}", f"hydra.run.dir={tmp_path / 'p'}"]
+        + ["logger=none"]
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))
+    assert len(rows) == 4 and {r["predicted"] for r in rows} <= set(NAMES)
+    e = run_task(compose(["task=evaluate", f"run={stage}", "logger=none"], tmp_path / "ev"))
+    m = json.loads((stage / "metrics.json").read_text())
+    assert e["test/acc"] == pytest.approx(m["test/acc"], abs=1e-9)
+    assert e["n_test"] == m["n_test"]

@@ -1,13 +1,14 @@
 """Statistics for comparisons over seeds (scipy.stats and numpy): t intervals of a mean, paired
-differences by seed, a hierarchical bootstrap over seeds *and* test images, Holm's correction,
-and the one-word verdict a report prints.
+differences by seed, intervals that add the test images' variance (bootstrapped) to the seeds'
+(a t over seeds), Holm's correction, and the one-word verdict a report prints.
 
 Two sources of chance move a test metric: which few real images a seed drew (seed variance) and
 which images happen to be in the test set (test-sample variance: 624 PneumoniaMNIST test images
-give a ~1.1 pp binomial standard error per arm). `bootstrap_paired` resamples both: seeds with
-replacement, and the test images with replacement, the same images for both arms and every seed
-(the test set is shared: a crossed design). A difference with no spread at all is "undefined",
-never p = 0."""
+give a ~1.1 pp binomial standard error per arm). `bootstrap_paired` adds both: the seeds'
+variance from the per-seed differences (a t with n - 1 degrees of freedom: honest at 3-5 seeds)
+and the test images' from resampling them with replacement, the same images for both arms and
+every seed (the test set is shared: a crossed design). A difference with no spread at all is
+"undefined", never p = 0."""
 
 from __future__ import annotations
 
@@ -190,37 +191,40 @@ def bootstrap_paired(
     reps_b: Mapping[int, np.ndarray],
     seeds: Sequence[int],
     level: float = 0.95,
-    seed: int = 0,
 ) -> dict:
-    """a - b, mean over `seeds`, with a hierarchical bootstrap: each replicate draws the seeds
-    with replacement and uses that replicate's test-image resample (bootstrap_table).
-    Percentile interval at `level`; two-sided bootstrap p-value. Fewer than two seeds, or no
-    spread at all, leave the interval and p undefined (nan)."""
+    """a - b, the mean over `seeds`, with both sources of chance in its standard error:
+        se^2 = s_d^2 / n  (seed variance: the per-seed differences on the full test set)
+             + var_b(mean over seeds of the replicate differences)  (test images: the same
+               resample for every seed and arm, bootstrap_table)
+    and a Student-t interval and p-value with n - 1 degrees of freedom. A bootstrap over only a
+    few seeds would understate their spread (by (n - 1) / n, with normal tails); the t over
+    seeds does not. Fewer than two seeds, or no spread at all, leave the interval and p
+    undefined (nan)."""
     seeds = list(seeds)
     n = len(seeds)
+    nan = math.nan
+    out = {"mean": nan, "low": nan, "high": nan, "p": nan, "n": n, "se": nan, "df": n - 1}
     if n == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n": 0}
-    mean = float(np.mean([full_a[s] - full_b[s] for s in seeds]))
-    out = {"mean": mean, "low": math.nan, "high": math.nan, "p": math.nan, "n": n}
+        return out
+    d = np.array([full_a[s] - full_b[s] for s in seeds], dtype=np.float64)
+    out["mean"] = float(d.mean())
     if n < 2:
         return out
-    d = np.stack([reps_a[s] - reps_b[s] for s in seeds])  # [seeds, boot]
-    rng = np.random.default_rng(seed + 1)
-    pick = rng.integers(0, n, size=(d.shape[1], n))  # seeds drawn per replicate
-    boot = np.nanmean(d[pick.T, np.arange(d.shape[1])], axis=0)
-    boot = boot[np.isfinite(boot)]
-    if len(boot) < 2 or np.ptp(boot) == 0:
+    rep = np.mean([reps_a[s] - reps_b[s] for s in seeds], axis=0)
+    rep = rep[np.isfinite(rep)]
+    var_test = float(np.var(rep, ddof=1)) if len(rep) > 1 else 0.0
+    var_seed = float(np.var(d, ddof=1)) / n
+    out["se_seed"], out["se_test"] = math.sqrt(var_seed), math.sqrt(var_test)
+    se = math.sqrt(var_seed + var_test)
+    if not se > 0:
         return out
-    alpha = 1 - level
-    out["low"], out["high"] = (float(q) for q in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
-    tail = min((boot <= 0).sum(), (boot >= 0).sum())
-    out["p"] = float(min(1.0, 2 * (tail + 1) / (len(boot) + 1)))
-    out["boot"] = boot
+    out["se"] = se
+    out["low"], out["high"] = t_interval(out["mean"], se, n - 1, level)
+    out["p"] = float(2 * stats.t.sf(abs(out["mean"]) / se, n - 1))
     return out
 
 
-def interval(boot: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates at `level` (e.g. 1 - 0.05 / m, Bonferroni)."""
-    alpha = 1 - level
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+def t_interval(mean: float, se: float, df: int, level: float) -> tuple[float, float]:
+    """mean -/+ t(df) quantile x se at `level` (e.g. 1 - 0.05 / m for Bonferroni)."""
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return mean - half, mean + half

@@ -8,8 +8,9 @@ markdown lines of report.md. Rules (the rules of evidence, made mechanical):
     images (data/train_ids_sha256) and were tested on the same test images;
   - equal budgets: arms whose optimizer steps differ are not compared, unless the pipeline
     declared the arm in `pipeline.unequal_budgets` (then both budgets are shown);
-  - intervals include the test sample: a hierarchical bootstrap over seeds and test images
-    where per-image predictions exist (seed-only t intervals otherwise, and labelled so);
+  - intervals include the test sample: a t over seeds whose standard error adds the test
+    images' bootstrap variance, where per-image predictions exist (seed-only t intervals
+    otherwise, and labelled so);
   - the comparisons the pipeline declared primary (`pipeline.primary`, judged on
     `pipeline.primary_metric`) are corrected together (Holm across the whole report, with
     Bonferroni simultaneous intervals); every other comparison is exploratory;
@@ -86,9 +87,26 @@ def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, notes
 
 
-def labelled_budget(rs: list[dict], arm: str) -> str | None:
+def same_test_set(preds: dict) -> dict:
+    """The per-image predictions that share the first one's test set (same ids digest, same
+    labels in the same order); the others are left out (their seeds fall back to a t)."""
+    import numpy as np
+
+    ref = next((p for ps in preds.values() for p in ps.values() if p is not None), None)
+    if ref is None:
+        return {}
+    out: dict = {}
+    for a, ps in preds.items():
+        for s, p in ps.items():
+            if p is None or p.test_ids != ref.test_ids or not np.array_equal(p.label, ref.label):
+                continue
+            out.setdefault(a, {})[s] = p
+    return out
+
+
+def labelled_budget(rs: list[dict], arm: str | None) -> str | None:
     """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics."""
-    st = _stage(rs[0], arm) if rs else {}
+    st = _stage(rs[0], arm) if rs and arm else {}
     k = len(st.get("class_names") or [])
     tr, va = st.get("n_train_real"), st.get("n_val")
     if not k or tr is None or va is None:
@@ -124,7 +142,7 @@ def comparisons(pipes: list[dict], arms: list[str]) -> tuple[list[tuple], set[tu
     primary: set[tuple] = set()
     for r in pipes:
         primary |= {tuple(p) for p in r.get("primary") or [] if len(p) == 2}
-    out = [p for p in sorted(primary) if p[0] in arms and p[1] in arms]
+    out = sorted(primary)  # a declared one with an unknown arm is shown as undefined
     if "real" in arms:
         out += [(a, "real") for a in arms if a != "real"]
     out += [(a, b) for a, b in EXTRA_PAIRS if a in arms and b in arms]
@@ -172,7 +190,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "paired": [],
             "gan": {},
             "steps": {a: sorted(_budget(rs, a)) for a in arms},
-            "labelled": labelled_budget(rs, arms[0]),
+            "labelled": labelled_budget(rs, arms[0] if arms else None),
             "foreign": {
                 f"seed {r.get('seed')}: {stage}": why
                 for r in rs
@@ -197,11 +215,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             }
             boot = None
             if m in stats.BOOTSTRAP_METRICS:
-                have = {
-                    a: {s: p for s, p in preds[a].items() if p is not None}
-                    for a in arms
-                    if any(p is not None for p in preds[a].values())
-                }
+                have = same_test_set(preds)
                 if have:
                     boot = stats.bootstrap_table(have, m, n_boot=n_boot)
             for a, b in pairs:
@@ -216,14 +230,17 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
                     family.append(d)
         for k in GAN_KEYS + tuple(k for k in rs[0] if k.startswith("distill/kept_fraction_min")):
             vals = [float(r[k]) for r in rs if _finite(r.get(k))]
+            if not vals and k.startswith("test/gan_"):  # older runs: gan/fid ... on test images
+                vals = [float(r[o]) for r in rs if _finite(r.get(o := "gan/" + k[9:]))]
             if vals:
                 g["gan"][k] = stats.mean_ci(vals)
         out["groups"].append(g)
     correct(family)
     for g in out["groups"]:
         for d in g["paired"]:
-            d.pop("_boot", None)
-    out["family_size"] = sum(math.isfinite(d["p"]) for d in family)
+            d.pop("_se", None)
+            d.pop("_df", None)
+    out["family_size"] = len(family)
     return out
 
 
@@ -269,40 +286,43 @@ def compare(g, rs, m, a, b, by_arm, boot, unequal) -> dict | None:
     if use_boot:
         full, reps = boot
         r = stats.bootstrap_paired(full[a], full[b], reps[a], reps[b], seeds, LEVEL)
-        d["method"] = "bootstrap: seeds x test images"
-        d["_boot"] = r.pop("boot", None)
+        d["method"] = "t over seeds + bootstrap over test images"
+        d["se_seed"], d["se_test"] = r.get("se_seed"), r.get("se_test")
     else:
         r = stats.paired({s: by_arm[a][s] for s in seeds}, {s: by_arm[b][s] for s in seeds})
         d["method"] = "t over seeds (no per-image predictions)"
-    d.update({k: r[k] for k in ("mean", "low", "high", "p", "n")})
+    d.update({k: r.get(k, math.nan) for k in ("mean", "low", "high", "p", "n")})
+    d["_se"], d["_df"] = _se(d, r), max(1, d["n"] - 1)
     d["seeds"] = seeds
     d["verdict"] = stats.verdict(d["low"], d["high"])
     return d
 
 
+def _se(d: dict, r: dict) -> float:
+    """The standard error behind an interval (from the t interval when not given)."""
+    if math.isfinite(r.get("se", math.nan)):
+        return r["se"]
+    if d["n"] >= 2 and math.isfinite(d["low"]):
+        return (d["high"] - d["low"]) / 2 / float(stats.stats.t.ppf(0.5 + LEVEL / 2, d["n"] - 1))
+    return math.nan
+
+
 def correct(family: list[dict]) -> None:
-    """Holm-adjusted p-values over the primary comparisons, Bonferroni simultaneous intervals,
-    and the primary verdict from the adjusted p (undefined stays undefined)."""
-    defined = [d for d in family if math.isfinite(d["p"])]
-    m = len(defined)
-    adj = stats.holm([d["p"] for d in family])
+    """Holm-adjusted p-values over the primary comparisons (an undefined one counts in the
+    family as p = 1: it cannot be rejected, but it does not make the others easier),
+    Bonferroni simultaneous t intervals, and the primary verdict from the adjusted p."""
+    m = len(family)
+    adj = stats.holm([d["p"] if math.isfinite(d["p"]) else 1.0 for d in family])
+    level = 1 - (1 - LEVEL) / max(1, m)
     for d, p in zip(family, adj):
-        d["p_holm"] = p
-        if not math.isfinite(p):
+        if not math.isfinite(d["p"]):
+            d["p_holm"] = math.nan
             d["verdict"] = stats.UNDEFINED
             continue
-        level = 1 - (1 - LEVEL) / m
-        boot = d.get("_boot")
-        if boot is not None and len(boot) > 1:
-            d["low_corrected"], d["high_corrected"] = stats.interval(boot, level)
-        else:
-            half = (d["high"] - d["low"]) / 2
-            n = max(2, d["n"])
-            scale = stats.stats.t.ppf(0.5 + level / 2, n - 1) / stats.stats.t.ppf(
-                0.5 + LEVEL / 2, n - 1
-            )
-            d["low_corrected"] = d["mean"] - half * scale
-            d["high_corrected"] = d["mean"] + half * scale
+        d["p_holm"] = p
+        d["low_corrected"], d["high_corrected"] = stats.t_interval(
+            d["mean"], d["_se"], d["_df"], level
+        )
         d["corrected_level"] = level
         if p < 1 - LEVEL:
             d["verdict"] = "helps" if d["mean"] > 0 else "hurts"
@@ -376,8 +396,10 @@ def arm_lines(a: dict, row, head) -> list[str]:
             f"## Primary comparisons ({a['primary_metric']}; Holm-corrected over "
             f"{a['family_size']} comparisons)",
             "",
-            "Paired by seed; 95% interval and p from a bootstrap over seeds and test images; the "
-            "simultaneous interval is Bonferroni-corrected; the verdict reads the Holm p.",
+            "Paired by seed. Interval and p: Student t over seeds (n - 1 df) whose standard error "
+            "adds the test images' variance (bootstrap of the test set, the same resample for "
+            "both arms and every seed); the simultaneous interval is Bonferroni-corrected; the "
+            "verdict reads the Holm p.",
             "",
             *head(
                 keys

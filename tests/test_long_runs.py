@@ -150,7 +150,6 @@ def uninterrupted(tmp_path_factory):
     [
         "gan/checkpoints/gan-epoch=00000.ckpt",  # mid-GAN, after its first checkpoint
         "classify_synthetic/checkpoints/last.ckpt",  # mid-arm, after its first epoch
-        "classify_mixed/job.pid",  # the last arm, early (nothing to resume from yet)
     ],
 )
 def test_killed_anywhere_then_resumed_gives_the_same_table(uninterrupted, when, tmp_path):

@@ -111,9 +111,9 @@ def labelled_budget(rs: list[dict], arm: str | None) -> str | None:
     tr, va = st.get("n_train_real"), st.get("n_val")
     if not k or tr is None or va is None:
         return None
-    if tr % k == 0 and va % k == 0:
+    if rs[0].get("n_per_class") is not None and tr % k == 0 and va % k == 0:
         return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
-    return f"{tr} train + {va} val images ({tr + va} labelled; classes unbalanced)"
+    return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
 
 
 def _budget(rs: list[dict], arm: str) -> set:

@@ -206,7 +206,9 @@ def build_callbacks(cfg: DictConfig, task: str, loggers: list) -> list:
         cb = hydra.utils.instantiate(spec, _convert_="all")
         if isinstance(cb, LearningRateMonitor) and not loggers:
             continue
-        if isinstance(cb, ProgressBar) and not cfg.trainer.enable_progress_bar:
+        from xfergan.progress import ProgressLog
+
+        if isinstance(cb, (ProgressBar, ProgressLog)) and not cfg.trainer.enable_progress_bar:
             continue
         log.debug("callback %s: %s", name, type(cb).__name__)
         out.append(cb)

@@ -174,7 +174,7 @@ def _fit(cfg, dm, model, probe, steps, tmp_path, callbacks=()):
     trainer.fit(model, datamodule=dm)
 
 
-def test_the_progress_bar_reads_the_device_every_20_steps_not_every_step(tmp_path):
+def test_the_progress_bar_reads_the_device_every_20_steps_not_every_step(tmp_path, monkeypatch):
     """Each redraw of Lightning's progress bar turns the logged loss into a number (a device
     sync); the default callbacks redraw every 20 steps (Lightning's default: every step)."""
     from tasks.classify import build_classifier
@@ -187,6 +187,7 @@ def test_the_progress_bar_reads_the_device_every_20_steps_not_every_step(tmp_pat
     dm = build_datamodule(cfg)
     dm.setup()
     probe = _CountReads()
+    monkeypatch.setenv("XFERGAN_PROGRESS", "bar")  # the bar a terminal gets (pytest has none)
     bar = build_callbacks(cfg, "classify", [])
     _fit(cfg, dm, build_classifier(cfg, dm), probe, 24, tmp_path, bar)
     assert probe.counted == 22 and 1 <= sum(probe.where.values()) <= 3, probe.where

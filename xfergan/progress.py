@@ -122,8 +122,11 @@ class ProgressLog(pl.Callback):
 
 
 def progress_callback(refresh_rate: int = 20, every_s: float = 30.0) -> pl.Callback:
-    """The `callbacks.progress_bar` entry: a bar at a terminal, log lines anywhere else."""
-    if interactive():
+    """The `callbacks.progress_bar` entry: a bar at a terminal (or XFERGAN_PROGRESS=bar), log
+    lines anywhere else."""
+    import os
+
+    if os.environ.get("XFERGAN_PROGRESS") == "bar" or interactive():
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         return TQDMProgressBar(refresh_rate=refresh_rate)

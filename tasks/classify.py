@@ -174,7 +174,8 @@ def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) ->
     blob = {"label": labels.numpy().astype(np.int16), "pred": pred.numpy().astype(np.int16)}
     if probs.shape[1] == 2:
         blob["score"] = probs[:, 1].numpy().astype(np.float32)
-    uid = dm.splits.test.uid
+    uid = dm.splits.test.uid  # of the images tested (a debug cap tests the first batches)
+    uid = uid[: len(labels)] if uid is not None else None
     blob["test_ids_sha256"] = np.array(uids_digest(uid) if uid is not None else "")
     buf = io.BytesIO()
     np.savez_compressed(buf, **blob)
@@ -241,4 +242,5 @@ def run(cfg: DictConfig) -> dict:
     metrics["global_step"] = trainer.global_step
     metrics["step_budget"] = budget
     metrics.update(sizes)
+    metrics.update(evaluation.tested_sizes(model, sizes["n_test"]))
     return metrics

@@ -105,4 +105,5 @@ def run(cfg: DictConfig) -> dict:
             **dm.sizes(),
         }
     )
+    metrics.update(evaluation.tested_sizes(model, metrics["n_test"]))
     return metrics

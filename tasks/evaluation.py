@@ -4,6 +4,7 @@ collected test probabilities."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from lightning_modules.metrics import (
 from tasks import plots
 from tasks.common import is_global_zero
 from tasks.wandb_utils import log_image
+
+log = logging.getLogger(__name__)
 
 
 def group_mean(p1: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor):
@@ -157,4 +160,19 @@ def decided_test_metrics(model, threshold: float | None) -> dict:
         if k != "test/auroc":
             out[f"{k}_argmax"] = argmax[k]
             out[k] = v
+    return out
+
+
+def tested_sizes(model, n_split: int) -> dict:
+    """How many test images were actually tested. A debug cap (trainer.limit_test_batches, as
+    under debug=smoke) tests only the first batches: n_test says so, and test_partial marks the
+    numbers as not the test split's."""
+    o = model.collected_outputs("test")
+    n = int(len(o["labels"])) if "labels" in o else int(n_split)
+    out = {"n_test": n, "n_test_split": int(n_split), "test_partial": n < int(n_split)}
+    if n < int(n_split):
+        log.warning(
+            "tested on %d of the %d test images (trainer.limit_test_batches): not a full test", n,
+            n_split,
+        )
     return out

@@ -18,7 +18,13 @@ from tasks import run_task
 from tests.conftest import FAST, GAN_FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
 
-SMALL = FAST + ["logger=none", "dataset.n_per_class=3", "dataset.val_per_class=2"]
+# progress on (FAST turns it off): these tests read the progress lines
+SMALL = [a for a in FAST if not a.startswith("trainer.enable_progress_bar=")] + [
+    "trainer.enable_progress_bar=true",
+    "logger=none",
+    "dataset.n_per_class=3",
+    "dataset.val_per_class=2",
+]
 
 
 def test_a_non_interactive_pipeline_says_where_it_is(tmp_path):

@@ -161,6 +161,7 @@ def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) ->
     import numpy as np
 
     from datamodules.base import uids_digest
+    from xfergan.evaluation.arms import PREDICTIONS
     from xfergan.io import atomic_write_bytes
 
     o = model.collected_outputs("test")
@@ -179,10 +180,7 @@ def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) ->
     blob["test_ids_sha256"] = np.array(uids_digest(uid) if uid is not None else "")
     buf = io.BytesIO()
     np.savez_compressed(buf, **blob)
-    atomic_write_bytes(out / PREDICTIONS_FILE, buf.getvalue())
-
-
-PREDICTIONS_FILE = "test_predictions.npz"
+    atomic_write_bytes(out / PREDICTIONS, buf.getvalue())
 
 
 def run(cfg: DictConfig) -> dict:

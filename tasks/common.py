@@ -78,13 +78,14 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
         raise UserError(f"{e}; delete it to start this run from scratch") from None
     stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
-    if stamp != config_digest(cfg):
+    now = config_digest(cfg)
+    if stamp != now:
         log.warning(
             "resume=true, but %s was written with other settings (config %s, now %s): "
             "starting from scratch",
             last,
             (stamp or "not recorded")[:12],
-            config_digest(cfg)[:12],
+            now[:12],
         )
         return None
     log.info(
@@ -137,7 +138,6 @@ def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
         if not p.is_file():
             raise UserError(f"evaluate.checkpoint={which}: no such file (use tested, best, last)")
         return p, "path"
-    from xfergan.errors import UserError
     from xfergan.io import read_json
 
     mf = run_dir / "metrics.json"

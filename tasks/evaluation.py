@@ -172,7 +172,8 @@ def tested_sizes(model, n_split: int) -> dict:
     out = {"n_test": n, "n_test_split": int(n_split), "test_partial": n < int(n_split)}
     if n < int(n_split):
         log.warning(
-            "tested on %d of the %d test images (trainer.limit_test_batches): not a full test", n,
+            "tested on %d of the %d test images (trainer.limit_test_batches): not a full test",
+            n,
             n_split,
         )
     return out

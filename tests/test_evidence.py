@@ -325,3 +325,32 @@ def test_the_dashboards_headline_groups_by_arm():
     head = panels()[0]
     assert head["groupby"] == "config.arm" and "source" not in head["title"]
     assert all(p.get("groupby") != "config.source" for p in panels())
+
+
+@pytest.mark.parametrize("metric", ["test/acc", "test/balanced_acc", "test/kappa", "test/auroc"])
+def test_bootstrap_resamples_are_the_one_at_a_time_metric(metric):
+    """The batched bootstrap gives, resample for resample, the metric of each weighted resample
+    computed on its own (the same draws, three classes for the confusion metrics, score ties
+    and an arm with no scores for AUROC)."""
+    rng = np.random.default_rng(1)
+    n, k = 300, 2 if metric == "test/auroc" else 3
+    label = rng.integers(0, k, n)
+    arms = {}
+    for a in ("x", "y"):
+        arms[a] = {}
+        for s in range(3):
+            pred = np.where(rng.random(n) < 0.7, label, rng.integers(0, k, n))
+            score = np.round(rng.random(n) * 0.5 + 0.5 * label, 1)  # ties
+            arms[a][s] = stats.Predictions(label, pred, None if (a, s) == ("y", 2) else score)
+    full, reps = stats.bootstrap_table(arms, metric, n_boot=50, seed=7)
+    draw = np.random.default_rng(7)
+    for b in range(50):
+        w = np.bincount(draw.integers(0, n, n), minlength=n).astype(np.float64)
+        for a, by_seed in arms.items():
+            for s, p in by_seed.items():
+                want = p.metric(metric, w, k=k)
+                got = reps[a][s][b]
+                assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want), (
+                    (a, s, b, got, want),
+                )
+    assert full["x"][0] == pytest.approx(arms["x"][0].metric(metric, k=k))

@@ -90,27 +90,33 @@ def _confusion(code: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(code, weights=w, minlength=k * k).reshape(k, k)
 
 
-def _acc(c: np.ndarray) -> float:
-    t = c.sum()
-    return float(np.trace(c) / t) if t else math.nan
+# The metrics take one confusion matrix (k, k) or a stack of them (..., k, k): the bootstrap
+# evaluates thousands of resamples at once.
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _balanced_acc(c: np.ndarray) -> float:
-    rows = c.sum(1)
+def _acc(c: np.ndarray) -> np.ndarray:
+    return _ratio(np.trace(c, axis1=-2, axis2=-1), c.sum((-2, -1)))
+
+
+def _balanced_acc(c: np.ndarray) -> np.ndarray:
+    rows = c.sum(-1)
     ok = rows > 0
-    return float(np.mean(np.diag(c)[ok] / rows[ok])) if ok.any() else math.nan
+    per = _ratio(np.diagonal(c, axis1=-2, axis2=-1), rows)
+    with np.errstate(invalid="ignore"):
+        return np.where(ok.any(-1), np.where(ok, per, 0).sum(-1) / ok.sum(-1), np.nan)
 
 
-def _kappa(c: np.ndarray) -> float:
-    t = c.sum()
-    if not t:
-        return math.nan
-    po = np.trace(c) / t
-    pe = float((c.sum(0) * c.sum(1)).sum()) / t**2
-    return float((po - pe) / (1 - pe)) if pe < 1 else math.nan
+def _kappa(c: np.ndarray) -> np.ndarray:
+    t = c.sum((-2, -1))
+    po = _ratio(np.trace(c, axis1=-2, axis2=-1), t)
+    pe = _ratio((c.sum(-2) * c.sum(-1)).sum(-1), t**2)
+    return np.where(pe < 1, _ratio(po - pe, 1 - pe), np.nan)
 
 
-CONFUSION_METRICS: dict[str, Callable[[np.ndarray], float]] = {
+CONFUSION_METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "test/acc": _acc,
     "test/balanced_acc": _balanced_acc,
     "test/kappa": _kappa,
@@ -138,7 +144,7 @@ class Predictions:
         if name == "test/auroc":
             return self._auroc(w)
         k = k or self.k
-        return CONFUSION_METRICS[name](_confusion(self.code(k), w, k))
+        return float(CONFUSION_METRICS[name](_confusion(self.code(k), w, k)))
 
     def _auroc(self, w: np.ndarray) -> float:
         """Weighted Mann-Whitney AUROC (ties count one half)."""
@@ -147,11 +153,15 @@ class Predictions:
         pos = self.label == 1
         wp = np.bincount(self._bins, weights=w * pos, minlength=self._nbins)
         wn = np.bincount(self._bins, weights=w * ~pos, minlength=self._nbins)
-        tp, tn = wp.sum(), wn.sum()
-        if tp == 0 or tn == 0:
-            return math.nan
-        below = np.cumsum(wn) - wn  # negatives strictly below each score
-        return float((wp * (below + 0.5 * wn)).sum() / (tp * tn))
+        return float(_auroc_counts(wp, wn))
+
+
+def _auroc_counts(wp: np.ndarray, wn: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC from (weighted) positive and negative counts per score bin, in score
+    order (..., bins); ties count one half; nan without both classes."""
+    tp, tn = wp.sum(-1), wn.sum(-1)
+    below = np.cumsum(wn, -1) - wn  # negatives strictly below each score
+    return _ratio((wp * (below + 0.5 * wn)).sum(-1), tp * tn)
 
 
 BOOTSTRAP_METRICS = (*CONFUSION_METRICS, "test/auroc")
@@ -166,21 +176,41 @@ def bootstrap_table(
     """Every arm's metric at every seed on the full test set, and on `n_boot` resamples of the
     test images (the same resamples for every arm and seed): ({arm: {seed: value}},
     {arm: {seed: [n_boot values]}}). Arms must share one test set (same labels)."""
+    from scipy import sparse
+
     rng = np.random.default_rng(seed)
     first = next(iter(p for by_seed in arms.values() for p in by_seed.values()))
     n = len(first.label)
     k = max(p.k for by_seed in arms.values() for p in by_seed.values())
     full = {a: {s: p.metric(metric, k=k) for s, p in bs.items()} for a, bs in arms.items()}
     reps = {a: {s: np.empty(n_boot) for s in bs} for a, bs in arms.items()}
-    codes = {(a, s): p.code(k) for a, bs in arms.items() for s, p in bs.items()}
-    for b in range(n_boot):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        for a, bs in arms.items():
-            for s, p in bs.items():
-                if metric == "test/auroc":
-                    reps[a][s][b] = p._auroc(w)
-                else:
-                    reps[a][s][b] = CONFUSION_METRICS[metric](_confusion(codes[a, s], w, k))
+
+    def columns(p: Predictions) -> sparse.csr_matrix:
+        """images x cells: the confusion cell (or, for AUROC, the score bin and class) of each."""
+        if metric == "test/auroc":
+            if p.score is None:
+                return None
+            col, width = p._bins * 2 + (p.label == 1), 2 * max(p._nbins, 1)
+        else:
+            col, width = p.code(k), k * k
+        return sparse.csr_matrix((np.ones(n), (np.arange(n), col)), shape=(n, width))
+
+    cells = {(a, s): columns(p) for a, bs in arms.items() for s, p in bs.items()}
+    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))  # resamples at once (~16 MB of weights)
+    for b0 in range(0, n_boot, chunk):
+        rows = range(b0, min(n_boot, b0 + chunk))
+        w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in rows]).astype(
+            np.float64
+        )  # the resamples' image counts, drawn in the same order as one at a time
+        for (a, s), m in cells.items():
+            if m is None:
+                reps[a][s][rows.start : rows.stop] = math.nan
+                continue
+            c = np.asarray((m.T @ w.T).T)  # (resamples, cells): weighted counts, exact
+            if metric == "test/auroc":
+                reps[a][s][rows.start : rows.stop] = _auroc_counts(c[:, 1::2], c[:, 0::2])
+            else:
+                reps[a][s][rows.start : rows.stop] = CONFUSION_METRICS[metric](c.reshape(-1, k, k))
     return full, reps
 
 

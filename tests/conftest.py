@@ -19,6 +19,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["DATA_DIR"] = str(Path(os.environ["DATA_DIR"]).resolve())
 os.environ["TORCH_HOME"] = str(Path(os.environ["TORCH_HOME"]).resolve())
 DATA_DIR = Path(os.environ["DATA_DIR"])
+if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2: one core per worker, its subprocesses too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # tiny, fast settings shared by tests that train
 FAST = [

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 import pytorch_lightning as pl  # noqa: E402
 
 from tasks.classify import build_classifier  # noqa: E402
-from tasks.common import build_datamodule, build_trainer  # noqa: E402
 from tasks.gan import build_gan, gan_datamodule  # noqa: E402
 from xfergan.machine import commit, machine  # noqa: E402
+from xfergan.training import build_datamodule, build_trainer  # noqa: E402
 
 
 def device() -> torch.device:

@@ -429,9 +429,6 @@ class ImageDataModule(pl.LightningDataModule):
         self._ensure_loaded()
         return self._loader(self.splits.test, train=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
     # ------------------------------------------------------------------ preprocessing
     def preprocess(
         self, x: torch.Tensor, train: bool = False, fixed: torch.Tensor | None = None

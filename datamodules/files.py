@@ -206,6 +206,20 @@ def group_split(
     return out
 
 
+def read_csv_rows(path: Path, required: set[str], hint: str) -> list[dict[str, str]]:
+    """A CSV's rows as {lower-case column: stripped value}; a header without the `required`
+    columns stops with one line (`hint`: what the CSV should hold). Folder datasets and
+    task=predict read their CSVs with it."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in reader.fieldnames or []]
+        if not required <= set(cols):
+            raise UserError(f"{path} needs a header with the columns {hint}; it has {cols}")
+        return [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+
+
 def inside(root: Path, rel: str) -> bool:
     """A listed path that stays inside the root (no absolute paths, no ..-escapes)."""
     from pathlib import PurePosixPath

@@ -13,11 +13,10 @@ metrics.json and in checkpoints."""
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
-from datamodules.files import FileImageDataModule, ImageRow, inside
+from datamodules.files import FileImageDataModule, ImageRow, inside, read_csv_rows
 from xfergan.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,17 +84,7 @@ class FolderDataModule(FileImageDataModule):
         if not path.is_file():
             raise UserError(f"dataset.csv={path} does not exist")
         root = path.parent
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip().lower() for c in reader.fieldnames or []]
-            if not {"path", "label"} <= set(cols):
-                raise UserError(
-                    f"{path} needs a header with the columns path,label[,group][,split]; it has "
-                    f"{cols}"
-                )
-            raw = [
-                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader
-            ]
+        raw = read_csv_rows(path, {"path", "label"}, "path,label[,group][,split]")
         problems, kept = [], []
         for i, r in enumerate(raw):
             split = r.get("split", "").lower()

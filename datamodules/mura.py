@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 from datamodules.files import FileImageDataModule, ImageRow, inside
 from xfergan.errors import UserError
-from xfergan.schema import MuraConfig
+from xfergan.schema import BODY_PARTS, MuraConfig
 
-PARTS = ("elbow", "finger", "forearm", "hand", "humerus", "shoulder", "wrist")
+PARTS = BODY_PARTS  # the schema's BodyPart enum, the one list
 CLASS_NAMES = ["normal", "abnormal"]
 _D = MuraConfig()
 

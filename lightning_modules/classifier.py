@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.metrics import ClassificationMetrics
 from lightning_modules.nets.backbones import apply_finetune, build_backbone, load_init_checkpoint
+from xfergan.evaluation.metrics import ClassificationMetrics
 from xfergan.schema import ClassifierConfig
 
 _D = ClassifierConfig()  # the schema is the one source of defaults
@@ -205,22 +205,19 @@ class ClassifierModule(pl.LightningModule):
     def collected_outputs(self, stage: str) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.outputs[stage].items() if v}
 
-    def collected_test_outputs(self) -> dict[str, torch.Tensor]:
-        return self.collected_outputs("test")
-
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 1e-3})
+        opt_cfg = dict(self.hparams.optimizer or _D.optimizer)  # the schema's defaults
         opt = hydra.utils.instantiate(opt_cfg, params=params)
-        sch = dict(self.hparams.scheduler or {})
-        name = sch.get("name", "none")
+        sch = {**vars(_D.scheduler), **(self.hparams.scheduler or {})}
+        name = sch["name"]
         if name == "none":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = int(sch.get("warmup_epochs", 0)) * steps_per_epoch
+        warmup = int(sch["warmup_epochs"]) * steps_per_epoch
         if name == "cosine":
-            floor = float(sch.get("min_lr_ratio", 0.01))
+            floor = float(sch["min_lr_ratio"])
 
             def f(step: int) -> float:
                 if step < warmup:
@@ -230,8 +227,8 @@ class ClassifierModule(pl.LightningModule):
 
         elif name == "step":
             size, gamma = (
-                int(sch.get("step_size", 10)) * steps_per_epoch,
-                float(sch.get("gamma", 0.1)),
+                int(sch["step_size"]) * steps_per_epoch,
+                float(sch["gamma"]),
             )
 
             def f(step: int) -> float:

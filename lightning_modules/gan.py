@@ -19,21 +19,11 @@ _D = GANConfig()  # the schema is the one source of defaults
 
 def build_net(spec: dict[str, Any], what: str, **sizes: Any) -> torch.nn.Module:
     """A network from its `_target_` config plus the sizes the task knows."""
-    import hydra
-    from hydra.errors import InstantiationException
-
-    from xfergan.errors import UserError
+    from xfergan.errors import UserError, instantiate
 
     if "_target_" not in spec:
         raise UserError(f"{what} needs a _target_ (the class to build), e.g. in conf/gan/*.yaml")
-    try:
-        return hydra.utils.instantiate(spec, **sizes, _convert_="all")
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, UserError):
-            raise cause from None
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"cannot build {what} ({spec['_target_']}): {first[:200]}") from None
+    return instantiate(spec, what, **sizes, _convert_="all")
 
 
 def truncated_normal(

@@ -25,9 +25,9 @@ class FeatureNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = T.to_float(x)
-        x = T.set_channels(T.resize(x, self.image_size), self.channels)
-        return self.classifier.features(T.normalize(x, self.normalize)).flatten(1).double()
+        spec = {"image_size": self.image_size, "channels": self.channels}
+        x = T.for_model(x, {**spec, "normalize": self.normalize})
+        return self.classifier.features(x).flatten(1).double()
 
 
 @torch.no_grad()

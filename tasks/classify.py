@@ -11,20 +11,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
-from tasks import evaluation
-from tasks.common import (
+from xfergan.errors import UserError
+from xfergan.evaluation import outputs as evaluation
+from xfergan.ranks import is_global_zero
+from xfergan.runtime import output_dir, world_size, write_problems
+from xfergan.training import (
+    batch_limit,
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_trainer,
-    is_global_zero,
-    output_dir,
     resume_checkpoint,
     scalar_metrics,
-    world_size,
-    write_problems,
+    smoke_cap,
 )
-from xfergan.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,8 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     steps = cfg.trainer.max_steps
     if not steps or steps <= 0:
         return {"steps": None}
-    if cfg.get("smoke"):
-        steps = min(int(steps), 2)
-    limit = cfg.trainer.limit_train_batches
-    limit = limit if isinstance(limit, int) and limit > 0 else None
+    steps = smoke_cap(cfg, int(steps))
+    limit = batch_limit(cfg, "train")
     epochs = dm.plan_epochs(int(steps), world_size(cfg), limit)
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}
 
@@ -106,7 +104,7 @@ def choose_threshold(cfg: DictConfig, model: ClassifierModule) -> float | None:
         return None
     if how != "val_balanced_acc":
         raise UserError(f"model.decision={how!r}: use argmax or val_balanced_acc")
-    from lightning_modules.metrics import balanced_acc_threshold
+    from xfergan.evaluation.metrics import balanced_acc_threshold
 
     val = model.collected_outputs("val")
     if model.hparams.num_classes != 2 or "probs" not in val:
@@ -185,7 +183,7 @@ def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) ->
 
 def run(cfg: DictConfig) -> dict:
     from datamodules.provenance import flat, model_record, union
-    from tasks.tracking import update_axes
+    from xfergan.tracking import update_axes
 
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
@@ -205,7 +203,7 @@ def run(cfg: DictConfig) -> dict:
     ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
     callbacks = [ckpt, *build_callbacks(cfg, "classify", loggers)]
     if cfg.dataset.source != "real":
-        from tasks.wandb_utils import artifact_name, record_lineage
+        from xfergan.tracking.wandb_backend import artifact_name, record_lineage
 
         syn = str(cfg.dataset.synthetic_path)
         record_lineage(loggers, {artifact_name("synthetic", syn): syn})

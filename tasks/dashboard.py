@@ -20,13 +20,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from tasks.common import output_dir
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_json
+from xfergan.runtime import output_dir
+from xfergan.schema import BODY_PARTS
 
 log = logging.getLogger(__name__)
 
-PARTS = ("elbow", "finger", "forearm", "hand", "humerus", "shoulder", "wrist")
+PARTS = BODY_PARTS  # the schema's BodyPart enum, the one list
 
 
 def panels() -> list[dict[str, Any]]:
@@ -98,7 +99,7 @@ def panel_keys(p: dict) -> list[str]:
 # ----------------------------------------------------------------------------- local runs
 def local_runs(root: Path) -> list[dict]:
     """Config and summary keys of the offline W&B runs below `root` (read from the .wandb files)."""
-    from tasks.wandb_files import read_offline_run
+    from xfergan.tracking.wandb_files import read_offline_run
 
     return [read_offline_run(f) for f in sorted(root.rglob("offline-run-*/run-*.wandb"))]
 

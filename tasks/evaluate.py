@@ -14,16 +14,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.classifier import ClassifierModule
-from tasks import evaluation
-from tasks.common import (
-    build_datamodule,
-    build_trainer,
-    find_checkpoint,
-    output_dir,
-    scalar_metrics,
-)
 from xfergan.errors import UserError
+from xfergan.evaluation import outputs as evaluation
 from xfergan.io import read_json
+from xfergan.runtime import find_checkpoint, output_dir
+from xfergan.training import build_datamodule, build_trainer, scalar_metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torchvision.utils import save_image
 
 from lightning_modules.gan import GANDivergedError
-from tasks.common import (
+from xfergan.errors import UserError
+from xfergan.runtime import output_dir, world_size
+from xfergan.schema import GAN_LOOP_KEYS
+from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
+from xfergan.training import (
+    batch_limit,
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_trainer,
-    output_dir,
     resume_checkpoint,
-    world_size,
+    smoke_cap,
 )
-from tasks.wandb_utils import artifact_name, log_image, record_lineage
-from xfergan.errors import UserError
-from xfergan.schema import GAN_LOOP_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +75,20 @@ class SampleGrid(pl.Callback):
 
 def build_gan(cfg: DictConfig, dm):
     """The configured GAN module (`gan._target_`) for this datamodule's classes and channels."""
-    import hydra
-    from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
+
+    from xfergan.errors import instantiate
 
     g = OmegaConf.to_container(cfg.gan, resolve=True)
     args = {k: v for k, v in g.items() if k not in GAN_LOOP_KEYS}
-    try:
-        return hydra.utils.instantiate(
-            {"_target_": g["_target_"], **args},
-            num_classes=dm.num_classes,
-            channels=dm.channels,
-            class_names=dm.class_names,
-            _convert_="all",
-            _recursive_=False,
-        )
-    except InstantiationException as e:  # a bad gan.* value: the module's own one-line error
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
+    return instantiate(  # a bad gan.* value: the module's own one-line error
+        {"_target_": g["_target_"], **args},
+        num_classes=dm.num_classes,
+        channels=dm.channels,
+        class_names=dm.class_names,
+        _convert_="all",
+        _recursive_=False,
+    )
 
 
 def run(cfg: DictConfig) -> dict:
@@ -105,10 +101,9 @@ def run(cfg: DictConfig) -> dict:
     # A step budget runs as whole epochs of full batches that end at exactly gan.steps
     # (dm.plan_epochs), and checkpoints are taken at epoch ends: a resumed run then continues
     # exactly as the uninterrupted one (Lightning's mid-epoch restore replays batches wrongly).
-    limit = cfg.trainer.limit_train_batches  # debug=smoke: 2 batches per epoch
-    limit = limit if isinstance(limit, int) and limit > 0 else None
+    limit = batch_limit(cfg, "train")  # debug=smoke: 2 batches per epoch
     if cfg.gan.steps:
-        steps = min(int(cfg.gan.steps), 2) if cfg.get("smoke") else int(cfg.gan.steps)
+        steps = smoke_cap(cfg, int(cfg.gan.steps))
         epochs = dm.plan_epochs(steps, world_size(cfg), limit)
     else:
         epochs = int(cfg.gan.epochs)

@@ -9,8 +9,9 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
-from tasks.common import build_datamodule, output_dir, write_problems
 from xfergan.io import atomic_write_json
+from xfergan.runtime import output_dir, write_problems
+from xfergan.training import build_datamodule
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tasks.common import output_dir
-from tasks.plots import bar_chart_png
+from tasks import classify, gan, pseudolabel, synthesize
 from xfergan.errors import SelectionError, UserError
+from xfergan.evaluation.plots import bar_chart_png
 from xfergan.io import atomic_write_json, atomic_write_text
+from xfergan.runtime import output_dir, run_job
+from xfergan.schema import enum_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ ARM_KEYS = (
 )
 
 
+# the stages a pipeline runs, by their task= name
+STAGES = {
+    "classify": classify.run,
+    "gan": gan.run,
+    "synthesize": synthesize.run,
+    "pseudolabel": pseudolabel.run,
+}
+
+
 def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) -> DictConfig:
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
@@ -55,9 +66,8 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
     """Run a stage, or reuse it when resume=true, it finished, and its resolved config is the
     one asked for now (config_sha256); a stage run with other settings is run again. `reuse`
     False: run it whatever (a stage before it ran again, so its inputs may have changed)."""
-    from tasks import run_task
-    from tasks.common import config_digest
     from xfergan.io import read_json
+    from xfergan.runtime import config_digest
 
     done = Path(sub.paths.output_dir) / "metrics.json"
     if sub.resume and reuse and done.is_file():
@@ -76,7 +86,7 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
                 str(m.get("config_sha256"))[:12],
                 config_digest(sub)[:12],
             )
-    m = run_task(sub)
+    m = run_job(sub, STAGES[enum_name(sub.task)])
     if m.get("status") != "ok":
         raise UserError(str(m.get("error")))
     return m
@@ -309,9 +319,7 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
         done = cache / "metrics.json"
         m = json.loads(done.read_text()) if done.is_file() else {}
         if m.get("status") != "ok" or not Path(m.get("last_checkpoint") or "").is_file():
-            from tasks import run_task
-
-            m = run_task(stage_cfg(cfg, cache, "classify", fo))
+            m = run_job(stage_cfg(cfg, cache, "classify", fo), classify.run)
             if m.get("status") != "ok":
                 raise UserError(f"the feature net failed: {m.get('error')}")
         else:
@@ -422,9 +430,9 @@ def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None
             f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
             f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
-    from tasks.report import GAN_COLUMNS
+    from xfergan.evaluation.arms import GAN_KEYS
 
-    gan_keys = [k for k in GAN_COLUMNS if k in results]
+    gan_keys = [k for k in GAN_KEYS if k in results]
     if gan_keys:
         lines += ["", "GAN: " + ", ".join(f"{k} {results[k]:.4g}" for k in gan_keys)]
     kept = [k for k in results if k.startswith("distill/kept_fraction_min")]

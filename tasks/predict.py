@@ -22,12 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from datamodules.files import ImageRow, decode_all, inside
+from datamodules.files import ImageRow, decode_all, inside, read_csv_rows
 from lightning_modules.classifier import ClassifierModule
-from tasks.common import find_checkpoint, output_dir, write_problems
 from xfergan import transforms as T
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_text
+from xfergan.runtime import find_checkpoint, output_dir, write_problems
+from xfergan.schema import DatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,7 @@ def list_inputs(spec: str) -> tuple[Path, list[ImageRow], list[dict]]:
             raise UserError(f"input={p}: the folder holds no files")
         return p, [ImageRow(f.relative_to(p).as_posix(), -1, "") for f in files], []
     if p.is_file() and p.suffix.lower() == ".csv":
-        with open(p, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = [c.strip().lower() for c in reader.fieldnames or []]
-            if "path" not in cols:
-                raise UserError(f"input={p}: the CSV needs a `path` column (and may have `group`)")
-            raw = [
-                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader
-            ]
+        raw = read_csv_rows(p, {"path"}, "path[,group] (input= lists images to predict)")
         rows, problems = [], []
         for r in raw:
             if not inside(p.parent, r["path"]):
@@ -100,15 +94,13 @@ def run(cfg: DictConfig) -> dict:
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(dev).eval()
-    bs = int(ds.get("eval_batch_size", 256))
+    bs = int(ds.get("eval_batch_size") or DatasetConfig.eval_batch_size)
     probs = []
     with torch.no_grad():
         for i in tqdm(range(0, len(x), bs), desc=f"predicting {len(x)} images", unit="batch"):
-            xb = T.resize(T.to_float(x[i : i + bs].to(dev)), int(spec.get("image_size", size)))
-            xb = T.set_channels(xb, int(spec.get("channels", xb.shape[1])))
-            xb = T.normalize(xb, str(spec.get("normalize", "imagenet")))
+            xb = T.for_model(x[i : i + bs].to(dev), {"image_size": size, **spec})
             probs.append(model(xb).float().softmax(1).cpu())
-    from lightning_modules.metrics import decided
+    from xfergan.evaluation.metrics import decided
 
     threshold = (getattr(model, "decision", None) or {}).get("threshold")
     p = torch.cat(probs)

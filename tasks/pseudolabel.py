@@ -24,10 +24,11 @@ from datamodules.base import uids_digest
 from datamodules.provenance import check_seen, union
 from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
-from tasks.common import build_datamodule, find_checkpoint, output_dir
 from xfergan import transforms as T
 from xfergan.errors import UserError
 from xfergan.io import sha256_file
+from xfergan.runtime import find_checkpoint, output_dir
+from xfergan.training import batch_limit, build_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,8 @@ def teacher_probs(
     total = torch.zeros(len(x), teachers[0].hparams.num_classes)
     for t in teachers:
         t = t.to(dev).eval()
-        spec = t.hparams.input_spec or {}
-        size, ch = spec.get("image_size", x.shape[-1]), spec.get("channels", x.shape[1])
         for i in tqdm(range(0, len(x), batch_size), desc="teacher", unit="batch", leave=False):
-            xb = T.resize(T.to_float(x[i : i + batch_size].to(dev)), size)
-            xb = T.normalize(T.set_channels(xb, ch), spec.get("normalize", "imagenet"))
+            xb = T.for_model(x[i : i + batch_size].to(dev), t.hparams.input_spec)
             total[i : i + batch_size] += (t(xb).float() / temperature).softmax(1).cpu()
     return total / len(teachers)
 
@@ -168,9 +166,9 @@ def run(cfg: DictConfig) -> dict:
     if d.evaluate_teacher:  # reported next to the arms; nothing is chosen with it
         for split in ("val", "test"):
             s_ = getattr(dm.splits, split)
-            limit = cfg.trainer.get(f"limit_{split}_batches")
+            limit = batch_limit(cfg, split)
             n = len(s_)
-            if isinstance(limit, int) and limit > 0:  # as the trainer would (debug=smoke)
+            if limit:  # as the trainer would (debug=smoke)
                 n = min(n, limit * dm.eval_batch_size)
             if n:
                 p = teacher_probs(models, s_.x[:n], int(d.batch_size), 1.0)

@@ -11,12 +11,14 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from xfergan.errors import UserError
-from xfergan.evaluation.arms import GAN_KEYS, arm_analysis, arm_lines
+from xfergan.evaluation.arms import arm_analysis, arm_lines
 from xfergan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -148,9 +150,6 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
     return rows
 
 
-GAN_COLUMNS = GAN_KEYS  # the pipeline's table3.md lists the same GAN numbers
-
-
 def _row(cells) -> str:
     """One markdown table row (no empty first cell when a table has no group columns)."""
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -237,7 +236,7 @@ def arms_plot(root: Path, a: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.plots import _save
+    from xfergan.evaluation.plots import _save
 
     m = a["metrics"][0]
     npc = next((k for k in a["keys"] if k.endswith("n_per_class")), None)
@@ -281,7 +280,7 @@ def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.plots import _save, bar_chart_png
+    from xfergan.evaluation.plots import _save, bar_chart_png
 
     out = []
     if not rows or not present:
@@ -354,11 +353,12 @@ def log_to_trackers(cfg: DictConfig, root: Path) -> None:
     and the report's PNGs."""
     if not cfg.logger.wandb or cfg.logger.mode == "disabled":
         return
-    from tasks.common import build_loggers, output_dir
-    from tasks.wandb_utils import _wandb_run
+    from xfergan.runtime import output_dir
+    from xfergan.tracking.wandb_backend import wandb_run
+    from xfergan.training import build_loggers
 
     loggers = build_loggers(cfg, output_dir(cfg), job_type="report", tags=["report"])
-    run = _wandb_run(loggers)
+    run = wandb_run(loggers)
     if run is None:
         return
     import wandb
@@ -443,3 +443,35 @@ def run(cfg: DictConfig) -> dict:
     log_to_trackers(cfg, root)
     log.info("wrote %s/report.md, report.csv and %d plots", root, res["report/plots"])
     return res
+
+
+class ReportWhenDone(Callback):
+    """Writes this report (report.md / report.json / plots) into a multirun's sweep dir when the
+    last job ends, so one command (e.g. `python run.py experiment=synthetic_ablation`) ends with
+    the answer; a report that cannot be written fails the command. Enable it for any sweep with
+    `+hydra.callbacks.report._target_=tasks.report.ReportWhenDone`."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from xfergan import outcome
+
+        try:
+            self._report(Path(config.hydra.sweep.dir))
+        except Exception as e:  # noqa: BLE001 - Hydra would make it a warning: fail the command
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.error("the report could not be written: %s: %s", type(e).__name__, first)
+            outcome.failures.append(f"report failed: {first}")
+
+    def _report(self, root: Path) -> None:
+        runs, missing = collect(root)
+        if not runs and not missing:
+            log.warning("no job wrote metrics.json under %s: no report", root)
+            return
+        res = write_report(root, runs, missing)
+        log.info(
+            "report: %s/report.md (%d runs, %d failed, %d missing)",
+            root,
+            res["report/runs"],
+            res["report/failed"],
+            res["report/missing"],
+        )
+        print(f"report: {root / 'report.md'}")

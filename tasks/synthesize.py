@@ -12,10 +12,11 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from datamodules.synthetic import write_synthetic
-from tasks.common import build_loggers, output_dir
-from tasks.wandb_utils import artifact_name, log_image, record_lineage
 from xfergan.errors import UserError
 from xfergan.io import safe_torch_load, sha256_file
+from xfergan.runtime import output_dir
+from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
+from xfergan.training import build_loggers
 
 log = logging.getLogger(__name__)
 

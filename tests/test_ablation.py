@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tasks import run_task
-from tasks.wandb_files import read_offline_run
 from tests.conftest import FAST, compose, run_py
+from xfergan.tracking.wandb_files import read_offline_run
 
 ARMS = ["real", "synthetic", "mixed", "finetune", "teacher", "distill_real", "distill_gan"]
 

@@ -91,3 +91,88 @@ def test_every_sweep_composes_with_its_params(sweep, tmp_path):
     assert cfg.hydra.sweeper.params, f"sweep={sweep} sweeps nothing"
     if sweep == "optuna":
         assert "OptunaSweeper" in cfg.hydra.sweeper._target_
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _binding(v) -> bool:
+    """An interpolation (a value bound to another key), or a list of them."""
+    if isinstance(v, list):
+        return bool(v) and all(_binding(x) for x in v)
+    return isinstance(v, str) and "${" in v
+
+
+def _schema_differences(path: Path, group: str | None = None) -> tuple[dict, set[str]]:
+    """(the values of a schema-backed YAML that differ from its schema's defaults, the keys its
+    `# differs from the schema: a, b` comment lists). A value the schema leaves to the YAML
+    (MISSING) and an interpolation (a binding to another key) are not differences."""
+    import re
+
+    import yaml
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from xfergan.schema import register_configs
+
+    register_configs()
+    text = path.read_text()
+    y = yaml.safe_load(text) or {}
+    schema = [d for d in y.get("defaults") or [] if isinstance(d, str) and d.startswith("schema_")]
+    group = group or path.parent.relative_to(ROOT / "conf").as_posix()
+    node = ConfigStore.instance().load(f"{group}/{schema[0]}.yaml").node
+    want = _flat(OmegaConf.to_container(node, resolve=False))
+    got = _flat({k: v for k, v in y.items() if k != "defaults"})
+    diff = {
+        k: (v, want.get(k, "<not in the schema>"))
+        for k, v in got.items()
+        if want.get(k, "<not in the schema>") not in (v, "???") and not _binding(v)
+    }
+    listed = {
+        k.strip()
+        for m in re.findall(r"^# differs from the schema: (.+)$", text, re.M)
+        for k in m.split(",")
+    }
+    return diff, listed
+
+
+def test_every_yaml_default_is_its_schemas_or_listed_as_an_override():
+    """The schemas (xfergan/schema.py) are the one source of defaults: a group YAML that differs
+    from its schema says so in a `# differs from the schema: ...` comment (a listed key covers
+    its sub-keys), so a schema default changed later never hides behind a stale YAML copy."""
+    checked = 0
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        import yaml
+
+        y = yaml.safe_load(path.read_text()) or {}
+        if not any(str(d).startswith("schema_") for d in y.get("defaults") or []):
+            continue
+        checked += 1
+        diff, listed = _schema_differences(path)
+        unlisted = {
+            k: v
+            for k, v in diff.items()
+            if not any(k == key or k.startswith(key + ".") for key in listed)
+        }
+        assert not unlisted, f"{path.relative_to(ROOT)}: {unlisted} (yaml value, schema default)"
+        stale = {
+            key for key in listed if not any(k == key or k.startswith(key + ".") for k in diff)
+        }
+        assert not stale, f"{path.relative_to(ROOT)} lists {stale}, which equal the schema"
+    assert checked >= 15
+
+
+def test_the_schema_check_sees_a_difference(tmp_path):
+    d = tmp_path / "probe.yaml"
+    d.write_text("defaults: [schema_trainer, _self_]\ndevices: 4\nmax_epochs: 10\n")
+    diff, listed = _schema_differences(d, "trainer")
+    assert diff == {"devices": (4, 1)} and not listed
+    d.write_text("# differs from the schema: devices\n" + d.read_text())
+    assert _schema_differences(d, "trainer")[1] == {"devices"}

@@ -144,7 +144,7 @@ def test_an_init_checkpoint_from_another_subset_is_refused(seed1_teacher, tmp_pa
 
 def test_a_model_that_saw_test_images_is_always_refused(tmp_path):
     from datamodules.provenance import check_seen
-    from tasks.common import build_datamodule
+    from xfergan.training import build_datamodule
 
     dm = build_datamodule(compose(SMALL, tmp_path))
     dm.setup()

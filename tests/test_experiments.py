@@ -13,7 +13,7 @@ from tests.conftest import FAST, ROOT, run_py
 
 def _wandb_meta(run_dir: Path) -> dict:
     """Group, job_type and tags of a run's offline W&B run, read back from its .wandb file."""
-    from tasks.wandb_files import read_offline_run
+    from xfergan.tracking.wandb_files import read_offline_run
 
     return read_offline_run(next(run_dir.glob("wandb/offline-run-*/run-*.wandb")))
 

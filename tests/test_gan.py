@@ -8,10 +8,10 @@ from datamodules.synthetic import load_synthetic
 from lightning_modules.gan_metrics import FeatureNet, gan_quality
 from lightning_modules.nets.backbones import build_backbone
 from tasks import run_task
-from tasks.common import build_datamodule
 from tasks.gan import gan_datamodule
 from tests.conftest import FAST, GAN_FAST, compose, small_gan
 from xfergan.errors import UserError
+from xfergan.training import build_datamodule
 
 
 def test_gan_step_updates_both_generator_and_discriminator():

@@ -10,9 +10,9 @@ import time
 
 import torch
 
-from tasks.common import build_datamodule
 from tasks.gan import gan_datamodule
 from tests.conftest import FAST, GAN_FAST, ROOT, compose
+from xfergan.training import build_datamodule
 
 
 class _Strategy:
@@ -112,7 +112,7 @@ def test_step_budget_under_ddp_matches_what_each_rank_runs(tmp_path):
     import math
 
     from datamodules.base import EpochSampler
-    from tasks.common import world_size
+    from xfergan.runtime import world_size
 
     cfg = compose(
         FAST
@@ -166,7 +166,7 @@ class _CountReads:
 
 def _fit(cfg, dm, model, probe, steps, tmp_path, callbacks=()):
     from benchmarks.bench import _fit_overrides  # training steps only, as the benchmark times
-    from tasks.common import build_trainer
+    from xfergan.training import build_trainer
 
     trainer = build_trainer(
         cfg, tmp_path, [], [*callbacks, probe.callback], **_fit_overrides(steps)
@@ -178,7 +178,7 @@ def test_the_progress_bar_reads_the_device_every_20_steps_not_every_step(tmp_pat
     """Each redraw of Lightning's progress bar turns the logged loss into a number (a device
     sync); the default callbacks redraw every 20 steps (Lightning's default: every step)."""
     from tasks.classify import build_classifier
-    from tasks.common import build_callbacks
+    from xfergan.training import build_callbacks
 
     cfg = compose(
         FAST + ["dataset.n_per_class=80", "logger=none", "trainer.enable_progress_bar=true"],
@@ -262,7 +262,7 @@ def test_divergence_counted_between_reads_is_not_lost():
 
 
 def test_the_mean_loss_is_weighted_by_batch_size():
-    from lightning_modules.metrics import WeightedMean
+    from xfergan.evaluation.metrics import WeightedMean
 
     m = WeightedMean()
     m.update(torch.tensor(1.0), 3)
@@ -276,7 +276,7 @@ def test_confusion_counts_give_torchmetrics_accuracies():
     class never seen at all included."""
     from torchmetrics import classification as C
 
-    from lightning_modules.metrics import ConfusionCounts
+    from xfergan.evaluation.metrics import ConfusionCounts
 
     g = torch.Generator().manual_seed(0)
     k = 5

@@ -101,7 +101,7 @@ def test_evaluate_uses_the_checkpoint_the_run_tested(tmp_path):
 
 # ----------------------------------------------------------------------------- baselines
 def test_majority_baseline_is_a_classifier_fitted_on_train():
-    from lightning_modules.metrics import majority_baseline, max_class_share
+    from xfergan.evaluation.metrics import majority_baseline, max_class_share
 
     train = torch.tensor([0, 0, 0, 1, 1])  # majority: 0
     test = torch.tensor([1, 1, 1, 0])  # test's own majority: 1
@@ -116,13 +116,13 @@ def test_finger_and_shoulder_baselines_from_the_real_mura_csvs():
     """Real MURA-v1.1 CSVs: finger images are 3,138 normal / 1,968 abnormal in train, so 'always
     normal' scores 214/461 on valid; shoulder studies flip (train majority abnormal)."""
     from datamodules.mura import parse_csvs
-    from tasks.evaluation import group_labels
+    from xfergan.evaluation.outputs import group_labels
     from xfergan.schema import BodyPart  # noqa: F401 - the parts the CSVs are filtered by
 
     root = DATA_DIR / "mura"
     train, _ = parse_csvs(root, "train")
     valid, _ = parse_csvs(root, "valid")
-    from lightning_modules.metrics import majority_baseline, max_class_share
+    from xfergan.evaluation.metrics import majority_baseline, max_class_share
 
     def part(rows, p):
         rows = [r for r in rows if r.part == p]
@@ -148,7 +148,7 @@ def test_finger_and_shoulder_baselines_from_the_real_mura_csvs():
 
 
 def test_study_aggregation_and_part_baselines_on_a_hand_made_toy():
-    from tasks.evaluation import grouped_metrics
+    from xfergan.evaluation.outputs import grouped_metrics
 
     # test: study 0 (normal) images p=.2,.4 -> .3; study 1 (abnormal) .9 -> .9;
     # study 2 (abnormal) .6,.2 -> .4 (wrong); study 3 (normal) .7 -> .7 (wrong)
@@ -229,7 +229,7 @@ def test_foreign_synthetic_set_is_refused_in_one_line_or_flagged(seed0_synthetic
 
 def test_a_gan_that_saw_test_images_is_always_refused(seed0_synthetic, tmp_path):
     from datamodules.synthetic import check_provenance, load_synthetic
-    from tasks.common import build_datamodule
+    from xfergan.training import build_datamodule
 
     dm = build_datamodule(compose(FAST + ["dataset.n_per_class=4", "seed=0"], tmp_path))
     dm.setup()
@@ -499,7 +499,7 @@ def test_a_wandb_start_that_fails_warns_with_the_reason(out, caplog):
 def test_images_made_augmented_are_not_augmented_again(tmp_path):
     """distill_real's copies are augmented when the teacher labels them: training leaves them
     as they are (the label is for that view) and augments everything else."""
-    from tasks.common import build_datamodule
+    from xfergan.training import build_datamodule
 
     dm = build_datamodule(
         compose(

@@ -6,10 +6,10 @@ import torch
 
 import datamodules.files as files
 from tasks import run_task
-from tasks.common import build_datamodule
 from tests.conftest import compose, run_py
 from tests.mura_tree import build_tree, damage
 from xfergan.errors import UserError
+from xfergan.training import build_datamodule
 
 SMALL = [
     "dataset=mura",

@@ -94,7 +94,7 @@ def test_folder_few_shot_and_bad_files(xray_files, tmp_path):
             FAST + ["dataset=folder", f"dataset.root={xray_files}", "dataset.n_per_class=5"],
             tmp_path,
         )
-        from tasks.common import build_datamodule
+        from xfergan.training import build_datamodule
 
         dm = build_datamodule(cfg)
         dm.setup()
@@ -125,7 +125,7 @@ def test_csv_paths_that_leave_its_folder_are_refused(tmp_path, xray_files):
         "../../etc/passwd,normal,train\n"
     )
     cfg = compose(FAST + ["dataset=folder", f"dataset.csv={f}"], tmp_path / "o")
-    from tasks.common import build_datamodule
+    from xfergan.training import build_datamodule
 
     dm = build_datamodule(cfg)
     with pytest.raises(UserError):  # nothing readable is left

@@ -97,7 +97,7 @@ def test_paired_statistics_against_hand_computed_values():
 def test_decision_threshold_is_chosen_on_val_and_keeps_auroc():
     import torch
 
-    from lightning_modules.metrics import at_threshold, balanced_acc_threshold, binary_metrics
+    from xfergan.evaluation.metrics import at_threshold, balanced_acc_threshold, binary_metrics
 
     # val: positives at .3 .4 .9, negatives at .1 .2 .35 -> t=.3 gives recall 1, specificity 2/3
     # (balanced .833); t=.4: recall 2/3, specificity 1 (.833): the tie goes to .4 (nearer .5)

@@ -128,8 +128,8 @@ def test_wandb_summary_keeps_the_best_val_value_and_the_tested_one(tmp_path, mon
     summary holds both, and every later key of metrics.json is still written."""
     import wandb
 
-    from tasks.wandb_files import read_offline_run
-    from tasks.wandb_utils import define_best, finish_wandb
+    from xfergan.tracking.wandb_backend import define_best, finish_wandb
+    from xfergan.tracking.wandb_files import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = wandb.init(mode="offline", dir=str(tmp_path), name="summary")
@@ -150,7 +150,7 @@ def test_reading_a_run_waits_for_the_file_wandb_is_still_writing(tmp_path, monke
 
     import wandb
 
-    from tasks.wandb_files import read_offline_run
+    from xfergan.tracking.wandb_files import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb.init(mode="offline", dir=str(tmp_path / "w"), name="late")

@@ -46,6 +46,9 @@ class BodyPart(_NamedEnum):
     wrist = "wrist"
 
 
+BODY_PARTS = tuple(p.value for p in BodyPart if p is not BodyPart.all)  # MURA's seven
+
+
 def enum_name(value: Any) -> Any:
     """`BodyPart.elbow` -> "elbow"; strings pass through."""
     return value.name if isinstance(value, Enum) else value
@@ -296,7 +299,7 @@ class PipelineConfig:
 class TrainerConfig:
     _target_: str = "pytorch_lightning.Trainer"
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = 1  # one device per job (a sweep shares the GPUs out); trainer=ddp: more
     strategy: Any = "auto"
     num_nodes: int = 1
     precision: Any = "32-true"

@@ -92,3 +92,14 @@ def normalize(x: torch.Tensor, how: str) -> torch.Tensor:
             mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
         return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
     raise ValueError(f"dataset.normalize={how!r}: use imagenet, half or none")
+
+
+def for_model(x: torch.Tensor, spec: dict | None) -> torch.Tensor:
+    """Images (uint8 or float in [0, 1]) as a loaded classifier was trained to see them: its
+    `input_spec` size, channels and normalization (size and channels as given where the spec
+    says none). The one preprocessing for every loaded classifier (teachers, predict, the GAN
+    feature net)."""
+    spec = spec or {}
+    x = resize(to_float(x), int(spec.get("image_size") or x.shape[-1]))
+    x = set_channels(x, int(spec.get("channels") or x.shape[1]))
+    return normalize(x, str(spec.get("normalize") or "imagenet"))

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.metrics import (
+from xfergan.evaluation import plots
+from xfergan.evaluation.metrics import (
     at_threshold,
     binary_metrics,
     decided,
     majority_baseline,
     max_class_share,
 )
-from tasks import plots
-from tasks.common import is_global_zero
-from tasks.wandb_utils import log_image
+from xfergan.ranks import is_global_zero
+from xfergan.tracking.wandb_backend import log_image
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def evaluate_test_outputs(
 ) -> dict[str, float]:
     """Baselines, study-level and per-part metrics, confusion matrix and ROC, all decided by the
     run's rule (`threshold`: a val-chosen P(class 1) threshold, or None for argmax)."""
-    o = model.collected_test_outputs()
+    o = model.collected_outputs("test")
     if "probs" not in o:
         return {}
     raw, labels = o["probs"], o["labels"]

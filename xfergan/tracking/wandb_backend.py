@@ -1,4 +1,4 @@
-"""W&B through Lightning's WandbLogger, with the logging contract of tasks/tracking.py: offline
+"""W&B through Lightning's WandbLogger, with the logging contract of xfergan/tracking/__init__.py: offline
 by default, run name from the comparison axes, resolved config plus flat axis keys, group =
 experiment, job_type = stage, best-value summaries for val/*, bounded wait when online, always
 finished with every scalar of metrics.json in the summary (failed runs marked failed)."""
@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+from xfergan.tracking import VAL_BEST, on_finish, reason
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,8 @@ def make_wandb_logger(
     import wandb
     from pytorch_lightning.loggers import WandbLogger
 
-    from tasks.common import resolved_config
-    from tasks.tracking import axes, register, run_name
-    from tasks.tracking import tags as contract_tags
+    from xfergan.tracking import axes, resolved_config, run_name
+    from xfergan.tracking import tags as contract_tags
 
     lc = cfg.logger
     mode = "offline" if lc.mode == "dryrun" else lc.mode  # wandb sets WANDB_MODE=dryrun itself
@@ -45,7 +46,6 @@ def make_wandb_logger(
     try:
         logger = WandbLogger(offline=mode == "offline", mode=mode, **kwargs)
         define_best(logger.experiment)  # starts the run now: a network failure shows, bounded
-        register("wandb", logger)
         return logger
     except Exception as e:  # noqa: BLE001 - any W&B failure must not cost the run
         if mode == "offline":
@@ -70,23 +70,14 @@ def make_wandb_logger(
                 _w.finish(exit_code=1)
             logger = WandbLogger(offline=True, mode="offline", **kwargs)
             define_best(logger.experiment)
-            register("wandb", logger)
             return logger
         except Exception as e2:  # noqa: BLE001
             log.warning("W&B offline fallback failed too (%s); continuing without W&B", reason(e2))
             return None
 
 
-def reason(e: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
-
-
 def define_best(run) -> None:
     """val/* metrics summarize to their best value (max; min for losses), not the last one."""
-    from tasks.tracking import VAL_BEST
-
     if not hasattr(run, "define_metric"):  # a DDP child's dummy experiment
         return
     for key, how in VAL_BEST.items():
@@ -105,8 +96,6 @@ def finish_wandb(failed: bool, summary: dict | None = None) -> None:
     if run is None:
         return
     try:
-        from tasks.tracking import VAL_BEST
-
         run.log({}, commit=True)  # a history row still pending (log(step=)) lands before this
         have = set(run.summary.keys())  # (`k in run.summary` raises: Summary has no __contains__)
         for k, v in (summary or {}).items():
@@ -130,7 +119,8 @@ def log_image(loggers: list, key: str, path: Path, caption: str = "", step: int 
             lg.log_image(key=key, images=[str(path)], caption=[caption], step=step)
 
 
-def _wandb_run(loggers: list):
+def wandb_run(loggers: list):
+    """The W&B run of a job's loggers (None without one)."""
     from pytorch_lightning.loggers import WandbLogger
 
     for lg in loggers:
@@ -147,7 +137,7 @@ def record_lineage(
     if anything fails): the local paths are recorded in the run's config, with no error.
 
     inputs: {artifact_name: local_path}; output: (artifact_name, type, local_path)."""
-    run = _wandb_run(loggers)
+    run = wandb_run(loggers)
     if run is None:
         return
     run.config.update({f"lineage/{k}": v for k, v in inputs.items()}, allow_val_change=True)
@@ -176,3 +166,6 @@ def artifact_name(kind: str, path: str | Path) -> str:
     tag = f"{run_dir.parent.name}-{run_dir.name}"
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)[-80:]
     return f"{kind}-{safe}"
+
+
+on_finish("wandb", job_end=finish_wandb)

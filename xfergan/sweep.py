@@ -1,13 +1,9 @@
-"""Hydra callbacks.
+"""The sweep's own Hydra callback.
 
 `SweepSummary` (on for every multirun, conf/hydra/default.yaml): when the last job ends, one
 summary of the jobs -- ok / failed / missing, each failure's job dir and one-line error -- and
 the command exits non-zero when any job failed or is missing (run.py reads xfergan.outcome).
-
-`ReportWhenDone` writes task=report's report.md / report.json / plots into a multirun's sweep
-dir when the last job ends, so one command (e.g. `python run.py experiment=synthetic_ablation`)
-ends with the answer; a report that cannot be written fails the command. Enable it for any sweep
-with `+hydra.callbacks.report._target_=tasks.hydra_callbacks.ReportWhenDone`."""
+(`ReportWhenDone`, the report at a sweep's end, belongs to its stage: tasks/report.py.)"""
 
 from __future__ import annotations
 
@@ -67,32 +63,3 @@ class SweepSummary(Callback):
         print("\n".join(lines))
         if o["failed"] or o["missing"]:
             outcome.failures.append(lines[0])
-
-
-class ReportWhenDone(Callback):
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from xfergan import outcome
-
-        try:
-            self._report(Path(config.hydra.sweep.dir))
-        except Exception as e:  # noqa: BLE001 - Hydra would make it a warning: fail the command
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            log.error("the report could not be written: %s: %s", type(e).__name__, first)
-            outcome.failures.append(f"report failed: {first}")
-
-    def _report(self, root: Path) -> None:
-        from tasks.report import collect, write_report
-
-        runs, missing = collect(root)
-        if not runs and not missing:
-            log.warning("no job wrote metrics.json under %s: no report", root)
-            return
-        res = write_report(root, runs, missing)
-        log.info(
-            "report: %s/report.md (%d runs, %d failed, %d missing)",
-            root,
-            res["report/runs"],
-            res["report/failed"],
-            res["report/missing"],
-        )
-        print(f"report: {root / 'report.md'}")

@@ -1,5 +1,5 @@
 """MLflow (a tracker you host yourself) through Lightning's MLFlowLogger, with the logging
-contract of tasks/tracking.py: experiment = `logger.group` (the experiment name), run name from
+contract of xfergan/tracking/__init__.py: experiment = `logger.group` (the experiment name), run name from
 the comparison axes, every config key as a flattened param (the axes as top-level params:
 `params.source`, `params.n_per_class`, ...), tags for group / job_type / arm, and at the end every
 scalar of metrics.json as a metric (strings as tags), metrics.json and the PNGs as artifacts, and
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from xfergan.tracking import on_finish, reason
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ def make_mlflow_logger(
     tags: list[str] | None = None,
     sizes: dict | None = None,
 ):
-    from tasks.common import is_global_zero, resolved_config
-    from tasks.tracking import axes, register, run_name
+    from xfergan.ranks import is_global_zero
+    from xfergan.tracking import axes, register, resolved_config, run_name
 
     if not is_global_zero():  # a DDP child: rank zero logs
         return None
@@ -101,8 +103,6 @@ def make_mlflow_logger(
         params.update({k: str(v) for k, v in ax.items()})  # the axes, top level
         lg.log_hyperparams(params)
     except Exception as e:  # noqa: BLE001 - a tracker never costs the run
-        from tasks.wandb_utils import reason
-
         log.warning("MLflow could not start (%s); this run goes on without MLflow", reason(e))
         return None
     register("mlflow", lg)
@@ -131,3 +131,6 @@ def finish_mlflow(lg, summary: dict, failed: bool, out: Path | None) -> None:
             if f.is_file():
                 client.log_artifact(run_id, str(f))
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+on_finish("mlflow", per_logger=finish_mlflow)

@@ -10,15 +10,18 @@
   min for loss) and get the tested checkpoint's value as `tested`.
 
 Loggers a task builds are registered on a per-job stack, so `finish_job` closes exactly the ones
-this job (or pipeline stage) opened."""
+this job (or pipeline stage) opened. This module is the contract; a backend (wandb_backend,
+mlflow_backend) imports it and registers how its runs finish (`on_finish`), so the contract
+never imports a backend. Plain data in, nothing from a stage."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xfergan.schema import enum_name
 
@@ -45,6 +48,28 @@ VAL_BEST = {
 }
 
 _stack: list[list[tuple[str, Any]]] = []
+# how a backend's runs finish: per logger of that kind, and once at every job's end
+_finish: dict[str, Callable[[Any, dict, bool, Path | None], None]] = {}
+_job_end: list[Callable[[bool, dict], None]] = []
+
+
+def on_finish(kind: str, per_logger=None, job_end=None) -> None:
+    """A backend registers its finishing: `per_logger(logger, summary, failed, out)` for each of
+    its loggers a job opened, `job_end(failed, summary)` once when any job ends."""
+    if per_logger is not None:
+        _finish[kind] = per_logger
+    if job_end is not None and job_end not in _job_end:
+        _job_end.append(job_end)
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def job_number() -> int | None:
@@ -144,12 +169,9 @@ def finish_job(payload: dict | None, failed: bool, out: Path | None = None) -> N
     summary = scalars(payload or {})
     for kind, lg in opened:
         try:
-            if kind == "mlflow":
-                from tasks.mlflow_utils import finish_mlflow
-
-                finish_mlflow(lg, summary, failed, out)
+            if kind in _finish:
+                _finish[kind](lg, summary, failed, out)
         except Exception as e:  # noqa: BLE001
             log.warning("%s: could not write the run summary (%s)", kind, e)
-    from tasks.wandb_utils import finish_wandb
-
-    finish_wandb(failed=failed, summary=summary)
+    for end in _job_end:
+        end(failed, summary)

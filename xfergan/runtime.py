@@ -1,0 +1,307 @@
+"""The job lifecycle every stage runs inside (`run_job`): seeding, the selection rule (no test
+number picks anything), a device slot for parallel sweep jobs, the run dir's metrics.json (ok or
+failed, with error.txt), nesting (a pipeline's stages are complete run dirs), and the trackers a
+job opened finished. Also the run's identity: its metadata, its config digest (what resume
+compares), and how a finished run's checkpoint is found. Below the stages; imports no stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xfergan import tracking
+from xfergan.devices import device_slot, visible_gpus
+from xfergan.errors import SelectionError, UserError
+from xfergan.io import atomic_write_json, atomic_write_text
+from xfergan.ranks import is_global_zero
+from xfergan.schema import enum_name
+from xfergan.tracking import resolved_config
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Processes a DDP run will have (1 otherwise), known before the Trainer exists."""
+    tc = cfg.trainer
+    if "ddp" not in str(tc.strategy):
+        return 1
+    devices = tc.devices
+    if isinstance(devices, int) and devices > 0:
+        n = devices
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        n = len(devices)
+    elif str(devices).isdigit() and int(devices) > 0:
+        n = int(devices)
+    else:  # "auto" / -1: every visible GPU (Lightning: 1 process on a CPU)
+        from xfergan.devices import visible_gpus
+
+        n = max(1, visible_gpus())
+    return n * int(tc.num_nodes)
+
+
+# ----------------------------------------------------------------------------- metrics.json
+# keys that change where or how visibly a job runs, never what it computes
+VOLATILE_KEYS = {
+    "resume": None,
+    "paths": None,
+    "logger": None,
+    "device_pool": None,
+    "name": None,  # the experiment's name: a W&B group
+    "evaluate": None,
+    "dir": None,
+    "trainer": ("enable_progress_bar", "enable_model_summary", "default_root_dir", "devices"),
+    "callbacks": ("progress_bar", "sample_grid"),
+    "dataset": ("cache_dir", "num_workers"),
+}
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
+    pipeline section no stage reads), with the number of processes in place of the device
+    list: two runs with the same digest computed the same thing. What a resumed pipeline
+    compares before it reuses a stage, and a checkpoint before it is continued."""
+    import hashlib
+    import json
+
+    c = resolved_config(cfg)
+    for key, sub in VOLATILE_KEYS.items():
+        if sub is None:
+            c.pop(key, None)
+        elif isinstance(c.get(key), dict):
+            for k in sub:
+                c[key].pop(k, None)
+    if c.get("task") != "pipeline":
+        c.pop("pipeline", None)
+    c["world_size"] = world_size(cfg)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_meta(cfg: DictConfig) -> dict[str, Any]:
+    """Flat keys every metrics.json carries, so reports can group runs without reading configs."""
+    meta: dict[str, Any] = {
+        "task": enum_name(cfg.task),
+        "seed": int(cfg.seed),
+        "name": cfg.name,
+        "dataset": cfg.dataset.name,
+        "source": cfg.dataset.source,
+        "n_per_class": cfg.dataset.n_per_class,
+        "body_part": enum_name(cfg.body_part),
+        "model": cfg.model.backbone,
+        "arm": cfg.get("arm"),
+        "config_sha256": config_digest(cfg),
+    }
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        meta["overrides"] = ",".join(hc.overrides.task)
+        meta["job_num"] = hc.job.num if hc.mode.name == "MULTIRUN" else None
+    except ValueError:  # not under Hydra (tests calling a task directly)
+        meta["overrides"] = ""
+    return meta
+
+
+def write_metrics(out: Path, metrics: dict[str, Any], cfg: DictConfig, **extra: Any) -> dict:
+    payload = {**run_meta(cfg), **extra, **metrics}
+    if is_global_zero():
+        atomic_write_json(out / METRICS_FILE, payload)
+    return payload
+
+
+def write_problems(out: Path, problems: list[dict]) -> None:
+    """List every skipped input (path, reason) in the run dir, so nothing is lost silently."""
+    if not problems or not is_global_zero():
+        return
+    import csv
+    import io
+
+    from xfergan.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["split", "path", "reason"])
+    w.writeheader()
+    w.writerows(problems)
+    atomic_write_text(out / "skipped_images.csv", buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- finished runs
+def find_checkpoint(run_dir: Path, which: str = "tested") -> tuple[Path, str]:
+    """(checkpoint, kind) of a finished task=classify run dir (a pipeline stage dir too): the one
+    it tested, or best / last / a path. The one resolver evaluate, predict and pseudolabel use;
+    a relative recorded path is relative to the run's checkpoints/."""
+    from xfergan.errors import UserError
+
+    if which not in ("tested", "best", "last"):
+        p = Path(which)
+        if not p.is_file():
+            raise UserError(f"evaluate.checkpoint={which}: no such file (use tested, best, last)")
+        return p, "path"
+    from xfergan.io import read_json
+
+    mf = run_dir / "metrics.json"
+    if not mf.is_file():
+        raise UserError(f"{run_dir} has no metrics.json: is it a finished task=classify run?")
+    m = read_json(mf)
+    if m.get("status") != "ok":
+        raise UserError(f"{run_dir} did not finish ({m.get('error') or m.get('status')})")
+    key = {"tested": "tested_checkpoint", "best": "best_checkpoint", "last": "last_checkpoint"}
+    p = m.get(key[which])
+    if p and not Path(p).is_absolute() and not Path(p).is_file():  # a file name (older runs)
+        p = str(run_dir / "checkpoints" / Path(p).name)
+    if not p or not Path(p).is_file():
+        raise UserError(
+            f"{run_dir}: its {which} checkpoint ({p or 'none recorded'}) does not exist; pass "
+            "evaluate.checkpoint=best|last|<path>"
+        )
+    kind = m.get("tested_checkpoint_kind", which) if which == "tested" else which
+    return Path(p), kind
+
+
+def _pool_size(cfg: DictConfig) -> int:
+    """GPUs to share out, one per job: only for jobs of a multirun asking for one device."""
+    if not cfg.get("device_pool", True) or str(cfg.trainer.accelerator) not in (
+        "auto",
+        "gpu",
+        "cuda",
+    ):
+        return 0
+    if str(cfg.trainer.devices) not in ("1", "auto") or "ddp" in str(cfg.trainer.strategy):
+        return 0
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            return 0
+    except ValueError:
+        return 0
+    return visible_gpus()
+
+
+CHOOSABLE = ("val/", "train/")  # what may pick a checkpoint, a threshold or a setting
+
+
+def choosable(key: str) -> bool:
+    """An allow-list, not a deny-prefix: a val/ or train/ number, and no part of its name a
+    test one (val/x_test, train/test/acc are refused too)."""
+    key = str(key)
+    return key.startswith(CHOOSABLE) and not any(
+        part.startswith("test") for part in key.replace("_", "/").split("/")
+    )
+
+
+def check_selection(cfg: DictConfig) -> None:
+    """No test label in any choice: what picks a checkpoint, a threshold or a hyper-parameter
+    (sweep.objective, checkpoint.monitor, every callback's monitor) is a val/ or train/ number."""
+    checks = [
+        ("sweep.objective", cfg.sweep.objective),
+        ("checkpoint.monitor", cfg.checkpoint.monitor),
+    ]
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if cb and cb.get("monitor"):  # early stopping, checkpoints, ...
+            checks.append((f"callbacks.{name}.monitor", cb.monitor))
+    for key, value in checks:
+        if not choosable(value):
+            raise SelectionError(
+                f"{key}={value}: choices (checkpoints, sweeps, early stopping) may only use a "
+                "val/ or train/ metric -- test numbers are reported, never chosen on; use e.g. "
+                "val/acc"
+            )
+    if cfg.checkpoint.test not in ("best", "last"):
+        raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")
+
+
+def _where_job() -> None:
+    """[job k/N] in every progress line of a multirun job."""
+    from xfergan import progress
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            progress.where.job, progress.where.jobs = int(hc.job.num) + 1, progress.sweep_size()
+    except ValueError:
+        pass
+
+
+_depth = 0  # nesting of run_job calls (a pipeline runs its stages through run_job)
+
+
+def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, Any]:
+    """One job (or a pipeline's stage) of `stage`: seed, selection check, device slot, its
+    metrics.json (ok or failed, with error.txt), and every tracker it opened finished."""
+    global _depth
+    out = output_dir(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    # CPU: flush denormal floats to zero. Tiny GAN weights and gradients otherwise turn into
+    # denormals that make CPU arithmetic ~100x slower mid-training (no effect on GPUs).
+    torch.set_flush_denormal(True)
+    t0 = time.time()
+    failed = True
+    payload: dict[str, Any] | None = None
+    tracking.start_job()
+    zero = is_global_zero()  # only rank zero writes files (DDP children write none)
+    pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)
+    if zero:
+        pid_file.write_text(f"{os.getpid()}\n")
+        if _depth:  # a pipeline's stage: a complete run dir (evaluate, predict, teacher= read it)
+            from omegaconf import OmegaConf
+
+            (out / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    if not _depth:
+        _where_job()
+    try:
+        check_selection(cfg)
+        # a pipeline's stages run inside their job's slot: only the outermost run_job takes one
+        with device_slot(_pool_size(cfg) if not _depth else 0) as slot:
+            if slot is not None:  # a parallel sweep job: one GPU each (queued when all are taken)
+                with open_dict(cfg):
+                    cfg.trainer.devices = [slot]
+                log.info("sweep job pinned to GPU %d", slot)
+            _depth += 1
+            try:
+                metrics = stage(cfg)
+            finally:
+                _depth -= 1
+        failed = False
+        payload = write_metrics(out, metrics, cfg, status="ok", wall_s=round(time.time() - t0, 2))
+        return payload
+    except BaseException as e:
+        kind = "error" if isinstance(e, UserError) else type(e).__name__
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        try:
+            if zero:
+                atomic_write_text(out / "error.txt", traceback.format_exc())
+            payload = write_metrics(
+                out,
+                {},
+                cfg,
+                status="failed",
+                error=f"{kind}: {msg}",
+                wall_s=round(time.time() - t0, 2),
+            )
+        except Exception:  # noqa: BLE001 - never hide the original error
+            log.exception("could not record the failure in %s", out)
+        raise
+    finally:
+        tracking.finish_job(payload, failed, out)
+        if zero:
+            pid_file.unlink(missing_ok=True)

@@ -23,14 +23,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tasks import classify, gan, pseudolabel, synthesize
 from xfergan.errors import SelectionError, UserError
-from xfergan.evaluation.plots import bar_chart_png
-from xfergan.io import atomic_write_json, atomic_write_text
+from xfergan.evaluation.table3 import write_table3
 from xfergan.runtime import output_dir, run_job
 from xfergan.schema import enum_name
 
 log = logging.getLogger(__name__)
 
-PAPER = {"real": 0.8094, "synthetic": 0.9188, "full": 0.9563}
 # per-arm numbers the pipeline's metrics.json carries (as <key>_<arm>) when the stage has them
 ARM_KEYS = (
     "test/acc",
@@ -86,10 +84,7 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
                 str(m.get("config_sha256"))[:12],
                 config_digest(sub)[:12],
             )
-    m = run_job(sub, STAGES[enum_name(sub.task)])
-    if m.get("status") != "ok":
-        raise UserError(str(m.get("error")))
-    return m
+    return run_job(sub, STAGES[enum_name(sub.task)])  # a failed stage raises
 
 
 def headline(m: dict) -> str:
@@ -319,9 +314,10 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
         done = cache / "metrics.json"
         m = json.loads(done.read_text()) if done.is_file() else {}
         if m.get("status") != "ok" or not Path(m.get("last_checkpoint") or "").is_file():
-            m = run_job(stage_cfg(cfg, cache, "classify", fo), classify.run)
-            if m.get("status") != "ok":
-                raise UserError(f"the feature net failed: {m.get('error')}")
+            try:
+                m = run_job(stage_cfg(cfg, cache, "classify", fo), classify.run)
+            except UserError as e:
+                raise UserError(f"the feature net failed: {e}") from None
         else:
             log.info("feature net: reusing %s", cache)
     results["feature_net/test/acc"] = m["test/acc"]
@@ -404,49 +400,5 @@ def _pipeline(cfg: DictConfig) -> dict:
         if m.get(f"{what}_foreign")
     }
     ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}
-    write_table3(out, cfg, table, ctx.results)
+    write_table3(out, cfg.dataset.name, cfg.dataset.n_per_class, cfg.seed, table, ctx.results)
     return ctx.results
-
-
-def write_table3(out: Path, cfg: DictConfig, table: dict, results: dict) -> None:
-    paper_ref = PAPER if cfg.dataset.name == "mnist" else {}  # the paper's numbers are MNIST's
-    atomic_write_json(
-        out / "table3.json",
-        {"arms": table, "gan": results, "paper": paper_ref, "seed": int(cfg.seed)},
-    )
-    base = table.get("real", {}).get("test/acc")
-    lines = [
-        f"# Table 3 — {cfg.dataset.name}, {cfg.dataset.n_per_class or 'all'} real images per class, "
-        f"seed {cfg.seed}",
-        "",
-        "| arm | training data | real images | synthetic / extra images | test acc (real test "
-        "set) | vs real | paper |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for arm, row in table.items():
-        paper = paper_ref.get(arm)
-        diff = f"{row['test/acc'] - base:+.4f}" if base is not None and arm != "real" else "—"
-        lines.append(
-            f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
-            f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
-        )
-    from xfergan.evaluation.arms import GAN_KEYS
-
-    gan_keys = [k for k in GAN_KEYS if k in results]
-    if gan_keys:
-        lines += ["", "GAN: " + ", ".join(f"{k} {results[k]:.4g}" for k in gan_keys)]
-    kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
-    for k in kept:
-        lines.append(
-            f"Teacher filter ({k.rsplit('_', 1)[-1]}): min kept fraction per class {results[k]:.3f}"
-        )
-    lines += ["", "One seed: paired differences over seeds are in task=report's report.md."]
-    atomic_write_text(out / "table3.md", "\n".join(lines) + "\n")
-    bar_chart_png(
-        {a: r["test/acc"] for a, r in table.items()},
-        out / "table3.png",
-        title="Table 3: classifier test accuracy by training data",
-        refs={"paper real (320)": PAPER["real"], "paper synthetic": PAPER["synthetic"]}
-        if paper_ref
-        else None,
-    )

@@ -320,7 +320,7 @@ def test_evaluate_and_predict_use_the_threshold_the_run_was_tested_at(tmp_path):
 
 # ----------------------------------------------------------------------------- 8. dashboard
 def test_the_dashboards_headline_groups_by_arm():
-    from tasks.dashboard import panels
+    from xfergan.tracking.dashboard import panels
 
     head = panels()[0]
     assert head["groupby"] == "config.arm" and "source" not in head["title"]

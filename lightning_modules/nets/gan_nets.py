@@ -8,8 +8,6 @@ own networks follow the same contract: G(num_classes, image_size, channels, z_di
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
@@ -169,8 +167,4 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
-def num_upsamplings(image_size: int) -> int:
-    return _plan(image_size)[1]
-
-
-__all__ = ["Generator", "Discriminator", "dcgan_init", "num_upsamplings", "math"]
+__all__ = ["Generator", "Discriminator", "dcgan_init"]

@@ -168,4 +168,74 @@ def artifact_name(kind: str, path: str | Path) -> str:
     return f"{kind}-{safe}"
 
 
+def log_report(run, rep: dict, pngs: list[Path]) -> None:
+    """A report (report.json's content) into a W&B run: the aggregate as a wandb.Table, the
+    arms with a bar chart, the paired comparisons, and the report's PNGs."""
+    import wandb
+
+    keys = rep["keys"]
+    cols = keys + ["n", "metric", "mean", "std"]
+    rows = [
+        [r["group"].get(k) for k in keys] + [r["n"], m, v[0], v[1]]
+        for r in rep["rows"]
+        for m, v in r["metrics"].items()
+    ]
+    run.log({"report/aggregate": wandb.Table(columns=cols, data=rows)})
+    arms = rep.get("arms") or {}
+    if arms:
+        m = arms["metrics"][0]
+        arow = [
+            [
+                " ".join(str(v) for v in g["group"].values()) or "all",
+                a,
+                s["mean"],
+                s["low"],
+                s["high"],
+                s["n"],
+            ]
+            for g in arms["groups"]
+            for a, s in g["arms"][m].items()
+        ]
+        t = wandb.Table(columns=["group", "arm", "mean", "low", "high", "n"], data=arow)
+        run.log(
+            {
+                "report/arms": t,
+                "report/arms_bar": wandb.plot.bar(t, "arm", "mean", title=f"{m} by arm"),
+            }
+        )
+        prow = [
+            [
+                " ".join(str(v) for v in g["group"].values()) or "all",
+                d["metric"],
+                f"{d['arm']} - {d['baseline']}",
+                d["mean"],
+                d["low"],
+                d["high"],
+                d["p"],
+                d["verdict"],
+            ]
+            for g in arms["groups"]
+            for d in g["paired"]
+        ]
+        run.log(
+            {
+                "report/paired": wandb.Table(
+                    columns=[
+                        "group",
+                        "metric",
+                        "comparison",
+                        "mean",
+                        "low",
+                        "high",
+                        "p",
+                        "verdict",
+                    ],
+                    data=prow,
+                )
+            }
+        )
+    for png in pngs:
+        run.log({f"report/{png.stem}": wandb.Image(str(png))})
+
+
 on_finish("wandb", job_end=finish_wandb)

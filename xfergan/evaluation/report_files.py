@@ -1,0 +1,345 @@
+"""The files a report writes from the runs below a dir: every metrics.json -> grouped by the
+swept keys, aggregated over seeds (mean ± std, n), the arm comparisons (xfergan/evaluation/arms.py)
+-> report.md, report.json, report.csv and PNG plots. Plain data in, files out; task=report
+(tasks/report.py) and the sweep's ReportWhenDone call it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from xfergan.evaluation.arms import arm_analysis, arm_lines
+from xfergan.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MAIN = [
+    "test/acc",
+    "test/auroc",
+    "test/kappa",
+    "test/study_acc",
+    "test/study_kappa",
+    "test/study_auroc",
+    "test/majority_acc",
+    "test/study_majority_acc",
+    "val/gan_fid",
+    "val/gan_kid",
+    "val/gan_precision",
+    "val/gan_recall",
+]
+IGNORED_KEYS = {"seed", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "task", "dir"}
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    f = job_dir / ".hydra" / "overrides.yaml"
+    if not f.is_file():
+        return {}
+    out = {}
+    for item in yaml.safe_load(f.read_text()) or []:
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.lstrip("+~")] = v
+    return out
+
+
+def collect(root: Path) -> tuple[list[dict], list[dict]]:
+    """(runs with metrics.json, job dirs without one). A pipeline's stage dirs are skipped: its
+    own metrics.json summarizes them."""
+    runs, missing = [], []
+    job_dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    if (root / "metrics.json").is_file():
+        job_dirs.add(root)
+    for d in sorted(job_dirs | {p.parent for p in root.rglob("metrics.json")}):
+        if any(
+            parent in job_dirs
+            and (parent / "metrics.json").is_file()
+            and _task(parent) == "pipeline"
+            for parent in d.parents
+        ):
+            continue
+        mf = d / "metrics.json"
+        if not mf.is_file():
+            if (d / ".hydra").is_dir():
+                missing.append({"dir": str(d), "overrides": _overrides(d)})
+            continue
+        try:
+            m = json.loads(mf.read_text())
+        except json.JSONDecodeError:
+            missing.append(
+                {"dir": str(d), "overrides": _overrides(d), "error": "unreadable metrics.json"}
+            )
+            continue
+        if m.get("task") == "report":
+            continue
+        m["_dir"], m["_overrides"] = str(d), _overrides(d)
+        runs.append(m)
+    return runs, missing
+
+
+def _task(d: Path) -> str | None:
+    try:
+        return json.loads((d / "metrics.json").read_text()).get("task")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def swept_keys(runs: list[dict], missing: list[dict]) -> list[str]:
+    keys = set()
+    for r in runs + missing:
+        keys |= set(
+            r.get("_overrides", r.get("overrides", {}))
+            if isinstance(r.get("_overrides", r.get("overrides")), dict)
+            else {}
+        )
+    varying = []
+    for k in sorted(keys - IGNORED_KEYS):
+        vals = {(r.get("_overrides") or r.get("overrides") or {}).get(k) for r in runs + missing}
+        if len(vals) > 1 or k.startswith("experiment") or k in ("dataset", "body_part"):
+            varying.append(k)
+    return varying
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    from xfergan.stats import std
+
+    return sum(xs) / len(xs), std(xs)
+
+
+def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r.get("status") != "ok":
+            continue
+        ov = r["_overrides"]
+        groups[tuple(ov.get(k, "") for k in keys)].append(r)
+    rows = []
+    for gkey, rs in sorted(groups.items()):
+        row = {
+            "group": dict(zip(keys, gkey)),
+            "n": len(rs),
+            "seeds": sorted(r.get("seed") for r in rs),
+            "metrics": {},
+        }
+        names = sorted(
+            {
+                k
+                for r in rs
+                for k, v in r.items()
+                if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        for name in names:
+            vals = [  # an undefined value (null, NaN) is missing, not a number
+                float(r[name])
+                for r in rs
+                if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])
+            ]
+            if vals:
+                row["metrics"][name] = (*mean_std(vals), len(vals))
+        rows.append(row)
+    return rows
+
+
+def _row(cells) -> str:
+    """One markdown table row (no empty first cell when a table has no group columns)."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _head(cells) -> list[str]:
+    """A markdown table's header row and its separator."""
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
+def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
+    keys = swept_keys(runs, missing)
+    rows = aggregate(runs, keys)
+    failed = [r for r in runs if r.get("status") != "ok"]
+    present = [m for m in MAIN if any(m in row["metrics"] for row in rows)]
+    lines = [
+        f"# Report: {root}",
+        "",
+        f"{len(runs)} runs ({len(runs) - len(failed)} ok, {len(failed)} failed), "
+        f"{len(missing)} missing (job dir without metrics.json: killed or still running).",
+        f"Grouped by: {', '.join(keys) if keys else '(nothing swept)'}; mean ± std over seeds.",
+        "",
+    ]
+    lines += _head(keys + ["n"] + present)
+    for row in rows:
+        cells = [row["group"][k] for k in keys] + [str(row["n"])]
+        for m in present:
+            v = row["metrics"].get(m)
+            cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
+        lines.append(_row(cells))
+    arms = arm_analysis(runs, keys)
+    lines += arm_lines(arms, _row, _head)
+    foreign = [r for r in runs if r.get("synthetic_foreign")]
+    if foreign:
+        lines += [
+            "",
+            "## Runs with a foreign synthetic set (dataset.synthetic_provenance=ignore)",
+            "",
+        ]
+        lines += [f"- `{r['_dir']}`: {r.get('synthetic_foreign_reason')}" for r in foreign]
+    if failed or missing:
+        lines += ["", "## Failed or missing runs", ""]
+        for r in failed:
+            lines.append(f"- FAILED `{r['_dir']}` ({r.get('overrides', '')}): {r.get('error')}")
+        for m in missing:
+            ov = ",".join(f"{k}={v}" for k, v in m["overrides"].items())
+            lines.append(f"- MISSING `{m['dir']}` ({ov}): {m.get('error', 'no metrics.json')}")
+    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
+
+    buf = io.StringIO()
+    metric_names = sorted({m for row in rows for m in row["metrics"]})
+    w = csv.writer(buf)
+    w.writerow(keys + ["n"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")])
+    for row in rows:
+        vals = []
+        for m in metric_names:
+            v = row["metrics"].get(m)
+            vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
+        w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals)
+    atomic_write_text(root / "report.csv", buf.getvalue())
+    from xfergan.io import atomic_write_json
+
+    atomic_write_json(
+        root / "report.json",
+        {"keys": keys, "rows": rows, "arms": arms, "failed": len(failed), "missing": len(missing)},
+    )
+    plots = make_plots(root, rows, keys, present)
+    if arms:
+        plots.append(arms_plot(root, arms))
+    return {
+        "report/runs": len(runs),
+        "report/failed": len(failed),
+        "report/missing": len(missing),
+        "report/groups": len(rows),
+        "report/plots": len(plots),
+    }
+
+
+def arms_plot(root: Path, a: dict) -> Path:
+    """Accuracy vs n_per_class, one line per arm, 95% CI error bars (or bars per arm when
+    nothing else is swept)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xfergan.evaluation.plots import _save
+
+    m = a["metrics"][0]
+    npc = next((k for k in a["keys"] if k.endswith("n_per_class")), None)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, arm in enumerate(a["arms"]):
+        pts = []
+        for j, g in enumerate(a["groups"]):
+            v = g["arms"][m].get(arm)
+            if not v:
+                continue
+            try:
+                x = float(g["group"][npc]) if npc else j
+            except ValueError:  # n_per_class=null (all images) has no place on this axis
+                continue
+            err = 0.0 if math.isnan(v["low"]) else v["mean"] - v["low"]
+            pts.append((x, v["mean"], err))
+        if not pts:
+            continue
+        pts.sort()
+        off = (i - len(a["arms"]) / 2) * 0.02  # small dodge so error bars do not overlap
+        xs = [p[0] * (1 + off) if npc else p[0] + off * 5 for p in pts]
+        ax.errorbar(
+            xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=arm
+        )
+    if npc:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("real images per class (n_per_class)")
+    else:
+        ax.set_xticks(
+            range(len(a["groups"])), [" ".join(g["group"].values()) or "all" for g in a["groups"]]
+        )
+    ax.set_ylabel(f"{m} (real test set)")
+    ax.set_title(f"{m} by arm: mean and 95% CI over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, root / "plot_arms.png")
+
+
+def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xfergan.evaluation.plots import _save, bar_chart_png
+
+    out = []
+    if not rows or not present:
+        return out
+    metric = present[0]
+    npc = next((k for k in keys if k.endswith("n_per_class")), None)
+    if npc:  # accuracy vs n_per_class, one line per other setting (e.g. real / synthetic / mixed)
+        others = [k for k in keys if k != npc]
+        lines: dict[str, list] = defaultdict(list)
+        for row in rows:
+            v = row["metrics"].get(metric)
+            try:
+                x = float(row["group"][npc])
+            except ValueError:
+                continue
+            if v:
+                lines[", ".join(f"{k}={row['group'][k]}" for k in others) or metric].append(
+                    (x, v[0], v[1])
+                )
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for label, pts in lines.items():
+            pts.sort()
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("images per class (n_per_class)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{metric} vs n_per_class")
+        out.append(_save(fig, root / "plot_vs_n_per_class.png"))
+    for m in [m for m in present if m.startswith("test/study_kappa") or m == metric][:2]:
+        values = {
+            " ".join(str(v) for v in row["group"].values()) or "all": row["metrics"][m][0]
+            for row in rows
+            if m in row["metrics"]
+        }
+        errors = {
+            " ".join(str(v) for v in row["group"].values()) or "all": row["metrics"][m][1]
+            for row in rows
+            if m in row["metrics"]
+        }
+        refs = {}
+        base = "test/study_majority_acc" if "study" in m else "test/majority_acc"
+        if "acc" in m and any(base in row["metrics"] for row in rows):
+            refs["majority class (mean)"] = sum(
+                row["metrics"][base][0] for row in rows if base in row["metrics"]
+            ) / len(rows)
+        safe = m.replace("/", "_")
+        out.append(
+            bar_chart_png(
+                values,
+                root / f"plot_{safe}.png",
+                title=f"{m} by setting",
+                ylabel=m,
+                errors=errors,
+                refs=refs,
+            )
+        )
+    return out

@@ -1,0 +1,57 @@
+"""The paper's Table 3 for one pipeline run: plain data (the arms' numbers) in, files out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xfergan.evaluation.arms import GAN_KEYS
+from xfergan.evaluation.plots import bar_chart_png
+from xfergan.io import atomic_write_json, atomic_write_text
+
+# Kong, Xu, Yu (ICCSE 2019), MNIST: 320 real images, synthetic only, full training set
+PAPER = {"real": 0.8094, "synthetic": 0.9188, "full": 0.9563}
+
+
+def write_table3(
+    out: Path, dataset: str, n_per_class: int | None, seed: int, table: dict, results: dict
+) -> None:
+    """One pipeline run's table (table3.json / .md / .png): every arm's test accuracy against
+    real's, the paper's MNIST numbers beside it, the GAN's quality and the teacher filter."""
+    paper_ref = PAPER if dataset == "mnist" else {}  # the paper's numbers are MNIST's
+    atomic_write_json(
+        out / "table3.json",
+        {"arms": table, "gan": results, "paper": paper_ref, "seed": int(seed)},
+    )
+    base = table.get("real", {}).get("test/acc")
+    lines = [
+        f"# Table 3 — {dataset}, {n_per_class or 'all'} real images per class, seed {seed}",
+        "",
+        "| arm | training data | real images | synthetic / extra images | test acc (real test "
+        "set) | vs real | paper |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm, row in table.items():
+        paper = paper_ref.get(arm)
+        diff = f"{row['test/acc'] - base:+.4f}" if base is not None and arm != "real" else "—"
+        lines.append(
+            f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
+            f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
+        )
+    gan_keys = [k for k in GAN_KEYS if k in results]
+    if gan_keys:
+        lines += ["", "GAN: " + ", ".join(f"{k} {results[k]:.4g}" for k in gan_keys)]
+    kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
+    for k in kept:
+        lines.append(
+            f"Teacher filter ({k.rsplit('_', 1)[-1]}): min kept fraction per class {results[k]:.3f}"
+        )
+    lines += ["", "One seed: paired differences over seeds are in task=report's report.md."]
+    atomic_write_text(out / "table3.md", "\n".join(lines) + "\n")
+    bar_chart_png(
+        {a: r["test/acc"] for a, r in table.items()},
+        out / "table3.png",
+        title="Table 3: classifier test accuracy by training data",
+        refs={"paper real (320)": PAPER["real"], "paper synthetic": PAPER["synthetic"]}
+        if paper_ref
+        else None,
+    )

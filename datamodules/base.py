@@ -37,12 +37,16 @@ class IndexedTensors(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):  # a batch of indices already on the split's device
+            return self._take(i)
         return self.__getitems__([i])
 
     def __getitems__(self, idx: list[int]) -> Batch:
+        return self._take(torch.as_tensor(idx, device=self.split.y.device))
+
+    def _take(self, i: torch.Tensor) -> Batch:
         s = self.split
-        i = torch.as_tensor(idx, device=s.y.device)
         return Batch(
             s.x[i],
             s.y[i],
@@ -95,6 +99,10 @@ class EpochSampler(torch.utils.data.Sampler):
         return torch.randperm(self.n, generator=g)
 
     def __iter__(self):
+        return iter(self.order().tolist())
+
+    def order(self) -> torch.Tensor:
+        """This epoch's indices for this rank (and, first, every RNG reseeded for the epoch)."""
         s = self.seed * 1_000_003 + self.epoch
         pl.seed_everything((s + 7919 * self.rank) % (2**32), workers=True, verbose=False)
         m = self.total
@@ -112,7 +120,33 @@ class EpochSampler(torch.utils.data.Sampler):
             total = len(self) * self.world
             reps = math.ceil(total / max(1, m))
             order = order.repeat(reps)[:total][self.rank :: self.world]
-        return iter(order.tolist())
+        return order
+
+
+class DeviceBatches(torch.utils.data.Sampler):
+    """Batches of indices sliced from the epoch's order after one copy of it to the split's
+    device: no host index per batch (a per-step host->device copy is a stream sync). The same
+    batches, in the same order, as a DataLoader of `sampler` with this batch size; Lightning's
+    set_epoch reaches the epoch sampler through it."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, batch_size: int, device):
+        self.sampler, self.batch_size, self.device = sampler, int(batch_size), device
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        if hasattr(self.sampler, "order"):
+            order = self.sampler.order()
+        else:
+            order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        order = order.to(self.device, non_blocking=True)
+        for a in range(0, len(order), self.batch_size):
+            yield order[a : a + self.batch_size]
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -406,15 +440,24 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             sampler = ShardSampler(len(split), rank, world)
         on_cpu = split.x.device.type == "cpu"
-        return DataLoader(
+        bs = self.batch_size if train else self.eval_batch_size
+        if not on_cpu or self.num_workers == 0:  # batches sliced in this process, on the device
+            return DataLoader(
+                IndexedTensors(split),
+                batch_size=None,
+                sampler=DeviceBatches(sampler, bs, split.y.device),
+                num_workers=0,
+                pin_memory=False,
+            )
+        return DataLoader(  # CPU decode workers: they take lists of indices
             IndexedTensors(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=bs,
             sampler=sampler,
             drop_last=False,
-            num_workers=self.num_workers if on_cpu else 0,
+            num_workers=self.num_workers,
             collate_fn=_identity,
             pin_memory=False,
-            persistent_workers=self.num_workers > 0 and on_cpu,
+            persistent_workers=True,
         )
 
     def train_dataloader(self) -> DataLoader:

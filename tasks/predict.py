@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from datamodules.files import ImageRow, decode_all, inside, read_csv_rows
 from lightning_modules.classifier import ClassifierModule
 from xfergan import transforms as T
+from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import atomic_write_text
 from xfergan.runtime import find_checkpoint, output_dir, write_problems
@@ -92,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
     if not rows:
         raise UserError(f"input={cfg.input}: no readable image ({len(problems)} skipped)")
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = job_device(cfg)
     model = model.to(dev).eval()
     bs = int(ds.get("eval_batch_size") or DatasetConfig.eval_batch_size)
     probs = []

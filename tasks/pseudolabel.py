@@ -25,6 +25,7 @@ from datamodules.provenance import check_seen, union
 from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
 from xfergan import transforms as T
+from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import sha256_file
 from xfergan.runtime import find_checkpoint, output_dir
@@ -88,11 +89,15 @@ def teacher_seen(cfg: DictConfig, dm, teachers, metrics: dict) -> list:
 
 @torch.no_grad()
 def teacher_probs(
-    teachers: list[ClassifierModule], x: torch.Tensor, batch_size: int, temperature: float
+    teachers: list[ClassifierModule],
+    x: torch.Tensor,
+    batch_size: int,
+    temperature: float,
+    dev: torch.device | None = None,
 ) -> torch.Tensor:
     """Mean tempered softmax of the teachers over uint8 images, each teacher with the input
     preprocessing it was trained with (size, channels, normalization)."""
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = dev or torch.device("cpu")
     total = torch.zeros(len(x), teachers[0].hparams.num_classes)
     for t in teachers:
         t = t.to(dev).eval()
@@ -171,11 +176,11 @@ def run(cfg: DictConfig) -> dict:
             if limit:  # as the trainer would (debug=smoke)
                 n = min(n, limit * dm.eval_batch_size)
             if n:
-                p = teacher_probs(models, s_.x[:n], int(d.batch_size), 1.0)
+                p = teacher_probs(models, s_.x[:n], int(d.batch_size), 1.0, job_device(cfg))
                 metrics[f"teacher/{split}_acc"] = (
                     (p.argmax(1) == s_.y[:n].cpu()).float().mean().item()
                 )
-    probs = teacher_probs(models, x, int(d.batch_size), float(d.temperature))
+    probs = teacher_probs(models, x, int(d.batch_size), float(d.temperature), job_device(cfg))
     conf, pred = probs.max(1)
     if d.source == "synthetic":
         keep = (pred == y) & (probs.gather(1, y[:, None])[:, 0] >= float(d.min_confidence))

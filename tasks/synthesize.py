@@ -12,6 +12,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from datamodules.synthetic import write_synthetic
+from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import safe_torch_load, sha256_file
 from xfergan.runtime import output_dir
@@ -80,9 +81,7 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     sc = cfg.synthesize
     ckpt = resolve_gan_checkpoint(sc.checkpoint)
-    model = load_gan(ckpt)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = load_gan(ckpt).to(job_device(cfg))  # the job's slot GPU, or the CPU
     k = model.hparams.num_classes
     classes = list(sc.classes) if sc.classes is not None else list(range(k))
     if any(c < 0 or c >= k for c in classes):

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
+from omegaconf import open_dict
 
+from tasks import run_task
 from tasks.gan import gan_datamodule
 from tests.conftest import FAST, GAN_FAST, ROOT, compose
+from xfergan.errors import UserError
 from xfergan.training import build_datamodule
 
 
@@ -295,3 +299,69 @@ def test_confusion_counts_give_torchmetrics_accuracies():
     assert torch.allclose(got["acc"], ref[0].compute())
     assert torch.allclose(got["balanced_acc"], ref[1].compute())
     assert torch.allclose(got["per_class"], ref[2].compute())
+
+
+def test_k_jobs_share_one_gpu_and_the_next_one_waits(tmp_path, monkeypatch):
+    """XFERGAN_JOBS_PER_GPU=2 on a (fake) one-GPU pool: two jobs hold device 0 at once, a third
+    waits for a seat; with two GPUs, jobs spread over the devices before they share one."""
+    import threading
+
+    from xfergan.devices import device_slot
+
+    monkeypatch.setenv("XFERGAN_JOBS_PER_GPU", "2")
+    with device_slot(1, tmp_path / "one", poll_s=0.02) as a, device_slot(1, tmp_path / "one") as b:
+        assert (a, b) == (0, 0)
+        got = []
+        t = threading.Thread(
+            target=lambda: got.append(_hold(device_slot(1, tmp_path / "one", poll_s=0.02)))
+        )
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and not got  # the third job waits
+    t.join(10)
+    assert got == [0]
+    with (
+        device_slot(2, tmp_path / "two") as a,
+        device_slot(2, tmp_path / "two") as b,
+        device_slot(2, tmp_path / "two") as c,
+    ):
+        assert [a, b, c] == [0, 1, 0]
+    monkeypatch.setenv("XFERGAN_JOBS_PER_GPU", "0")
+    with pytest.raises(UserError, match="XFERGAN_JOBS_PER_GPU"):
+        with device_slot(1, tmp_path / "bad"):
+            pass
+
+
+def _hold(slot_cm):
+    with slot_cm as s:
+        return s
+
+
+def test_every_stage_computes_on_its_jobs_device(tmp_path, monkeypatch):
+    """A sweep job pinned to GPU i (trainer.devices=[i]) samples, labels with teachers and
+    predicts on cuda:i, not cuda:0; the CPU stays the CPU. Every stage asks job_device."""
+    import torch
+
+    import tasks.pseudolabel
+    import tasks.synthesize
+    from xfergan.devices import job_device
+
+    cfg = compose(FAST, tmp_path / "c")
+    with open_dict(cfg):
+        cfg.trainer.accelerator, cfg.trainer.devices = "gpu", [1]
+    assert job_device(cfg) == torch.device("cuda", 1)
+    with open_dict(cfg):
+        cfg.trainer.accelerator = "cpu"
+    assert job_device(cfg) == torch.device("cpu")
+    asked = []
+
+    def record(c):
+        asked.append(str(c.task))
+        return torch.device("cpu")
+
+    for mod in (tasks.synthesize, tasks.pseudolabel):
+        monkeypatch.setattr(mod, "job_device", record)
+    args = FAST + GAN_FAST + ["logger=none", "debug=smoke", "dataset.n_per_class=4"]
+    args += ["task=pipeline", "pipeline.arms=[synthetic,distill_gan]"]
+    run_task(compose(args, tmp_path / "p"))
+    assert {"synthesize", "pseudolabel"} <= set(asked), asked

@@ -64,3 +64,42 @@ def test_datamodule_test_set_is_official_10k():
     assert x.shape == (500, 3, 32, 32) and x.dtype == torch.float32
     # ImageNet normalization: black background maps to about -mean/std
     assert x.min().item() < -1.5 and x.max().item() > 1.5
+
+
+def test_batches_are_sliced_on_the_splits_device_without_a_host_index(monkeypatch):
+    """The training loader yields index tensors cut from one per-epoch copy of the order on the
+    split's device (no list -> tensor per batch), and they are the batches a plain DataLoader of
+    the same epoch sampler makes, ragged last batch included."""
+    from datamodules.base import EpochSampler, IndexedTensors, _identity
+
+    dm = MNISTDataModule(
+        name="mnist", root=str(DATA_DIR / "mnist"), n_per_class=5, val_per_class=2, seed=3
+    )
+    dm.batch_size = 16
+    dm.setup()
+    loader = dm.train_dataloader()
+    split = dm.splits.train
+    plain = torch.utils.data.DataLoader(
+        IndexedTensors(split),
+        batch_size=16,
+        sampler=EpochSampler(len(split), 3, None, 0, 1, dm.epoch_samples(1)),
+        collate_fn=_identity,
+    )
+    calls, real = [], torch.as_tensor
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    for epoch in (0, 1):
+        for ld in (loader, plain):
+            ld.sampler.set_epoch(epoch)
+        want = [b.y for b in plain]
+        calls.clear()
+        monkeypatch.setattr(torch, "as_tensor", counted)
+        got = [b.y for b in loader]
+        monkeypatch.setattr(torch, "as_tensor", real)
+        assert not calls  # no host index built per batch
+        assert [len(b) for b in got] == [len(b) for b in want] == [16, 16, 16, 2]
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert all(b.device == split.y.device for b in got)

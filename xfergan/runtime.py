@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xfergan import tracking
-from xfergan.devices import device_slot, visible_gpus
+from xfergan.devices import device_slot, jobs_per_gpu, sharing, visible_gpus
 from xfergan.errors import SelectionError, UserError
 from xfergan.io import atomic_write_json, atomic_write_text
 from xfergan.ranks import is_global_zero
@@ -272,10 +272,18 @@ def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, A
         check_selection(cfg)
         # a pipeline's stages run inside their job's slot: only the outermost run_job takes one
         with device_slot(_pool_size(cfg) if not _depth else 0) as slot:
-            if slot is not None:  # a parallel sweep job: one GPU each (queued when all are taken)
+            if slot is not None:  # a parallel sweep job: a seat on one GPU (queued when all taken)
                 with open_dict(cfg):
                     cfg.trainer.devices = [slot]
-                log.info("sweep job pinned to GPU %d", slot)
+                torch.cuda.set_device(slot)  # every stage's own tensors land there too
+                k = jobs_per_gpu()
+                log.info(
+                    "sweep job pinned to GPU %d (%d job%s per GPU%s)",
+                    slot,
+                    k,
+                    "s" if k > 1 else "",
+                    f", shared by {sharing()}" if k > 1 else "",
+                )
             _depth += 1
             try:
                 metrics = stage(cfg)

@@ -79,18 +79,30 @@ def set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot map {x.shape[1]} channels to {channels}")
 
 
+_IMAGENET: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def imagenet_stats(channels: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as (1, C, 1, 1) tensors on `device`, made once per device, dtype
+    and channel count (no host->device copy, so no stream sync, in a training step)."""
+    key = (channels, str(device), dtype)
+    if key not in _IMAGENET:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=dtype)
+        std = torch.tensor(IMAGENET_STD, dtype=dtype)
+        if channels == 1:
+            mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+        _IMAGENET[key] = tuple(t.view(1, channels, 1, 1).to(device) for t in (mean, std))
+    return _IMAGENET[key]
+
+
 def normalize(x: torch.Tensor, how: str) -> torch.Tensor:
     if how == "none":
         return x
     if how == "half":
         return x * 2.0 - 1.0
     if how == "imagenet":
-        c = x.shape[1]
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)
-        if c == 1:
-            mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
-        return (x - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+        mean, std = imagenet_stats(x.shape[1], x.device, x.dtype)
+        return (x - mean) / std
     raise ValueError(f"dataset.normalize={how!r}: use imagenet, half or none")
 
 

@@ -209,7 +209,7 @@ def test_a_step_budget_is_exact_in_equal_epochs_of_full_batches(tmp_path):
     """gan.steps / trainer.max_steps: the run makes exactly that many steps whatever the data's
     size (no rounding up to whole passes), in equal epochs of ~50 full batches; every image is
     seen once per pass of the sampler's stream, however passes fall on epochs."""
-    from datamodules.base import EpochSampler
+    from datamodules.loaders import EpochSampler
 
     cfg = compose(FAST + ["dataset.n_per_class=4", "dataset.batch_size=20"], tmp_path)
     dm = build_datamodule(cfg)

@@ -115,7 +115,7 @@ def test_step_budget_under_ddp_matches_what_each_rank_runs(tmp_path):
     rank (10 images on 4 ranks: the budget is not silently cut)."""
     import math
 
-    from datamodules.base import EpochSampler
+    from datamodules.loaders import EpochSampler
     from xfergan.runtime import world_size
 
     cfg = compose(

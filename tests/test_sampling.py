@@ -70,7 +70,7 @@ def test_batches_are_sliced_on_the_splits_device_without_a_host_index(monkeypatc
     """The training loader yields index tensors cut from one per-epoch copy of the order on the
     split's device (no list -> tensor per batch), and they are the batches a plain DataLoader of
     the same epoch sampler makes, ragged last batch included."""
-    from datamodules.base import EpochSampler, IndexedTensors, _identity
+    from datamodules.loaders import EpochSampler, IndexedTensors, _identity
 
     dm = MNISTDataModule(
         name="mnist", root=str(DATA_DIR / "mnist"), n_per_class=5, val_per_class=2, seed=3

@@ -130,6 +130,7 @@ class ConditionalGAN(pl.LightningModule):
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
+        self._guide = None  # (teacher, weight) from set_guidance
 
     def setup(self, stage: str) -> None:
         mode = self.hparams.compile
@@ -236,6 +237,23 @@ class ConditionalGAN(pl.LightningModule):
     def _z(self, n):
         return torch.randn(n, self.hparams.z_dim, device=self.device)
 
+    # ---------------------------------------------------------------- guidance
+    def set_guidance(self, teacher, weight: float) -> None:
+        """gan.guidance: G's loss adds `weight` x the frozen `teacher`'s cross-entropy toward each
+        image's conditioning class. The teacher is not a submodule (not trained, not saved: the
+        task sets it again on resume)."""
+        teacher.eval().requires_grad_(False)
+        self._guide = ([teacher], float(weight))
+
+    def _guidance_loss(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from xfergan import transforms as T
+
+        (teacher,), weight = self._guide
+        if next(teacher.parameters()).device != fake.device:
+            teacher.to(fake.device)
+        x = T.for_model((fake.float() + 1) / 2, teacher.hparams.input_spec)  # G makes [-1, 1]
+        return weight * F.cross_entropy(teacher(x).float(), y)
+
     # ---------------------------------------------------------------- training
     def gan_step(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole update for one batch: `d_steps` D steps, one G step, the EMA. Shared by the
@@ -258,13 +276,16 @@ class ConditionalGAN(pl.LightningModule):
             half = n // 2
             y_g = torch.cat([y_g[:half], y_g[:half]])
             z = self._z(2 * half)
-            fake = self.G(z, y_g)
+            fake = fake_g = self.G(z, y_g)
             loss_g = self._g_loss(self.D(self._aug(fake), y_g))
             d_img = (fake[:half] - fake[half:]).abs().mean(dim=(1, 2, 3))
             d_z = (z[:half] - z[half:]).abs().mean(dim=1)
             loss_g = loss_g + self.hparams.mode_seeking / ((d_img / d_z).mean() + 1e-5)
         else:
-            loss_g = self._g_loss(self.D(self._aug(self.G(self._z(n), y_g)), y_g))
+            fake_g = self.G(self._z(n), y_g)
+            loss_g = self._g_loss(self.D(self._aug(fake_g), y_g))
+        if self._guide is not None:  # a frozen teacher pulls each image toward its class
+            loss_g = loss_g + self._guidance_loss(fake_g, y_g)
         opt_g.zero_grad(set_to_none=True)
         backward(loss_g)
         opt_g.step()

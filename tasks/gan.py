@@ -73,6 +73,27 @@ class SampleGrid(pl.Callback):
             (self.dir.parent / "samples_final.png").write_bytes(p.read_bytes())
 
 
+def set_guidance(cfg: DictConfig, dm, model) -> dict:
+    """gan.guidance.teacher: a frozen classifier of this run's own real subset steers G (its
+    provenance is checked like any teacher's). Returns the metrics.json keys that record it."""
+    from lightning_modules.teachers import load_teachers, teacher_seen
+
+    g = cfg.gan.guidance
+    weight = float(g.weight)
+    if weight < 0:
+        raise UserError(f"gan.guidance.weight={weight}: use a weight >= 0 (0 turns guidance off)")
+    if not g.teacher or weight == 0:
+        return {}
+    ((teacher, path),) = load_teachers(str(g.teacher), dm.num_classes, "gan.guidance.teacher")
+    out: dict = {}
+    teacher_seen(
+        cfg, dm, [(teacher, path)], out, prefix="guidance/teacher", label="gan.guidance.teacher"
+    )
+    model.set_guidance(teacher, weight)
+    model.provenance["guidance_teacher"] = str(path)
+    return {**out, "guidance/teacher": str(path), "guidance/weight": weight}
+
+
 def build_gan(cfg: DictConfig, dm):
     """The configured GAN module (`gan._target_`) for this datamodule's classes and channels."""
     from omegaconf import OmegaConf
@@ -97,6 +118,9 @@ def run(cfg: DictConfig) -> dict:
     dm.setup()
     model = build_gan(cfg, dm)
     model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
+    if hasattr(model.D, "provenance_record"):  # outside knowledge: the pretrained D backbone
+        model.provenance["discriminator_backbone"] = model.D.provenance_record
+    guidance = set_guidance(cfg, dm, model)
     loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"], sizes=dm.sizes())
     # A step budget runs as whole epochs of full batches that end at exactly gan.steps
     # (dm.plan_epochs), and checkpoints are taken at epoch ends: a resumed run then continues
@@ -145,6 +169,7 @@ def run(cfg: DictConfig) -> dict:
         **dm.sizes(),
     }
     metrics.update(evaluate_quality(cfg, model, dm))
+    metrics.update(guidance)
     return metrics
 
 

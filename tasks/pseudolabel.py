@@ -14,77 +14,24 @@ fraction per class."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from datamodules.base import uids_digest
-from datamodules.provenance import check_seen, union
+from datamodules.provenance import union
 from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
+from lightning_modules.teachers import load_teachers, teacher_seen
 from xfergan import transforms as T
 from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import sha256_file
-from xfergan.runtime import find_checkpoint, output_dir
+from xfergan.runtime import output_dir
 from xfergan.training import batch_limit, build_datamodule
 
 log = logging.getLogger(__name__)
-
-
-def teacher_checkpoint(spec: str) -> Path:
-    """A finished task=classify run dir (a pipeline stage dir too: its tested checkpoint) or a
-    checkpoint file."""
-    p = Path(spec)
-    if p.is_dir():
-        return find_checkpoint(p, "tested")[0]
-    if not p.is_file():
-        raise UserError(f"distill.teacher={spec} does not exist (a classify run dir or a .ckpt)")
-    return p
-
-
-def load_teachers(spec, num_classes: int) -> list[tuple[ClassifierModule, Path]]:
-    if not spec:
-        raise UserError("task=pseudolabel needs distill.teacher=<classify run dir or .ckpt>")
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    out = []
-    for s in specs:
-        path = teacher_checkpoint(str(s))
-        model = ClassifierModule.load_safely(str(path))
-        if model.hparams.num_classes != num_classes:
-            raise UserError(
-                f"teacher {path} predicts {model.hparams.num_classes} classes but this dataset "
-                f"has {num_classes}: use a teacher trained on this dataset"
-            )
-        out.append((model, path))
-    return out
-
-
-def teacher_seen(cfg: DictConfig, dm, teachers, metrics: dict) -> list:
-    """Every teacher (ensemble member) must have seen exactly this run's real training images
-    (datamodules.provenance.check_seen; dataset.model_provenance=ignore overrides, recorded as
-    teacher_foreign in metrics.json). Returns each teacher's seen ids (None: unknown)."""
-    reasons, out = [], []
-    for model, path in teachers:
-        rec = model.provenance or {}
-        res = check_seen(
-            rec.get("seen_uids"),
-            rec or None,
-            dm,
-            dm.splits,
-            f"teacher {path}",
-            str(cfg.dataset.model_provenance),
-            "dataset.model_provenance",
-        )
-        if res["foreign"]:
-            reasons.append(f"{path}: {res['reason']}")
-        out.append(rec.get("seen_uids"))
-    metrics["teacher_foreign"] = bool(reasons)
-    if reasons:
-        metrics["teacher_foreign_reason"] = "; ".join(reasons)
-    return out
 
 
 @torch.no_grad()

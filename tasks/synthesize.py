@@ -100,6 +100,7 @@ def run(cfg: DictConfig) -> dict:
     images = torch.cat(chunks)
     prov = dict(model.provenance or {})
     real_uids = prov.pop("train_uids", None)
+    backbone = prov.pop("discriminator_backbone", None)  # outside knowledge, not real images
     meta = {
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_sha256": sha256_file(ckpt),
@@ -110,6 +111,7 @@ def run(cfg: DictConfig) -> dict:
         "generator": "ema",
         "truncation": sc.truncation,
         "real_data": prov or None,  # the identity of the real images the GAN was trained on
+        "discriminator_backbone": backbone,
         "gan_quality": gan_quality(ckpt),
     }
     path = write_synthetic(out, images, labels, meta, real_uids=real_uids)

@@ -167,6 +167,12 @@ class ClassifierConfig:
 
 # ----------------------------------------------------------------------------- GAN
 @dataclass
+class GuidanceConfig:
+    teacher: str | None = None
+    weight: float = 0.0
+
+
+@dataclass
 class GANConfig:
     # the training procedure (a LightningModule); the two networks are config groups of their
     # own (conf/gan/generator/, conf/gan/discriminator/): a user's G/D is a class plus a yaml,
@@ -207,6 +213,9 @@ class GANConfig:
     eval_split: str = "val"
     feature_ckpt: str | None = None  # classifier checkpoint whose penultimate layer is the feature
     knn_k: int = 3
+    # a frozen classifier (a classify run dir trained on this run's own real subset) whose
+    # cross-entropy toward each image's class joins G's loss with this weight (0: off)
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig())
 
 
 @dataclass
@@ -224,6 +233,19 @@ class DCGANDiscriminatorConfig:
     mbstd: bool = True  # minibatch-stddev layer against collapse inside a class
 
 
+@dataclass
+class ProjectedDiscriminatorConfig:
+    """gan/discriminator=projected: heads on a frozen pretrained backbone (projected_d.py)."""
+
+    _target_: str = "lightning_modules.nets.projected_d.ProjectedDiscriminator"
+    backbone: str = "mobilenet_v2"  # any torchvision classification model with ImageNet weights
+    weights: str | None = "IMAGENET1K_V1"  # from TORCH_HOME; null: random (a control)
+    input_size: int = 64  # the backbone sees the images resized to this
+    taps: list[int] | None = None  # feature depths (block indices); null: 3 spread out
+    proj_channels: int = 64  # the fixed random 1x1 projection's output channels
+    width: int = 64  # each head's channels
+
+
 # keys of GANConfig that are not arguments of the GAN module
 GAN_LOOP_KEYS = (
     "_target_",
@@ -236,6 +258,7 @@ GAN_LOOP_KEYS = (
     "eval_split",
     "feature_ckpt",
     "knn_k",
+    "guidance",
 )
 
 
@@ -410,6 +433,7 @@ def register_configs() -> None:
     cs.store(group="gan", name="schema_gan", node=GANConfig)
     cs.store(group="gan/generator", name="schema_dcgan", node=DCGANGeneratorConfig)
     cs.store(group="gan/discriminator", name="schema_dcgan", node=DCGANDiscriminatorConfig)
+    cs.store(group="gan/discriminator", name="schema_projected", node=ProjectedDiscriminatorConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     cs.store(group="logger", name="schema_logger", node=LoggerConfig)
     cs.store(group="paths", name="schema_paths", node=PathsConfig)

@@ -1,0 +1,118 @@
+"""gan/discriminator=projected (issue 22): heads on frozen ImageNet features train inside the
+real GAN task; the backbone's weights never change; bad settings are one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks import run_task
+from tests.conftest import FAST, GAN_FAST, compose
+
+PROJECTED = [
+    "gan/discriminator=projected",
+    "gan.discriminator.width=8",
+    "gan.discriminator.proj_channels=8",
+    "gan.discriminator.input_size=32",
+]
+
+
+def test_projected_discriminator_trains_with_imagenet_weights_and_stays_frozen(tmp_path):
+    from lightning_modules.nets.projected_d import ProjectedDiscriminator
+    from tasks.synthesize import load_gan
+
+    d = ProjectedDiscriminator(10, 28, 1, input_size=32, proj_channels=8, width=8)
+    before = {k: v.clone() for k, v in d.backbone.state_dict().items()}
+    assert not any(p.requires_grad for p in d.backbone.parameters())
+    assert all(not n.startswith("_backbone") for n, _ in d.named_parameters())  # heads only
+    args = FAST + GAN_FAST + PROJECTED + ["task=gan", "gan.steps=4", "dataset.n_per_class=4"]
+    m = run_task(compose(args + ["logger=none"], tmp_path / "g"))
+    assert m["status"] == "ok" and m["gan/steps"] == 4
+    ckpt = sorted((tmp_path / "g" / "checkpoints").glob("*.ckpt"))[-1]
+    gan = load_gan(ckpt)
+    rec = gan.provenance["discriminator_backbone"]
+    assert rec["backbone"] == "mobilenet_v2" and rec["weights_file"].startswith("mobilenet_v2")
+    assert len(rec["weights_sha256"]) == 16
+    after = gan.D.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen through training
+    # gradients reach G through the frozen net
+    z = gan.G(torch.randn(2, gan.hparams.z_dim), torch.tensor([1, 2]))
+    gan.D(z, torch.tensor([1, 2])).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.G.parameters())
+
+
+def test_other_backbones_without_weights():
+    from lightning_modules.nets.projected_d import ProjectedDiscriminator
+
+    for name in ("resnet18", "efficientnet_b0"):
+        d = ProjectedDiscriminator(3, 32, 3, backbone=name, weights=None, input_size=32, width=8)
+        out = d(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 0]))
+        assert out.shape == (4,) and torch.isfinite(out).all()
+        assert d.provenance_record["weights"] is None
+
+
+def test_bad_projected_settings_are_one_line(tmp_path):
+    """Run in-process: a UserError is what run.py prints as one line and exit 2 (tested for
+    every kind of bad input in test_reliability.py)."""
+    from xfergan.errors import UserError
+
+    base = FAST + GAN_FAST + PROJECTED + ["task=gan", "gan.steps=2", "dataset.n_per_class=2"]
+    cases = [
+        (["gan.discriminator.backbone=no_such_net"], "is not a torchvision classification model"),
+        (
+            ["gan.discriminator.backbone=resnet50", "gan.discriminator.weights=IMAGENET1K_V2"],
+            "are not in",
+        ),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        with pytest.raises(UserError, match=message) as e:
+            run_task(compose(base + extra + ["logger=none"], tmp_path / str(i)))
+        assert str(e.value).startswith("gan.discriminator") and "\n" not in str(e.value)
+
+
+def test_teacher_guided_generation_checks_the_teacher_and_adds_its_loss(tmp_path):
+    """gan.guidance.teacher: a classifier of this seed's own subset steers G (its cross-entropy
+    joins G's loss, recorded in metrics.json); one of another seed's subset is refused in one
+    line (seed 1's GAN with seed 0's teacher); a negative weight is one line too."""
+    from xfergan.errors import UserError
+
+    clf = FAST + ["dataset.n_per_class=4", "trainer.max_steps=2", "logger=none"]
+    run_task(compose(clf + ["seed=0"], tmp_path / "teacher0"))
+    gan = FAST + GAN_FAST + ["task=gan", "gan.steps=3", "dataset.n_per_class=4", "logger=none"]
+    m = run_task(
+        compose(
+            gan
+            + [
+                "seed=0",
+                f"gan.guidance.teacher={tmp_path / 'teacher0'}",
+                "gan.guidance.weight=0.5",
+            ],
+            tmp_path / "guided",
+        )
+    )
+    assert m["guidance/weight"] == 0.5 and m["guidance/teacher_foreign"] is False
+    # the guide's term is in G's loss: the same batch, with and without it
+    from lightning_modules.classifier import ClassifierModule
+    from lightning_modules.teachers import teacher_checkpoint
+    from tasks.synthesize import load_gan
+
+    g = load_gan(tmp_path / "guided" / "checkpoints" / "last.ckpt")
+    teacher = ClassifierModule.load_safely(str(teacher_checkpoint(str(tmp_path / "teacher0"))))
+    g.set_guidance(teacher, 2.0)
+    fake = g.G(torch.randn(6, g.hparams.z_dim), torch.arange(6) % 10)
+    assert g._guidance_loss(fake, torch.arange(6) % 10) > 0
+    with pytest.raises(UserError, match="guidance.teacher"):
+        run_task(
+            compose(
+                gan
+                + [
+                    "seed=0",
+                    f"gan.guidance.teacher={tmp_path / 'teacher1'}",
+                    "gan.guidance.weight=1",
+                ],
+                tmp_path / "foreign",
+            )
+        )
+    cfg = compose(gan + ["gan.guidance.weight=-1"], tmp_path / "neg")
+    with pytest.raises(UserError, match=r"gan.guidance.weight=-1.0: use a weight >= 0"):
+        run_task(cfg)

@@ -16,6 +16,9 @@ from tasks import run_task
 from tests.conftest import DATA_DIR, FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
 
+# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_own_data")
+
 NPZ = DATA_DIR / "pneumoniamnist" / "pneumoniamnist.npz"
 NAMES = ["normal", "pneumonia"]
 TRAIN = FAST + [
@@ -209,6 +212,7 @@ import torch
 from torch import nn
 
 from datamodules.base import ImageDataModule, Split, Splits, uids_of
+
 
 
 class ChestData(ImageDataModule):

@@ -14,13 +14,13 @@ from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
 from xfergan.errors import UserError
 from xfergan.evaluation import outputs as evaluation
 from xfergan.ranks import is_global_zero
-from xfergan.runtime import output_dir, world_size, write_problems
+from xfergan.runtime import output_dir, write_problems
 from xfergan.training import (
-    batch_limit,
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_trainer,
+    plan_steps,
     resume_checkpoint,
     scalar_metrics,
     smoke_cap,
@@ -91,8 +91,7 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     if not steps or steps <= 0:
         return {"steps": None}
     steps = smoke_cap(cfg, int(steps))
-    limit = batch_limit(cfg, "train")
-    epochs = dm.plan_epochs(int(steps), world_size(cfg), limit)
+    epochs = plan_steps(cfg, dm, steps)
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}
 
 

@@ -24,8 +24,8 @@ from xfergan.training import (
     build_datamodule,
     build_loggers,
     build_trainer,
+    plan_steps,
     resume_checkpoint,
-    smoke_cap,
 )
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ def run(cfg: DictConfig) -> dict:
     # exactly as the uninterrupted one (Lightning's mid-epoch restore replays batches wrongly).
     limit = batch_limit(cfg, "train")  # debug=smoke: 2 batches per epoch
     if cfg.gan.steps:
-        steps = smoke_cap(cfg, int(cfg.gan.steps))
-        epochs = dm.plan_epochs(steps, world_size(cfg), limit)
+        epochs = plan_steps(cfg, dm, int(cfg.gan.steps))
     else:
         epochs = int(cfg.gan.epochs)
     bpe = dm.batches_per_epoch(world_size(cfg))

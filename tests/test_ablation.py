@@ -14,9 +14,6 @@ from tasks import run_task
 from tests.conftest import FAST, compose, run_py
 from xfergan.tracking.wandb_files import read_offline_run
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_ablation")
-
 ARMS = ["real", "synthetic", "mixed", "finetune", "teacher", "distill_real", "distill_gan"]
 
 

@@ -18,9 +18,6 @@ from tests.conftest import FAST, compose, run_py
 from xfergan import stats
 from xfergan.errors import UserError
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_evidence")
-
 SMOKE = FAST + ["debug=smoke", "logger=none"]
 SMALL = FAST + ["logger=none", "dataset.n_per_class=3", "dataset.val_per_class=2"]
 

@@ -17,9 +17,6 @@ from tasks import run_task
 from tests.conftest import DATA_DIR, FAST, GAN_FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_integrity")
-
 SMOKE = FAST + ["debug=smoke", "logger=none"]
 
 

@@ -18,9 +18,6 @@ from tasks import run_task
 from tests.conftest import FAST, GAN_FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_long_runs")
-
 # progress on (FAST turns it off): these tests read the progress lines
 SMALL = [a for a in FAST if not a.startswith("trainer.enable_progress_bar=")] + [
     "trainer.enable_progress_bar=true",

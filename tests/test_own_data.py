@@ -16,9 +16,6 @@ from tasks import run_task
 from tests.conftest import DATA_DIR, FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_own_data")
-
 NPZ = DATA_DIR / "pneumoniamnist" / "pneumoniamnist.npz"
 NAMES = ["normal", "pneumonia"]
 TRAIN = FAST + [
@@ -390,5 +387,3 @@ def test_predict_and_evaluate_take_a_pipeline_stage_dir(own_data_sweep, xray_fil
     )  # under the stage's own cap (debug=smoke tests the first 2 batches)
     assert e["test/acc"] == pytest.approx(m["test/acc"], abs=1e-9)
     assert e["n_test"] == m["n_test"] and e["test_partial"]
-    full = run_task(compose(["task=evaluate", f"run={stage}", "logger=none"], tmp_path / "ef"))
-    assert full["n_test"] == m["n_test_split"] and not full["test_partial"]

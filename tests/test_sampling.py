@@ -6,9 +6,6 @@ from datamodules.sampling import few_shot_split, stratified_sample
 from tests.conftest import DATA_DIR
 from xfergan.errors import UserError
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_sampling")
-
 
 @pytest.fixture(scope="module")
 def mnist():

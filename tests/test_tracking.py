@@ -19,9 +19,6 @@ import pytest
 from tasks import run_task
 from tests.conftest import FAST, GAN_FAST, compose
 
-# one worker runs this file: its module-scoped fixture is made once (pytest -n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("test_tracking")
-
 mlflow = pytest.importorskip("mlflow")
 
 SMOKE = FAST + ["debug=smoke", "dataset.n_per_class=4", "seed=0"]

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from xfergan.io import atomic_write_json
-from xfergan.runtime import config_digest
+from xfergan.runtime import config_digest, world_size
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,12 @@ def batch_limit(cfg: DictConfig, split: str) -> int | None:
     return (
         int(limit) if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     )
+
+
+def plan_steps(cfg: DictConfig, dm, steps: int) -> int:
+    """A step budget (under the smoke cap) as a number of equal epochs of full batches that end
+    at exactly that step (dm.plan_epochs): classifier and GAN budgets alike."""
+    return dm.plan_epochs(smoke_cap(cfg, int(steps)), world_size(cfg), batch_limit(cfg, "train"))
 
 
 def build_trainer(

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import FAST, ROOT, run_py
+from tasks import run_task
+from tests.conftest import FAST, ROOT, compose, run_py
+from xfergan.errors import UserError
 
 RESUME = FAST + [
     "dataset.n_per_class=20",
@@ -66,8 +68,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert got["test/loss"] == pytest.approx(expected["test/loss"], rel=1e-5)
 
 
+# run as `python run.py` processes: exit 2, one line, no traceback
 ONE_LINE_ERRORS = [
     (["dataset.n_per_class=9000"], "dataset.n_per_class=9000 but class 0 has only"),
+    (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
+    (["task=pipeline", "pipeline.arms=[real,distil_gan]"], "unknown arm 'distil_gan'"),
+]
+# the same UserError path, checked in-process (each process is ~10 s of start-up on 2 cores)
+IN_PROCESS_ERRORS = [
     (["dataset.n_per_class=0"], "dataset.n_per_class=0 must be a positive number"),
     (
         ["model=resnet18", "model.init=scratch", "dataset.image_size=16"],
@@ -77,16 +85,21 @@ ONE_LINE_ERRORS = [
         ["model.init=/nonexistent/model.ckpt"],
         "init checkpoint /nonexistent/model.ckpt does not exist",
     ),
-    (["dataset.source=synthetic"], "dataset.source=synthetic needs dataset.synthetic_path"),
     (["task=gan", "gan.compile=fast"], "gan.compile='fast': use one of none, default"),
     (["dataset=mura", "paths.data_dir=/tmp"], "no MURA-v1.1/ folder in /tmp"),
     (["task=synthesize", "synthesize.checkpoint=/nonexistent"], "GAN checkpoint /nonexistent"),
-    (["task=pipeline", "pipeline.arms=[real,distil_gan]"], "unknown arm 'distil_gan'"),
     (
         ["task=pipeline", "pipeline.arms=[real,distill_gan]", "distill.min_confidence=1.5"],
         "distill.min_confidence=1.5 must be in (0, 1]",
     ),
 ]
+
+
+def test_the_same_bad_input_in_process_is_one_line_user_error(tmp_path):
+    for i, (args, message) in enumerate(IN_PROCESS_ERRORS):
+        with pytest.raises(UserError) as e:
+            run_task(compose([*FAST, "logger=none", *args], tmp_path / str(i)))
+        assert message in str(e.value) and "\n" not in str(e.value).strip(), (args, str(e.value))
 
 
 def test_clear_one_line_errors(tmp_path):

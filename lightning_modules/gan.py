@@ -242,15 +242,20 @@ class ConditionalGAN(pl.LightningModule):
         """gan.guidance: G's loss adds `weight` x the frozen `teacher`'s cross-entropy toward each
         image's conditioning class. The teacher is not a submodule (not trained, not saved: the
         task sets it again on resume)."""
-        teacher.eval().requires_grad_(False)
+        teacher.eval().requires_grad_(False).to(self.device)
         self._guide = ([teacher], float(weight))
+
+    def _apply(self, fn, recurse=True):
+        """The guiding teacher moves with the module (.to, Lightning's device move): once, not
+        checked on every step."""
+        if getattr(self, "_guide", None) is not None:
+            self._guide[0][0]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def _guidance_loss(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from xfergan import transforms as T
 
         (teacher,), weight = self._guide
-        if next(teacher.parameters()).device != fake.device:
-            teacher.to(fake.device)
         x = T.for_model((fake.float() + 1) / 2, teacher.hparams.input_spec)  # G makes [-1, 1]
         return weight * F.cross_entropy(teacher(x).float(), y)
 

@@ -165,6 +165,8 @@ def run(cfg: DictConfig) -> dict:
         "gan/steps": int(model.steps),
         "gan/epochs": trainer.current_epoch,
         "gan/checkpoint": str(last),
+        # the real images it was fitted on (a pipeline's GAN variants share them)
+        "gan/train_ids_sha256": model.provenance.get("train_ids_sha256"),
         **dm.sizes(),
     }
     metrics.update(evaluate_quality(cfg, model, dm))

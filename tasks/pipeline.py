@@ -6,8 +6,10 @@ An arm says what its classifier trains on (ARMS below); what an arm needs is bui
 first arm asks for it, from this run's own seed and real subset:
   feature net (FID features; cached across runs) -> gan -> synthesize   (synthetic, mixed, ...)
   teacher (the ImageNet transfer classifier)  -> pseudolabel_<source>   (distill_real/_gan)
-`pipeline.variants` adds named variants of an arm (e.g. mixed at other ratios), and
-`pipeline.arm_overrides` tunes any arm's classify stage."""
+`pipeline.variants` adds named variants of an arm (e.g. mixed at other ratios),
+`pipeline.gan_variants` adds named GANs (another discriminator, a guiding teacher) whose images a
+variant arm uses (`gan: <name>`): every GAN of a run trains on the same real subset for the same
+G+D steps; `pipeline.arm_overrides` tunes any arm's classify stage."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tasks import classify, gan, pseudolabel, synthesize
+from tasks import classify, pseudolabel, synthesize
+from tasks import gan as gan_task
 from xfergan.errors import SelectionError, UserError
 from xfergan.evaluation.table3 import write_table3
 from xfergan.runtime import output_dir, run_job
@@ -44,7 +47,7 @@ ARM_KEYS = (
 # the stages a pipeline runs, by their task= name
 STAGES = {
     "classify": classify.run,
-    "gan": gan.run,
+    "gan": gan_task.run,
     "synthesize": synthesize.run,
     "pseudolabel": pseudolabel.run,
 }
@@ -105,18 +108,19 @@ def planned_stages(cfg: DictConfig) -> list[str]:
             plan.append(name)
 
     def arm_needs(name: str) -> None:
-        base = arm_spec(cfg, name)[0]
+        base, gan = arm_spec(cfg, name)[0], arm_gan(cfg, name)
         if base in ("synthetic", "mixed", "distill_gan"):
-            need("gan")
-            need("synthesize")
+            guide = gan_spec(cfg, gan)[1]
+            if guide:
+                arm_needs(guide)
+            need(gan_stage(gan))
+            need("synthesize" + suffix(gan))
         if base == "finetune":
-            arm_needs("synthetic")
-            need("classify_synthetic")
+            arm_needs(synthetic_arm(cfg, gan))
         if base in ("distill_real", "distill_gan"):
             for t in cfg.pipeline.teacher_ensemble:
                 arm_needs(t)
-                need(f"classify_{t}")
-            need("pseudolabel_" + ("real" if base == "distill_real" else "synthetic"))
+            need("pseudolabel_" + ("real" if base == "distill_real" else "synthetic" + suffix(gan)))
         need(f"classify_{name}")
 
     try:
@@ -134,8 +138,9 @@ class Context:
         self.cfg, self.out = cfg, out
         self.results: dict[str, Any] = {}
         self.stage_metrics: dict[str, dict] = {}
-        self._synthetic: str | None = None
+        self._synthetic: dict[str | None, str] = {}  # GAN variant (None: gan) -> its images
         self._pseudo: dict[str, str] = {}
+        self.gans: dict[str, str] = {}  # GAN stage -> suffix of its keys in results
         self.plan = planned_stages(cfg)  # for "stage k/N" in the progress lines
         self.done: list[str] = []
         self.ran = False  # a stage actually ran (not reused): no later stage is reused
@@ -162,20 +167,31 @@ class Context:
         progress.stage_finished(t0, headline(m), reused=reused)
         return m
 
-    def synthetic(self) -> str:
-        if self._synthetic is None:
-            over: dict[str, Any] = {}
+    def synthetic(self, gan: str | None = None) -> str:
+        """The images of the run's GAN (None) or of a pipeline.gan_variants entry."""
+        if gan not in self._synthetic:
+            over, guide = gan_spec(self.cfg, gan)
             if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
                 over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
-            gm = self.stage("gan", "gan", over)
+            if guide:  # the guiding classifier: an arm of this run (its own real subset)
+                over["gan.guidance.teacher"] = self.arm_dir(guide)
+            gm = self.stage(gan_stage(gan), "gan", over)
+            self.gans[gan_stage(gan)] = suffix(gan)
+            self.results["gan/wall_s" + suffix(gan)] = gm.get("wall_s")
             self.results.update(
-                {k: v for k, v in gm.items() if k.startswith("gan/") or "/gan_" in k}
+                {
+                    k + suffix(gan): v
+                    for k, v in gm.items()
+                    if k.startswith(("gan/", "guidance/")) or "/gan_" in k
+                }
             )
             sm = self.stage(
-                "synthesize", "synthesize", {"synthesize.checkpoint": gm["gan/checkpoint"]}
+                "synthesize" + suffix(gan),
+                "synthesize",
+                {"synthesize.checkpoint": gm["gan/checkpoint"]},
             )
-            self._synthetic = sm["synthetic_path"]
-        return self._synthetic
+            self._synthetic[gan] = sm["synthetic_path"]
+        return self._synthetic[gan]
 
     def checkpoint(self, arm: str) -> str:
         m = self.stage_metrics.get(f"classify_{arm}")
@@ -183,64 +199,71 @@ class Context:
             raise UserError(f"pipeline.arms: this arm needs the {arm} arm; list {arm} before it")
         return m["last_checkpoint"]
 
-    def teacher(self) -> list[str]:
-        """The run dirs of the arms that label images (pipeline.teacher_ensemble), each trained
-        now if the arm list has not run it yet."""
-        dirs = []
-        for arm in self.cfg.pipeline.teacher_ensemble:
-            arm_spec(self.cfg, arm)
-            if f"classify_{arm}" not in self.stage_metrics:
-                run_arm(self, arm)
-            dirs.append(str(self.out / f"classify_{arm}"))
-        return dirs
+    def arm_dir(self, arm: str) -> str:
+        """The run dir of an arm, trained now if the arm list has not run it yet."""
+        arm_spec(self.cfg, arm)
+        if f"classify_{arm}" not in self.stage_metrics:
+            run_arm(self, arm)
+        return str(self.out / f"classify_{arm}")
 
-    def pseudolabelled(self, source: str) -> str:
-        if source not in self._pseudo:
+    def teacher(self) -> list[str]:
+        """The run dirs of the arms that label images (pipeline.teacher_ensemble)."""
+        return [self.arm_dir(arm) for arm in self.cfg.pipeline.teacher_ensemble]
+
+    def pseudolabelled(self, source: str, gan: str | None = None) -> str:
+        name = source + suffix(gan if source == "synthetic" else None)
+        if name not in self._pseudo:
             over: dict[str, Any] = {
                 "distill.teacher": self.teacher(),
                 "distill.source": source,
                 "distill.evaluate_teacher": not self._pseudo,  # once per pipeline
             }
             if source == "synthetic":
-                over["dataset.synthetic_path"] = self.synthetic()
-            m = self.stage(f"pseudolabel_{source}", "pseudolabel", over)
+                over["dataset.synthetic_path"] = self.synthetic(gan)
+            m = self.stage(f"pseudolabel_{name}", "pseudolabel", over)
             self.results.update(
-                {f"{k}_{source}": v for k, v in m.items() if k.startswith("distill/")}
+                {f"{k}_{name}": v for k, v in m.items() if k.startswith("distill/")}
             )
             self.results.update({k: v for k, v in m.items() if k.startswith("teacher/")})
-            self._pseudo[source] = m["synthetic_path"]
-        return self._pseudo[source]
+            self._pseudo[name] = m["synthetic_path"]
+        return self._pseudo[name]
 
 
-def _distill(source: str) -> Callable[[Context], dict]:
-    def arm(ctx: Context) -> dict:
+def _distill(source: str) -> Callable[[Context, str | None], dict]:
+    def arm(ctx: Context, gan: str | None) -> dict:
         return {
             "dataset.source": "mixed",
-            "dataset.synthetic_path": ctx.pseudolabelled(source),
+            "dataset.synthetic_path": ctx.pseudolabelled(source, gan),
             "dataset.mix_balance": 0.5,  # every batch: half real, half teacher-labelled
         }
 
     return arm
 
 
-# arm -> (label, classify overrides built from the context)
-ARMS: dict[str, tuple[str, Callable[[Context], dict]]] = {
-    "real": ("real", lambda ctx: {"dataset.source": "real"}),
+# arm -> (label, classify overrides built from the context and the arm's GAN variant)
+ARMS: dict[str, tuple[str, Callable[[Context, str | None], dict]]] = {
+    "real": ("real", lambda ctx, gan: {"dataset.source": "real"}),
     "synthetic": (
         "synthetic only",
-        lambda ctx: {"dataset.source": "synthetic", "dataset.synthetic_path": ctx.synthetic()},
+        lambda ctx, gan: {
+            "dataset.source": "synthetic",
+            "dataset.synthetic_path": ctx.synthetic(gan),
+        },
     ),
     "mixed": (
         "real + synthetic",
-        lambda ctx: {"dataset.source": "mixed", "dataset.synthetic_path": ctx.synthetic()},
+        lambda ctx, gan: {"dataset.source": "mixed", "dataset.synthetic_path": ctx.synthetic(gan)},
     ),
     "finetune": (
         "synthetic, then fine-tuned on real",
-        lambda ctx: {"dataset.source": "real", "model.init": ctx.checkpoint("synthetic")},
+        lambda ctx, gan: {
+            "dataset.source": "real",
+            "model.init": ctx.checkpoint(synthetic_arm(ctx.cfg, gan)),
+        },
     ),
     "teacher": (
         "teacher (ImageNet transfer) on real",
-        lambda ctx: {"dataset.source": "real", **dict(ctx.cfg.pipeline.teacher_overrides)},
+        lambda ctx, gan: {"dataset.source": "real", **dict(ctx.cfg.pipeline.teacher_overrides)},
     ),
     "distill_real": ("real + teacher soft labels on augmented real", _distill("real")),
     "distill_gan": ("real + teacher soft labels on filtered GAN images", _distill("synthetic")),
@@ -255,6 +278,13 @@ def arm_spec(cfg: DictConfig, name: str) -> tuple[str, str, dict]:
         base = v.get("arm")
         if base not in ARMS:
             raise UserError(f"pipeline.variants.{name}.arm={base!r}: use one of {', '.join(ARMS)}")
+        if v.get("gan") is not None:
+            if base not in GAN_ARMS:
+                raise UserError(
+                    f"pipeline.variants.{name}.gan: the {base} arm uses no GAN images; give "
+                    f"gan: only to variants of {', '.join(GAN_ARMS)}"
+                )
+            gan_spec(cfg, str(v["gan"]))
         label = v.get("label") or f"{ARMS[base][0]} ({name})"
         return base, label, dict(v.get("overrides") or {})
     if name not in ARMS:
@@ -265,11 +295,91 @@ def arm_spec(cfg: DictConfig, name: str) -> tuple[str, str, dict]:
     return name, ARMS[name][0], {}
 
 
+GAN_ARMS = ("synthetic", "mixed", "finetune", "distill_gan")  # the arms that use GAN images
+# what a GAN variant may not change: every GAN of a run trains the same G+D steps
+GAN_BUDGET_KEYS = ("gan.steps", "gan.epochs", "gan.d_steps")
+GAN_VARIANT_KEYS = ("discriminator", "generator", "guide", "overrides")
+
+
+def arm_gan(cfg: DictConfig, name: str) -> str | None:
+    """The GAN variant an arm's images come from (None: the run's own gan)."""
+    v = (cfg.pipeline.variants or {}).get(name)
+    gan = v.get("gan") if v is not None else None
+    return None if gan is None else str(gan)
+
+
+def suffix(gan: str | None) -> str:
+    return f"_{gan}" if gan else ""
+
+
+def gan_stage(gan: str | None) -> str:
+    return "gan" + suffix(gan)
+
+
+def gan_spec(cfg: DictConfig, gan: str | None) -> tuple[dict[str, Any], str | None]:
+    """(the gan stage's overrides, the arm whose classifier guides G) of the run's own GAN
+    (None) or of a pipeline.gan_variants entry."""
+    if gan is None:
+        return {}, None
+    variants = cfg.pipeline.gan_variants or {}
+    if gan not in variants:
+        raise UserError(
+            f"pipeline: unknown GAN variant {gan!r}; define it in pipeline.gan_variants "
+            f"(defined: {', '.join(variants) or 'none'})"
+        )
+    v = variants[gan] or {}
+    unknown = sorted(set(v) - set(GAN_VARIANT_KEYS))
+    if unknown:
+        raise UserError(
+            f"pipeline.gan_variants.{gan}: unknown key(s) {unknown}; use "
+            + ", ".join(GAN_VARIANT_KEYS)
+        )
+    over: dict[str, Any] = {}
+    for net in ("discriminator", "generator"):
+        if v.get(net) is not None:  # a whole network node: replaces the run's
+            over[f"gan.{net}"] = OmegaConf.to_container(v[net], resolve=True)
+    extra = v.get("overrides") or {}
+    extra = OmegaConf.to_container(extra, resolve=True) if OmegaConf.is_config(extra) else extra
+    for k in extra:
+        if not str(k).startswith("gan."):
+            raise UserError(
+                f"pipeline.gan_variants.{gan}.overrides.{k}: a GAN variant sets gan.* keys only"
+            )
+        if k in GAN_BUDGET_KEYS:
+            raise UserError(
+                f"pipeline.gan_variants.{gan}.overrides.{k}: every GAN of a run trains for the "
+                "same G+D steps; set gan.steps for the run instead"
+            )
+    over.update(extra)
+    guide = v.get("guide")
+    if guide is not None:
+        guide = str(guide)
+        if arm_spec(cfg, guide)[0] in GAN_ARMS:
+            raise UserError(
+                f"pipeline.gan_variants.{gan}.guide={guide}: the guiding arm must train on real "
+                "images only (e.g. teacher or real)"
+            )
+    return over, guide
+
+
+def synthetic_arm(cfg: DictConfig, gan: str | None) -> str:
+    """The synthetic-only arm trained on a GAN variant's images (what finetune starts from)."""
+    if gan is None:
+        return "synthetic"
+    for a in cfg.pipeline.arms:
+        if arm_spec(cfg, a)[0] == "synthetic" and arm_gan(cfg, a) == gan:
+            return a
+    raise UserError(
+        f"pipeline.arms: a finetune variant with gan: {gan} needs a synthetic variant with "
+        f"gan: {gan} before it"
+    )
+
+
 def run_arm(ctx: Context, name: str) -> dict:
     """A variant trains like its base arm (its arm_overrides too), then its own overrides."""
     base, _, variant = arm_spec(ctx.cfg, name)
     tuned = ctx.cfg.pipeline.arm_overrides or {}
-    over = dict(ARMS[base][1](ctx))
+    over = dict(ARMS[base][1](ctx, arm_gan(ctx.cfg, name)))
     if base != name:
         over.update(dict(tuned.get(base, {}) or {}))
     over.update(variant)
@@ -337,8 +447,10 @@ def run(cfg: DictConfig) -> dict:
 def _pipeline(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     arms = list(cfg.pipeline.arms)
-    for name in arms:
+    for name in [*arms, *(cfg.pipeline.variants or {})]:
         arm_spec(cfg, name)  # every name is known before anything trains
+    for variant in cfg.pipeline.gan_variants or {}:
+        gan_spec(cfg, str(variant))
     if len(set(arms)) != len(arms):
         raise UserError(f"pipeline.arms lists an arm twice: {arms}")
     for p in cfg.pipeline.primary:  # what the report corrects together: checked now
@@ -371,7 +483,8 @@ def _pipeline(cfg: DictConfig) -> dict:
         base, label, _ = arm_spec(cfg, name)
         n_syn = m["n_train_synthetic"]
         if base == "finetune":  # it saw the synthetic set too (in pre-training)
-            n_syn = ctx.stage_metrics["classify_synthetic"]["n_train_synthetic"]
+            pre = synthetic_arm(cfg, arm_gan(cfg, name))
+            n_syn = ctx.stage_metrics[f"classify_{pre}"]["n_train_synthetic"]
         table[name] = {
             "label": label,
             "test/acc": m["test/acc"],
@@ -400,5 +513,6 @@ def _pipeline(cfg: DictConfig) -> dict:
         if m.get(f"{what}_foreign")
     }
     ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}
+    ctx.results["gans"] = ctx.gans  # GAN stage -> the suffix of its gan/, val/gan_ ... keys
     write_table3(out, cfg.dataset.name, cfg.dataset.n_per_class, cfg.seed, table, ctx.results)
     return ctx.results

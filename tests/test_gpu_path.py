@@ -305,19 +305,28 @@ def test_k_jobs_share_one_gpu_and_the_next_one_waits(tmp_path, monkeypatch):
     """XFERGAN_JOBS_PER_GPU=2 on a (fake) one-GPU pool: two jobs hold device 0 at once, a third
     waits for a seat; with two GPUs, jobs spread over the devices before they share one."""
     import threading
+    import time
+    import types
 
+    import xfergan.devices
     from xfergan.devices import device_slot
 
+    waited = threading.Event()  # set when a job found every seat taken and sleeps to retry
+
+    def sleep(s):
+        waited.set()
+        time.sleep(s)
+
+    monkeypatch.setattr(xfergan.devices, "time", types.SimpleNamespace(sleep=sleep))
     monkeypatch.setenv("XFERGAN_JOBS_PER_GPU", "2")
     with device_slot(1, tmp_path / "one", poll_s=0.02) as a, device_slot(1, tmp_path / "one") as b:
-        assert (a, b) == (0, 0)
+        assert (a, b) == (0, 0) and not waited.is_set()
         got = []
         t = threading.Thread(
             target=lambda: got.append(_hold(device_slot(1, tmp_path / "one", poll_s=0.02)))
         )
         t.start()
-        t.join(0.5)
-        assert t.is_alive() and not got  # the third job waits
+        assert waited.wait(10) and not got  # the third job waits for a seat
     t.join(10)
     assert got == [0]
     with (
@@ -342,6 +351,7 @@ def test_every_stage_computes_on_its_jobs_device(tmp_path, monkeypatch):
     predicts on cuda:i, not cuda:0; the CPU stays the CPU. Every stage asks job_device."""
     import torch
 
+    import tasks.predict
     import tasks.pseudolabel
     import tasks.synthesize
     from xfergan.devices import job_device
@@ -359,9 +369,16 @@ def test_every_stage_computes_on_its_jobs_device(tmp_path, monkeypatch):
         asked.append(str(c.task))
         return torch.device("cpu")
 
-    for mod in (tasks.synthesize, tasks.pseudolabel):
+    for mod in (tasks.synthesize, tasks.pseudolabel, tasks.predict):
         monkeypatch.setattr(mod, "job_device", record)
     args = FAST + GAN_FAST + ["logger=none", "debug=smoke", "dataset.n_per_class=4"]
     args += ["task=pipeline", "pipeline.arms=[synthetic,distill_gan]"]
     run_task(compose(args, tmp_path / "p"))
-    assert {"synthesize", "pseudolabel"} <= set(asked), asked
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    run = tmp_path / "p" / "classify_synthetic"
+    run_task(
+        compose(["task=predict", f"run={run}", f"input={tmp_path / 'digit.png'}"], tmp_path / "q")
+    )
+    assert {"synthesize", "pseudolabel", "predict"} <= set(asked), asked

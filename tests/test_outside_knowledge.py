@@ -41,6 +41,29 @@ def test_projected_discriminator_trains_with_imagenet_weights_and_stays_frozen(t
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.G.parameters())
 
 
+def test_the_frozen_nets_move_with_the_gan():
+    """The frozen backbone and the guiding teacher are not submodules, yet .to() (and so
+    Lightning's device move) takes them along: nothing checks their device per step."""
+    from lightning_modules.gan import ConditionalGAN
+    from lightning_modules.nets.projected_d import ProjectedDiscriminator
+
+    d = ProjectedDiscriminator(3, 16, 1, backbone="resnet18", weights=None, input_size=32, width=8)
+    from omegaconf import OmegaConf
+
+    from xfergan.schema import DCGANDiscriminatorConfig, DCGANGeneratorConfig
+
+    g, dd = (OmegaConf.to_container(OmegaConf.structured(c)) for c in
+             (DCGANGeneratorConfig, DCGANDiscriminatorConfig))  # fmt: skip
+    gan = ConditionalGAN(3, 1, generator=g, discriminator=dd, image_size=16)
+    teacher = torch.nn.Linear(4, 3)
+    teacher.hparams = {}
+    gan.set_guidance(teacher, 1.0)
+    d.to(torch.float64)
+    gan.to(torch.float64)
+    assert {p.dtype for p in d.backbone.parameters()} == {torch.float64}
+    assert teacher.weight.dtype == torch.float64
+
+
 def test_other_backbones_without_weights():
     from lightning_modules.nets.projected_d import ProjectedDiscriminator
 
@@ -116,3 +139,70 @@ def test_teacher_guided_generation_checks_the_teacher_and_adds_its_loss(tmp_path
     cfg = compose(gan + ["gan.guidance.weight=-1"], tmp_path / "neg")
     with pytest.raises(UserError, match=r"gan.guidance.weight=-1.0: use a weight >= 0"):
         run_task(cfg)
+
+
+VARIANTS = ["experiment=gan_variants", "debug=smoke", "dataset.n_per_class=4", "logger=none"]
+SMALL_PROJECTED = [  # the variant's composed discriminator, made small for the CPU
+    "pipeline.gan_variants.projected.discriminator.width=8",
+    "pipeline.gan_variants.projected.discriminator.proj_channels=8",
+    "pipeline.gan_variants.projected.discriminator.input_size=32",
+]
+
+
+def test_gan_variants_share_the_seed_subset_and_budget_and_report_side_by_side(tmp_path):
+    """experiment=gan_variants: the plain, projected and teacher-guided GANs of one job are
+    fitted on the same real subset for the same G+D steps; the guided one is steered by this
+    job's own teacher arm; the arms on their images train the same steps; the report has one
+    GAN-quality row per GAN."""
+    import json
+
+    out = tmp_path / "p"
+    arms = "pipeline.arms=[real,synthetic,synthetic_projected,synthetic_guided]"
+    primary = "pipeline.primary=[[synthetic_projected,synthetic],[synthetic_guided,synthetic]]"
+    no_fid = "pipeline.feature_net=false"  # FID is tested elsewhere (test_gan.py)
+    m = run_task(compose(VARIANTS + SMALL_PROJECTED + [arms, primary, no_fid, "seed=7"], out))
+    assert m["gans"] == {"gan": "", "gan_projected": "_projected", "gan_guided": "_guided"}
+    sfx = m["gans"].values()
+    assert len({m[f"gan/steps{s}"] for s in sfx}) == 1 and m["gan/steps"] > 0
+    subsets = {m[f"gan/train_ids_sha256{s}"] for s in sfx}
+    assert subsets == {m["data/train_ids_sha256_real"]}  # the real arm's subset: one for all
+    assert m["steps_synthetic_projected"] == m["steps_synthetic"] == m["steps_synthetic_guided"]
+    assert m["guidance/teacher_guided"].startswith(str(out / "classify_teacher"))
+    assert m["guidance/teacher_foreign_guided"] is False and "guidance/weight" not in m
+    manifests = {s: json.loads((out / f"synthesize{s}" / "manifest.json").read_text()) for s in sfx}
+    assert manifests["_projected"]["discriminator_backbone"]["backbone"] == "mobilenet_v2"
+    assert manifests[""]["discriminator_backbone"] is None
+    run_task(compose(["task=report", f"dir={out}", "logger=none"], tmp_path / "r"))
+    md = (out / "report.md").read_text()
+    gan_table = md[md.index("## GAN quality") :]
+    for stage in ("gan", "gan_projected", "gan_guided"):
+        assert f"| {stage} |" in gan_table
+    assert "gan/wall_s" in gan_table
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["+pipeline.variants.synthetic_x={arm: synthetic, gan: nope}"],
+            "unknown GAN variant 'nope'; define it in pipeline.gan_variants",
+        ),
+        ("gan.steps", r"every GAN of a run trains for the same G\+D steps"),
+        (["pipeline.gan_variants.guided.guide=synthetic"], "must train on real images only"),
+        (["+pipeline.variants.real_x={arm: real, gan: projected}"], "uses no GAN images"),
+    ],
+)
+def test_bad_gan_variants_are_one_line_before_anything_trains(tmp_path, extra, message):
+    from omegaconf import open_dict
+
+    from xfergan.errors import UserError
+
+    arms = ["pipeline.arms=[real,synthetic]", "pipeline.primary=[]"]
+    cfg = compose(VARIANTS + arms + ([] if extra == "gan.steps" else extra), tmp_path)
+    if extra == "gan.steps":  # a dotted key: not writable as a command-line override
+        with open_dict(cfg):
+            cfg.pipeline.gan_variants.guided.overrides["gan.steps"] = 10
+    with pytest.raises(UserError, match=message) as e:
+        run_task(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "classify_real").exists()  # refused before the first stage

@@ -91,22 +91,19 @@ def job_device(cfg):
     teachers, predictions, GAN metrics): its sweep slot's GPU when it has one
     (trainer.devices=[i]), the current GPU when the trainer may use one, else the CPU."""
     import torch
+    from omegaconf import OmegaConf
 
     accel = str(cfg.trainer.accelerator)
-    if accel == "cpu" or not torch.cuda.is_available() and accel != "gpu":
+    # a GPU when the job asks for one (accelerator=gpu) or may use one (auto) and has one
+    if accel == "cpu" or (accel != "gpu" and not torch.cuda.is_available()):
         return torch.device("cpu")
     devices = cfg.trainer.devices
-    try:
-        from omegaconf import OmegaConf
-
-        devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
-    except ImportError:
-        pass
+    devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
     if isinstance(devices, (list, tuple)) and len(devices) == 1:
-        return torch.device("cuda", int(devices[0]))
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+        return torch.device("cuda", int(devices[0]))  # the sweep slot's GPU
+    if not torch.cuda.is_available():  # accelerator=gpu without one: the Trainer says so
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def physical_ids(n: int) -> list[str]:

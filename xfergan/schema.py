@@ -301,6 +301,13 @@ class PipelineConfig:
     arm_overrides: dict[str, Any] = field(default_factory=dict)
     # named variants of an arm: {mixed_25: {arm: mixed, overrides: {dataset.synthetic_ratio: 0.25}}}
     variants: dict[str, Any] = field(default_factory=dict)
+    # named GANs besides the run's own `gan` (each its own gan_<name> + synthesize_<name> stages,
+    # on this run's seed and real subset, with the same G+D step budget):
+    #   {projected: {discriminator: <gan/discriminator node>, generator: <node>,
+    #                guide: <arm whose classifier guides G>, overrides: {gan.<key>: value}}}
+    # an arm uses one through a variant: variants: {synthetic_projected: {arm: synthetic,
+    # gan: projected}} (conf/experiment/gan_variants.yaml composes the nodes by name)
+    gan_variants: dict[str, Any] = field(default_factory=dict)
     # the teacher arm's overrides of task=classify (its model, input size, schedule)
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
     # the arms whose models label images for distill_real / distill_gan (mean probabilities)

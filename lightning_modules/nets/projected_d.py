@@ -112,11 +112,14 @@ class ProjectedDiscriminator(nn.Module):
     def backbone(self) -> nn.Module:
         return self._backbone[0]
 
+    def _apply(self, fn, recurse=True):
+        """The frozen backbone moves with the module (.to, .cuda, Lightning's device move):
+        once, not checked on every step."""
+        self.backbone._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         net = self.backbone
-        p = next(net.parameters())
-        if p.device != x.device:
-            net.to(x.device)
         x = (x.float() + 1) / 2  # the GAN's images are in [-1, 1]
         x = T.set_channels(T.resize(x, self.input_size), 3)
         x = T.normalize(x, "imagenet")

@@ -228,12 +228,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
                 g["paired"].append(d)
                 if d["kind"] == "primary" and d["method"] != "not compared":
                     family.append(d)
-        for k in GAN_KEYS + tuple(k for k in rs[0] if k.startswith("distill/kept_fraction_min")):
-            vals = [float(r[k]) for r in rs if _finite(r.get(k))]
-            if not vals and k.startswith("test/gan_"):  # older runs: gan/fid ... on test images
-                vals = [float(r[o]) for r in rs if _finite(r.get(o := "gan/" + k[9:]))]
-            if vals:
-                g["gan"][k] = stats.mean_ci(vals)
+        g["gan"] = gan_quality(rs)
         out["groups"].append(g)
     correct(family)
     for g in out["groups"]:
@@ -256,7 +251,36 @@ GAN_KEYS = (
     "test/gan_precision",
     "test/gan_recall",
     "gan/steps",
+    "gan/wall_s",
 )
+
+
+def gan_quality(rs: list[dict]) -> dict[str, dict]:
+    """GAN stage (gan, gan_<variant>) -> its quality keys (mean, CI over the seeds): FID ... on
+    the val images, the steps it trained, the smallest per-class share the teacher kept."""
+    gans: dict[str, str] = {}
+    for r in rs:  # GAN stage -> the suffix of its keys (older runs: the one gan)
+        for stage, sfx in (r.get("gans") or {"gan": ""}).items():
+            gans.setdefault(stage, sfx)
+    variants = [sfx for sfx in gans.values() if sfx]
+    out: dict[str, dict] = {}
+    for stage, sfx in gans.items():
+        kept = [
+            k
+            for k in rs[0]
+            if k.startswith("distill/kept_fraction_min")
+            and (k.endswith(sfx) if sfx else not any(k.endswith(v) for v in variants))
+        ]
+        row = {}
+        for k in GAN_KEYS + tuple(k.removesuffix(sfx) if sfx else k for k in kept):
+            vals = [float(r[k + sfx]) for r in rs if _finite(r.get(k + sfx))]
+            if not vals and k.startswith("test/gan_"):  # older runs: gan/fid ... on test images
+                vals = [float(r[o]) for r in rs if _finite(r.get(o := "gan/" + k[9:]))]
+            if vals:
+                row[k] = stats.mean_ci(vals)
+        if row:
+            out[stage] = row
+    return out
 
 
 def compare(g, rs, m, a, b, by_arm, boot, unequal) -> dict | None:
@@ -479,18 +503,21 @@ def arm_lines(a: dict, row, head) -> list[str]:
                     lines.append(f"- {where}, {d['arm']} − {d['baseline']}: {n}")
     if any(g["gan"] for g in a["groups"]):
         cols = sorted(
-            {k for g in a["groups"] for k in g["gan"]},
+            {k for g in a["groups"] for q in g["gan"].values() for k in q},
             key=lambda k: (GAN_KEYS.index(k) if k in GAN_KEYS else 99, k),
         )
+        several = any(len(g["gan"]) > 1 for g in a["groups"])  # GAN variants: a row each
         lines += [
             "",
             "## GAN quality next to it (mean over seeds; FID/KID on our own features; val/ "
-            "against the val images, test/ reported only)",
+            "against the val images, test/ reported only"
+            + ("; one row per GAN of the pipeline)" if several else ")"),
             "",
-            *head(keys + cols),
+            *head(keys + ["GAN"] * several + cols),
         ]
         for g in a["groups"]:
-            cells = [g["group"][k] for k in keys]
-            cells += [f"{g['gan'][c][0]:.4g}" if c in g["gan"] else "—" for c in cols]
-            lines.append(row(cells))
+            for stage, q in g["gan"].items():
+                cells = [g["group"][k] for k in keys] + [stage] * several
+                cells += [f"{q[c][0]:.4g}" if c in q else "—" for c in cols]
+                lines.append(row(cells))
     return lines

@@ -9,9 +9,14 @@ the same tensors and the same model math. Prints ratios (ours / plain) and write
     python benchmarks/bench.py --cases gan --steps 200  # one case
 
 Cases: classifier training step (MobileNetV2, ResNet50) on real MNIST; the conditional GAN's
-G+D step on real MNIST (experiment=paper_table3's GAN); MURA input on a generated MURA-layout
-tree through MURADataModule: the first epoch (decoding every PNG into the cache) vs a PIL
-DataLoader that decodes, and later epochs (read from the cache) vs the same PIL DataLoader.
+G+D step on real MNIST as users run it (experiment=paper_table3_full's GAN: width 32, batch 64,
+50-step epochs, bf16-mixed on a GPU, CSV logger and progress bar on) against an independent
+plain loop (the same nets, losses, DiffAugment, Adam and EMA written out by hand); jobs_per_gpu:
+K plain GAN jobs at once on one device (separate processes), aggregate steps/s against one;
+MURA input on a MURA-layout tree of real MURA radiographs (shifted copies) through
+MURADataModule: the first epoch (decoding every PNG into the cache) vs a PIL DataLoader that
+decodes, and later epochs (read from the cache) vs the same PIL DataLoader, the order of the two
+sides alternating by round.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-def compose(overrides: list[str], out: Path):
+def compose(overrides: list[str], out: Path, as_users_run: bool = False):
     """The config run.py would build (same conf/, same schemas)."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
@@ -58,15 +63,15 @@ def compose(overrides: list[str], out: Path):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        quiet = [] if as_users_run else ["logger=none", "trainer.enable_progress_bar=false"]
         return hcompose(
-            config_name="config",
-            overrides=overrides
-            + [f"paths.output_dir={out}", "logger=none", "trainer.enable_progress_bar=false"],
+            config_name="config", overrides=overrides + [f"paths.output_dir={out}"] + quiet
         )
 
 
 class StepTimer(pl.Callback):
-    """Wall time from the start of batch `warmup` to the end of the last batch."""
+    """Wall time from the start of batch `warmup` to the end of training, synced the way
+    timed() syncs the plain loop: once before the first timed step, once after the last."""
 
     def __init__(self, warmup: int):
         self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
@@ -79,8 +84,10 @@ class StepTimer(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.t0 is not None:
             self.n += 1
-            sync()
-            self.t1 = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        sync()
+        self.t1 = time.perf_counter()
 
 
 def timed(step, steps: int, warmup: int) -> float:
@@ -166,40 +173,131 @@ def bench_classifier(backbone, size, batch, steps, warmup, gpu, tmp: Path) -> di
 
 
 # ----------------------------------------------------------------------------- GAN
-def bench_gan(batch, steps, warmup, width, gpu, tmp: Path) -> dict:
-    over = [
-        "experiment=paper_table3",
-        "task=gan",
-        f"gan.batch_size={batch}",
-        f"gan.generator.width={width}",
-        f"gan.discriminator.width={width}",
-        "dataset.n_per_class=32",
-        f"gan.steps={steps + warmup}",
-    ]
-    over += ["trainer=gpu", "trainer.precision=32-true"] if gpu else ["trainer.accelerator=cpu"]
-    cfg = compose(over, tmp / "gan")
+def _gan_cfg(steps: int, gpu: bool, tmp: Path, as_users_run: bool):
+    """experiment=paper_table3_full's GAN (width 32, batch 64, its 50-step epochs), bf16-mixed
+    on a GPU, with the CSV logger and the progress bar on as a user runs it."""
+    over = ["experiment=paper_table3_full", "task=gan", f"gan.steps={steps}"]
+    over += ["logger=csv", "trainer.enable_progress_bar=true"] if as_users_run else []
+    over += ["trainer.precision=bf16-mixed"] if gpu else ["trainer=cpu"]
+    return compose(over, tmp / "gan", as_users_run=as_users_run)
+
+
+class PlainGAN:
+    """The same G and D (built from the same config), losses, DiffAugment, Adam and EMA, written
+    as a hand loop: nothing from the project's GAN module or its training step."""
+
+    def __init__(self, cfg, dm, dev):
+        from lightning_modules.diffaugment import diff_augment, parse_policy
+        from lightning_modules.gan import build_net
+
+        g = cfg.gan
+        size = {"num_classes": dm.num_classes, "image_size": g.image_size, "channels": dm.channels}
+        gen = {k: v for k, v in dict(g.generator).items()}
+        self.G = build_net(gen, "gan.generator", **size, z_dim=g.z_dim).to(dev)
+        self.D = build_net(dict(g.discriminator), "gan.discriminator", **size).to(dev)
+        self.ema = [p.detach().clone() for p in self.G.parameters()]
+        betas = (g.beta1, g.beta2)
+        fused = {"fused": True} if dev.type == "cuda" else {}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=g.lr_g, betas=betas, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=g.lr_d, betas=betas, **fused)
+        self.policy, self.aug = parse_policy(g.diffaugment), diff_augment
+        self.z_dim, self.decay, self.ms, self.n_ema = g.z_dim, g.ema_decay, g.mode_seeking, 0
+        self.hinge, self.dev = g.loss == "hinge", dev
+
+    def _a(self, x):
+        return self.aug(x, self.policy) if self.policy else x
+
+    def step(self, x, y, bf16: bool):
+        F = torch.nn.functional
+        n, dev = len(y), self.dev
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad():
+                fake = self.G(torch.randn(n, self.z_dim, device=dev), y)
+            r, f = self.D(self._a(x), y), self.D(self._a(fake), y)
+            if self.hinge:
+                loss_d = F.relu(1 - r).mean() + F.relu(1 + f).mean()
+            else:
+                loss_d = F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                loss_d = loss_d + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        self.D.requires_grad_(False)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            y_g = y[torch.randperm(n, device=dev)]
+            half = n // 2
+            y_g = torch.cat([y_g[:half], y_g[:half]])
+            z = torch.randn(2 * half, self.z_dim, device=dev)
+            fake = self.G(z, y_g)
+            logits = self.D(self._a(fake), y_g)
+            if self.hinge:
+                loss_g = -logits.mean()
+            else:
+                loss_g = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            if self.ms > 0:  # mode seeking, as the paper's GAN config has it
+                d_img = (fake[:half] - fake[half:]).abs().mean(dim=(1, 2, 3))
+                d_z = (z[:half] - z[half:]).abs().mean(dim=1)
+                loss_g = loss_g + self.ms / ((d_img / d_z).mean() + 1e-5)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        d = min(self.decay, (1.0 + self.n_ema) / (10.0 + self.n_ema))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.G.parameters()], 1.0 - d)
+        self.n_ema += 1
+
+
+def _plain_gan_rate(cfg, dm, steps: int, warmup: int, gpu: bool) -> float:
+    dev = device()
+    plain = PlainGAN(cfg, dm, dev)
+    x_all = dm.preprocess(dm.splits.train.x.to(dev))  # [-1, 1], as the loop sees it
+    y_all = dm.splits.train.y.to(dev)
+    batch, n = int(cfg.gan.batch_size), len(y_all)
+    order = torch.randperm(n, device=dev)
+    pos = [0]
+
+    def step():  # whole batches from a permutation on the device, as the datamodule gives
+        if pos[0] + batch > n:
+            order.copy_(torch.randperm(n, device=dev))
+            pos[0] = 0
+        idx = order[pos[0] : pos[0] + batch]
+        pos[0] += batch
+        plain.step(x_all[idx], y_all[idx], bf16=gpu)
+
+    return steps / timed(step, steps, warmup)
+
+
+def bench_gan(steps, warmup, gpu, tmp: Path) -> dict:
+    cfg = _gan_cfg(steps + warmup, gpu, tmp, as_users_run=True)
     torch.set_flush_denormal(True)  # as run_task does
     dm = gan_datamodule(cfg)
     dm.setup()
     model = build_gan(cfg, dm)
     timer = StepTimer(warmup)
-    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(2 * (steps + warmup)))
+    from xfergan.training import build_callbacks, build_loggers, plan_steps
+
+    loggers = build_loggers(cfg, tmp / "gan", job_type="gan", tags=["bench"], sizes=dm.sizes())
+    trainer = build_trainer(  # as tasks/gan.py builds it (its bar and logger; no checkpoints)
+        cfg,
+        tmp / "gan",
+        loggers,
+        [timer, *build_callbacks(cfg, "gan", loggers)],
+        max_epochs=plan_steps(cfg, dm, steps + warmup),
+        max_steps=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        gradient_clip_val=None,
+    )
     trainer.fit(model, datamodule=dm)
     ours = timer.n / (timer.t1 - timer.t0)
-    dev = device()
-    plain_model = build_gan(cfg, dm).to(dev)
-    opt_g, opt_d = plain_model.configure_optimizers()
-    x_all = dm.preprocess(dm.splits.train.x.to(dev))  # [-1, 1], as the loop sees it
-    y_all = dm.splits.train.y.to(dev)
-    n = len(y_all)
-
-    def step():
-        idx = torch.randint(0, n, (batch,), device=dev)
-        plain_model.gan_step(x_all[idx], y_all[idx], opt_g, opt_d, lambda loss: loss.backward())
-
-    plain = steps / timed(step, steps, warmup)
+    plain = _plain_gan_rate(cfg, dm, steps, warmup, gpu)
+    w = cfg.gan.generator.width
     return {
-        "case": f"GAN step (D+G, EMA) 28px bs{batch} width{width}",
+        "case": f"GAN step (D+G, EMA) 28px bs{cfg.gan.batch_size} width{w}"
+        + (" bf16" if gpu else "")
+        + ", CSV logger + bar vs a plain loop",
         "unit": "steps/s",
         "plain": plain,
         "ours": ours,
@@ -207,11 +305,55 @@ def bench_gan(batch, steps, warmup, width, gpu, tmp: Path) -> dict:
     }
 
 
+def _one_gan_job(args) -> tuple[float, float, int]:
+    """A process of the jobs_per_gpu case: the plain GAN loop, (start, end, steps) timed."""
+    steps, warmup, gpu, tmp, threads = args
+    torch.set_num_threads(threads)  # K jobs share the cores, as K sweep jobs would
+    cfg = _gan_cfg(steps + warmup, gpu, Path(tmp), as_users_run=False)
+    dm = gan_datamodule(cfg)
+    dm.setup()
+    rate = _plain_gan_rate(cfg, dm, steps, warmup, gpu)
+    t1 = time.time()
+    return t1 - steps / rate, t1, steps  # the timed part's own start (after warm-up)
+
+
+def bench_jobs_per_device(
+    ks: list[int], steps: int, warmup: int, gpu: bool, tmp: Path, pools: dict
+) -> list[dict]:
+    """K GAN jobs at once on one device (separate processes, as a sweep runs them): the
+    aggregate steps/s against one job alone (ratio = aggregate / single; K is the ideal)."""
+    import multiprocessing as mp
+
+    if "pool" not in pools:  # max(K) processes, started once (each imports torch and hydra)
+        pools["pool"] = mp.get_context("spawn").Pool(max(ks))
+    pool = pools["pool"]
+    single, out = None, []
+    for k in ks:  # K tasks to K idle workers: one each (a worker taking two only lowers it)
+        threads = max(1, (os.cpu_count() or 1) // k)
+        jobs = [(steps, warmup, gpu, str(tmp / f"k{k}_{i}"), threads) for i in range(k)]
+        got = pool.map(_one_gan_job, jobs, chunksize=1)
+        start, end = min(g[0] for g in got), max(g[1] for g in got)
+        rate = sum(g[2] for g in got) / (end - start)
+        single = single or rate
+        out.append(
+            {
+                "case": f"jobs_per_gpu K={k} GAN jobs at once (plain loops, aggregate)",
+                "unit": "steps/s",
+                "plain": single,
+                "ours": rate,
+                "ratio": rate / single,
+            }
+        )
+    return out
+
+
 def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> dict:
     """One option, e.g. eager_bs64, cudagraphs_bs256_bf16 or eager_bs64_projected (the
     discriminator on frozen ImageNet MobileNetV2 features): real images per second."""
     kind, bs, *rest = name.split("_")
-    mode = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}[kind]
+    mode = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead", "step": "step"}[
+        kind
+    ]
     batch, bf16, dev = int(bs.removeprefix("bs")), "bf16" in rest, device()
     over = ["experiment=paper_table3_full", "task=gan", f"gan.batch_size={batch}"]
     over += [f"gan.compile={mode}"] if mode else []
@@ -274,27 +416,46 @@ def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- MURA input
-def _mura_tree(root: Path, n: int) -> None:
-    """n generated radiograph-sized PNGs in the MURA-v1.1 layout, with its CSVs."""
+def _mura_tree(root: Path, n: int) -> str:
+    """n radiograph PNGs in the MURA-v1.1 layout, with its CSVs. Their content: the real MURA
+    images under DATA_DIR (each copy shifted and mirrored, so no two files are the same bytes;
+    saved at PNG's default compression, as MURA's are); smooth generated images where DATA_DIR
+    has none. Returns which content it used."""
     import numpy as np
     from PIL import Image
 
-    base = root / "MURA-v1.1"
+    real = sorted(
+        Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data")).glob("mura/**/*.png")
+    )
+    sources = []
+    for f in real:
+        with Image.open(f) as im:
+            sources.append(np.asarray(im.convert("L")))
     rng = np.random.default_rng(0)
+    if not sources:  # smooth shapes plus film grain: compresses like an X-ray, not like noise
+        yy, xx = np.mgrid[0:512, 0:420]
+        for k in range(4):
+            blob = np.exp(-(((yy - 100 * k - 80) / 90.0) ** 2 + ((xx - 210) / 60.0) ** 2))
+            sources.append(
+                (200 * blob + rng.normal(0, 4, blob.shape)).clip(0, 255).astype(np.uint8)
+            )
+    base = root / "MURA-v1.1"
     for split, count in (("train", n), ("valid", max(8, n // 10))):
         rows, st = [], []
         for i in range(count):
             study = f"MURA-v1.1/{split}/XR_WRIST/patient{i:05d}/study1_{'positive' if i % 2 else 'negative'}/"
             p = study + "image1.png"
             (root / p).parent.mkdir(parents=True, exist_ok=True)
-            a = rng.integers(0, 255, (512, 420), dtype=np.uint8)
-            Image.fromarray(a, "L").save(root / p, compress_level=1)
+            a = np.roll(sources[i % len(sources)], (i // len(sources)) % 17, axis=1)
+            a = a[:, ::-1] if (i // len(sources)) % 2 else a
+            Image.fromarray(np.ascontiguousarray(a), "L").save(root / p)
             rows.append(p)
             st.append((study, i % 2))
         (base / f"{split}_image_paths.csv").write_text("\n".join(rows) + "\n")
         (base / f"{split}_labeled_studies.csv").write_text(
             "\n".join(f"{s},{lab}" for s, lab in st) + "\n"
         )
+    return f"{len(real)} real MURA images" if real else "generated"
 
 
 class _PILImages(torch.utils.data.Dataset):
@@ -320,10 +481,12 @@ class _PILImages(torch.utils.data.Dataset):
         return torch.from_numpy(out)[None], 0
 
 
-def bench_mura(n_images: int, size: int, batch: int, tmp: Path) -> list[dict]:
+def bench_mura(n_images: int, size: int, batch: int, tmp: Path, round_: int = 0) -> list[dict]:
     data = tmp.parent / f"mura_data_{n_images}"  # one tree for every round; a cache per round
     if not data.exists():
-        _mura_tree(data / "mura", n_images)
+        (data / "content.txt").parent.mkdir(parents=True, exist_ok=True)
+        (data / "content.txt").write_text(_mura_tree(data / "mura", n_images))
+    content = (data / "content.txt").read_text()
     workers = os.cpu_count() or 1
     over = [
         "dataset=mura",
@@ -366,19 +529,24 @@ def bench_mura(n_images: int, size: int, batch: int, tmp: Path) -> list[dict]:
         sync()
         return n / (time.perf_counter() - t0)
 
+    if round_ % 2:  # the order alternates by round: neither side always reads warm files
+        plain = plain_epoch(build_datamodule(compose(over, tmp / "mura_probe")))
     first, dm = ours_epoch()  # decodes every PNG into the cache
     later, dm = ours_epoch()  # a later run or epoch: read from the cache
-    plain = plain_epoch(dm)
+    if not round_ % 2:
+        plain = plain_epoch(dm)
     return [
         {
-            "case": f"MURA input {size}px, first epoch (decode into the cache), {workers} workers",
+            "case": f"MURA input {size}px, first epoch (decode into the cache), {workers} "
+            f"workers, content: {content}",
             "unit": "img/s",
             "plain": plain,
             "ours": first,
             "ratio": first / plain,
         },
         {
-            "case": f"MURA input {size}px, later epochs (from the cache) vs PIL decode",
+            "case": f"MURA input {size}px, later epochs (from the cache) vs PIL decode, "
+            f"content: {content}",
             "unit": "img/s",
             "plain": plain,
             "ours": later,
@@ -405,12 +573,20 @@ def main():
         "--preset", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu"
     )
     ap.add_argument(
-        "--cases", default="classifier,gan,mura", help="also: gan_speed (the GAN step's options)"
+        "--cases",
+        default="classifier,gan,mura,jobs_per_gpu",
+        help="also: gan_speed (the GAN step's options)",
+    )
+    ap.add_argument(
+        "--jobs-per-gpu",
+        default=None,
+        help="K values of the jobs_per_gpu case (GPU 1,2,4,8; CPU 1,2)",
     )
     ap.add_argument(
         "--gan-variants",
         default="eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16",
-        help="gan_speed: <eager|compile|cudagraphs>_bs<batch>[_bf16][_projected], comma-separated",
+        help="gan_speed: <eager|compile|cudagraphs|step>_bs<batch>[_bf16][_projected], "
+        "comma-separated (step: gan.compile=step, the whole update compiled)",
     )
     ap.add_argument("--backbones", default=None)
     ap.add_argument("--size", type=int, default=None)
@@ -445,6 +621,8 @@ def main():
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
     rounds = []
+    warm = min(5, steps)  # untimed steps before each timed run (first calls, compiles)
+    pools: dict = {}  # the jobs_per_gpu processes: started once, reused by every round
     with tempfile.TemporaryDirectory(prefix="xfergan-bench-") as t:
         for r in range(a.repeats):  # whole rounds: a noisy machine moves single timings a lot
             tmp = Path(t) / f"round{r}"  # fresh caches: a first epoch decodes again
@@ -463,15 +641,20 @@ def main():
 
             if "classifier" in cases:
                 for b in backbones:
-                    add(bench_classifier(b, size, batch, steps, 5, gpu, tmp))
+                    add(bench_classifier(b, size, batch, steps, warm, gpu, tmp))
             if "gan" in cases:
-                gan_batch, gan_width = (64, 64) if gpu else (32, 16)
-                add(bench_gan(gan_batch, steps * (10 if gpu else 8), 5, gan_width, gpu, tmp))
+                add(bench_gan(steps * (10 if gpu else 4), warm, gpu, tmp))
             if "mura" in cases:
                 n_mura = a.mura_images or (2000 if gpu else 600)
-                add(*bench_mura(n_mura, 224, 256 if gpu else 32, tmp))
+                add(*bench_mura(n_mura, 224, 256 if gpu else 32, tmp, round_=r))
+            if "jobs_per_gpu" in cases:
+                ks = [int(k) for k in (a.jobs_per_gpu or ("1,2,4,8" if gpu else "1,2")).split(",")]
+                add(*bench_jobs_per_device(ks, steps * (10 if gpu else 2), warm, gpu, tmp, pools))
             if "gan_speed" in cases:
-                add(*bench_gan_speed(steps * (10 if gpu else 2), 5, gpu, tmp, a.gan_variants))
+                add(*bench_gan_speed(steps * (10 if gpu else 2), warm, gpu, tmp, a.gan_variants))
+        if "pool" in pools:
+            pools["pool"].close()
+            pools["pool"].join()
     results = payload["results"]
     dev = payload["machine"].get("gpu") or f"CPU x{os.cpu_count()}"
     print(

@@ -65,7 +65,19 @@ def ema_with_warmup(decay: float):
     return update
 
 
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile modes for G and D, and "step": the whole update compiled as one function
+COMPILE_MODES = (
+    None,
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+    "step",
+)
+
+
+def _plain_backward(loss: torch.Tensor) -> None:
+    loss.backward()
 
 
 class GANDivergedError(RuntimeError):
@@ -131,12 +143,36 @@ class ConditionalGAN(pl.LightningModule):
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
         self._guide = None  # (teacher, weight) from set_guidance
+        self._whole_step = None  # gan.compile=step: the compiled update
 
     def setup(self, stage: str) -> None:
         mode = self.hparams.compile
-        if mode and stage == "fit":  # compiled in place: the state_dict keys do not change
+        if mode == "step" and stage == "fit":
+            self._check_whole_step()
+            # D steps, G step and both Adam steps in one compiled function (graphs split only
+            # where autograd runs backward); the EMA and the host counters stay outside it
+            self._whole_step = torch.compile(self._update_plain)
+        elif mode and stage == "fit":  # compiled in place: the state_dict keys do not change
             self.G.compile(mode=mode)
             self.D.compile(mode=mode)
+
+    def _check_whole_step(self) -> None:
+        """gan.compile=step calls backward and the optimizers itself (no loss scaling, no
+        strategy hooks): one device, no fp16 loss scaling."""
+        from xfergan.errors import UserError
+
+        trainer = self._trainer
+        if trainer is None:
+            return
+        if trainer.world_size > 1:
+            raise UserError(
+                "gan.compile=step trains on one device; with several use gan.compile=default"
+            )
+        if "16-mixed" == str(trainer.precision):
+            raise UserError(
+                "gan.compile=step has no fp16 loss scaling; use trainer.precision=bf16-mixed or "
+                "32-true"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
@@ -262,7 +298,27 @@ class ConditionalGAN(pl.LightningModule):
     # ---------------------------------------------------------------- training
     def gan_step(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole update for one batch: `d_steps` D steps, one G step, the EMA. Shared by the
-        Lightning loop (training_step) and the plain loop of benchmarks/bench.py."""
+        Lightning loop (training_step) and the plain loop of benchmarks/bench.py. With
+        gan.compile=step the D and G steps run as one compiled function on the optimizers
+        themselves (the same arithmetic: tests/test_gan.py compares the losses)."""
+        if self._whole_step is not None:
+            raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
+            loss_d, loss_g = self._whole_step(x, y, *raw)
+        else:
+            loss_d, loss_g = self._update(x, y, opt_g, opt_d, backward)
+        self.steps += 1
+        self._steps += 1
+        if self._steps >= self.hparams.ema_start_step:
+            self.update_ema()
+        else:
+            self.ema.module.load_state_dict(self.G.state_dict())
+        return loss_d, loss_g
+
+    def _update_plain(self, x, y, opt_g, opt_d) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._update(x, y, opt_g, opt_d, _plain_backward)
+
+    def _update(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
+        """`d_steps` D steps and one G step (no host state: what gan.compile=step compiles)."""
         n = len(y)
         self.G.requires_grad_(False)  # D step: no weight gradients for G
         for _ in range(self.hparams.d_steps):
@@ -295,12 +351,6 @@ class ConditionalGAN(pl.LightningModule):
         backward(loss_g)
         opt_g.step()
         self.D.requires_grad_(True)
-        self.steps += 1
-        self._steps += 1
-        if self._steps >= self.hparams.ema_start_step:
-            self.update_ema()
-        else:
-            self.ema.module.load_state_dict(self.G.state_dict())
         return loss_d, loss_g
 
     def training_step(self, batch, batch_idx):

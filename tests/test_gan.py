@@ -286,3 +286,38 @@ def test_gan_compile_trains_with_spectral_norm():
     loss.backward()
     grads = [p.grad for p in m.D.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_the_whole_step_compiled_trains_and_matches_the_eager_step(tmp_path, monkeypatch):
+    """gan.compile=step: the D step, the G step and both Adam steps compiled as one function,
+    trained through the real task (Lightning, CSV logger): its first steps log the same losses
+    as the eager step (inductor draws its random numbers as eager does: fallback_random, so
+    the two runs see the same noise, augmentations and class shuffles)."""
+    import csv
+    import os
+    import types
+
+    import torch._inductor.config as inductor
+
+    from xfergan.errors import UserError
+
+    monkeypatch.setattr(inductor, "fallback_random", True)
+    if os.environ.get("XFERGAN_TEST_INDUCTOR") != "1":  # the capture without C++ codegen
+        compile_ = torch.compile  # (minutes on 2 cores; inductor: test_gan_compile_trains_...)
+        monkeypatch.setattr(torch, "compile", lambda f, **kw: compile_(f, backend="aot_eager"))
+    args = FAST + GAN_FAST + ["task=gan", "gan.steps=3", "dataset.n_per_class=4"]
+    args += ["logger=csv", "trainer.log_every_n_steps=1", "gan.eval_n_per_class=0"]
+    losses = {}
+    for mode in ("null", "step"):
+        m = run_task(compose(args + [f"gan.compile={mode}"], tmp_path / mode))
+        assert m["gan/steps"] == 3
+        rows = list(csv.DictReader(open(tmp_path / mode / "csv" / "metrics.csv")))
+        losses[mode] = torch.tensor(
+            [[float(r["gan/loss_d"]), float(r["gan/loss_g"])] for r in rows if r["gan/loss_d"]]
+        )
+    assert losses["step"].shape == (3, 2)
+    assert torch.allclose(losses["step"], losses["null"], rtol=1e-4, atol=1e-5), losses
+    m = small_gan(3, 28, compile="step")
+    m._trainer = types.SimpleNamespace(world_size=2, precision="32-true")
+    with pytest.raises(UserError, match="gan.compile=step trains on one device"):
+        m.setup("fit")

@@ -76,7 +76,7 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
             "--batch",
             "8",
             "--steps",
-            "3",
+            "2",
             "--mura-images",
             "24",
             "--out",
@@ -84,7 +84,9 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
             "--repeats",
             "2",
             "--cases",
-            "classifier,gan,mura,gan_speed",
+            "classifier,gan,mura,gan_speed,jobs_per_gpu",
+            "--jobs-per-gpu",
+            "1,2",
             "--gan-variants",
             "eager_bs16,eager_bs32,nosuch_bs8",
         ],
@@ -99,6 +101,10 @@ def test_bench_runs_every_case_on_the_task_path_and_writes_json(tmp_path):
     assert any(c.startswith("classifier step mobilenet_v2") for c in cases)
     assert any(c.startswith("GAN step") for c in cases)
     assert sum(c.startswith("MURA input") for c in cases) == 2
+    assert all("content: 10 real MURA images" in c for c in cases if c.startswith("MURA"))
+    assert any("CSV logger + bar vs a plain loop" in c for c in cases)  # as users run it
+    jobs = [c for c in res["results"] if c["case"].startswith("jobs_per_gpu")]
+    assert [c["case"].split()[1] for c in jobs] == ["K=1", "K=2"] and jobs[0]["ratio"] == 1.0
     speed = [c for c in res["results"] if c["case"].startswith("GAN speed")]
     assert [c["case"].split()[2] for c in speed] == ["eager_bs16", "eager_bs32", "nosuch_bs8"]
     assert speed[0]["ratio"] == 1.0 and speed[1]["ratio"] > 0  # against the first option

@@ -196,8 +196,9 @@ class GANConfig:
     ema_start_step: int = 0
     divergence_patience: int = 200  # steps of NaN/collapse before the run stops
     # torch.compile G and D: null (eager) | default | reduce-overhead (CUDA graphs: fewer kernel
-    # launches, what a launch-bound 28 px GAN step needs) | max-autotune. Not yet measured on a
-    # GPU (README, Speed); the first steps pay the compile time.
+    # launches, what a launch-bound 28 px GAN step needs) | max-autotune; or step: the whole
+    # update (D steps, G step, both Adam steps) compiled as one function (one device, no fp16
+    # loss scaling). Not yet measured on a GPU (README, Speed); the first steps pay the compile.
     compile: str | None = None
     # ---- training loop (tasks/gan.py), not module arguments
     epochs: int = 3000  # passes over the real images; ignored when `steps` is set

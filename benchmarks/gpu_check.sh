@@ -11,7 +11,11 @@
 #   3. the same GAN at batch 256 (same 3,000 passes in a quarter of the steps, learning rates x2),
 #      with FID/KID/precision/recall from the same feature net: is the faster setting as good?
 #   4. bench.py --cases gan_speed: the GAN step's options (batch, bf16, torch.compile, CUDA graphs)
-# run in the order 1 4 2 3 (GPU_CHECK_STEPS).
+#   5. experiment=synthetic_ablation_full for n in {8, 32} x seeds 0-2, K jobs at once on the GPU
+#      (GPU_CHECK_K, default 4; XFERGAN_JOBS_PER_GPU), the report at the end
+# run in the order 1 4 2 3 5 (GPU_CHECK_STEPS). Every GAN budget is sized from the last measured
+# GAN speed (the newest-named benchmarks/results/*gpu*|*nvidia*.json; this run's step 1 once written) so
+# that the step can end inside its cap; sized.log says what was asked, what ran and why.
 # Everything it writes lands under benchmarks/results/ and results/ in the working tree, and is
 # packed into $OUT/gpu_results.tgz (the device tool returns $OUT): unpack it in the checkout.
 #   bash benchmarks/gpu_check.sh --cpu-smoke   # the same steps at toy sizes on the CPU (rehearsal)
@@ -34,6 +38,33 @@ python -c "import xfergan" 2>/dev/null || export PYTHONPATH="$PWD:${PYTHONPATH:-
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)"
 
+sized() {  # sized <name> <wanted G+D steps> <cap s> <other work s> [jobs at once]: the steps the
+  # last measured GAN speed fits in the cap (90% of it), never more than wanted; logged
+  python - "$@" <<'PY' 2>>"$WORK/sized.log"
+import glob, json, os, sys
+name, want, cap, other = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+k = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+rate, src = None, None
+files = glob.glob("benchmarks/results/*gpu*.json") + glob.glob("benchmarks/results/*nvidia*.json")
+for f in sorted(set(files) - set(glob.glob("benchmarks/results/*cpu-smoke*"))):  # dated names: the last is newest
+    try:
+        rows = json.load(open(f)).get("results", [])
+    except (OSError, ValueError):
+        continue
+    for r in rows:
+        if r.get("case", "").startswith("GAN step") and r.get("ours"):
+            rate, src = float(r["ours"]), f
+if rate is None:
+    steps, why = want, "no measured GAN speed: as asked"
+else:  # k jobs at once: assume no speed-up from sharing (what is unmeasured is not counted)
+    fit = int(0.9 * max(0.0, cap - other) * rate / k)
+    steps = max(1, min(want, fit))
+    why = f"{rate:.1f} steps/s ({src}), {k} job(s) at once, {cap:.0f} s cap, {other:.0f} s other work"
+print(f"{name}: asked {want}, runs {steps} ({why})", file=sys.stderr)
+print(steps)
+PY
+}
+
 left() {  # seconds for the next step: its own cap, never past the deadline
   local cap=$1 rest=$((BUDGET - ($(date +%s) - T0)))
   ((rest < cap)) && cap=$rest
@@ -53,6 +84,7 @@ if [[ $SMOKE == 1 ]]; then
   SPEED_ARGS=(--preset cpu --steps 2 --repeats 1 --gan-variants eager_bs64,eager_bs256_bf16)
   RUN_ARGS=(trainer=cpu debug=smoke dataset.val_per_class=2)
   GAN256=(gan.steps=4)
+  ABL_ARGS=(trainer=cpu debug=smoke)
 else
   # these sizes took 125 s on the H200: step 2 of run 2 had 125 s left of its 250 s budget
   # (results/gpu_h200_2026-11-28/run2_gpu_check.log)
@@ -64,6 +96,7 @@ else
     --gan-variants eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16,compile_bs64_bf16)
   RUN_ARGS=()
   GAN256=(gan.steps=3750)  # 3,000 passes over 320 images at batch 256
+  ABL_ARGS=()
 fi
 
 # a shorter check (e.g. what is left of a device budget): GPU_CHECK_STEPS picks steps and their
@@ -82,8 +115,10 @@ timeout "$(left 130)" python benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$BENC
 
 step2() {
 echo "== 2. experiment=paper_table3_full end to end ($(left 320) s) =="
+GAN_STEPS=()  # the paper's 15,000 steps unless the last measured speed says they cannot fit
+[[ $SMOKE == 0 ]] && GAN_STEPS=("gan.steps=$(sized table3_gan 15000 "$(left 320)" 120)")
 cmd=(python run.py experiment=paper_table3_full logger=csv
-  "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${TABLE3_ARGS[@]}")
+  "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${GAN_STEPS[@]}" "${TABLE3_ARGS[@]}")
 run_logged "$WORK/table3.log" 320 "${cmd[@]}"
 note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
 grep -q '"status": "ok"' "$WORK/table3/metrics.json" 2>/dev/null ||
@@ -116,9 +151,26 @@ timeout "$(left 150)" python benchmarks/bench.py --cases gan_speed "${SPEED_ARGS
   grep -vE "Warning|warn\(|^\s*$" | tail -7
 }
 
+step5() {
+K=${GPU_CHECK_K:-4}
+echo "== 5. experiment=synthetic_ablation_full, n 8,32 x seeds 0-2, $K jobs at once ($(left 300) s) =="
+ABL_STEPS=()
+[[ $SMOKE == 0 ]] && ABL_STEPS=(gan.epochs=null "gan.steps=$(sized ablation_gan 15000 "$(left 300)" 150 "$K")")
+cmd=(python run.py experiment=synthetic_ablation_full hydra/launcher=local_parallel logger=csv
+  dataset.n_per_class=8,32 seed=0,1,2 "hydra.sweep.dir=$WORK/ablation_full" "${ABL_STEPS[@]}"
+  "${ABL_ARGS[@]}")
+XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/ablation_full.log" 300 "${cmd[@]}"
+note="n 8,32 x seeds 0-2, $K jobs at once on one GPU; jobs without metrics.json did not finish"
+[[ -d "$WORK/ablation_full" ]] && python results/record.py "synthetic_ablation_full_k$K$SUFFIX" \
+  "$WORK/ablation_full" --command "XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K ${cmd[*]}" \
+  --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) \
+  --files report.md report.json report.csv --glob --note "$note"
+}
+
 # the GAN's speed options (one minute) before the long pipeline: on the H200 the eager GAN step
 # ran 33.9 steps/s and paper_table3_full did not finish in 320 s (results/gpu_h200_2026-11-28)
-for n in ${GPU_CHECK_STEPS:-1 4 2 3}; do "step$n"; done
+for n in ${GPU_CHECK_STEPS:-1 4 2 3 5}; do "step$n"; done
+cp "$WORK/sized.log" "$OUT/" 2>/dev/null
 
 echo "== summary =="
 python - "$WORK" <<'PY'
@@ -140,6 +192,6 @@ t = w / "table3" / "table3.md"
 print(t.read_text() if t.exists() else "no table3.md")
 PY
 tar czf "$OUT/gpu_results.tgz" benchmarks/results/*"_${TAG}"*.json "results/$TABLE3_NAME" \
-  "results/gan_bs256$SUFFIX" 2>/dev/null
+  "results/gan_bs256$SUFFIX" results/synthetic_ablation_full_k*"$SUFFIX" 2>/dev/null
 cp "$WORK"/*.log "$OUT"/ 2>/dev/null
 echo "total $(($(date +%s) - T0)) s; results packed in $OUT/gpu_results.tgz"

@@ -26,7 +26,7 @@ def ablation(tmp_path_factory):
         [
             "experiment=synthetic_ablation",
             "debug=smoke",
-            "seed=0,1,2",  # the smoke grid: 3 of the config's 5 seeds' worth of jobs
+            "seed=0,1",  # the smoke grid: 2 seeds (the fewest a paired interval needs)
             "trainer.enable_progress_bar=false",
             f"paths.cache_dir={tmp / 'cache'}",
             f"hydra.sweep.dir={sweep}",
@@ -42,7 +42,7 @@ def test_one_command_runs_the_grid_and_ends_with_the_report(ablation):
     sweep = ablation["sweep"]
     assert ablation["took"] < 180, f"smoke ablation took {ablation['took']:.0f} s (budget 180)"
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    assert len(jobs) == 6  # n_per_class {8, 32} x seeds {0, 1, 2}
+    assert len(jobs) == 4  # n_per_class {8, 32} x seeds {0, 1}
     for j in jobs:
         m = json.loads((j / "metrics.json").read_text())
         assert m["status"] == "ok" and m["arms"] == ARMS
@@ -56,7 +56,7 @@ def test_one_command_runs_the_grid_and_ends_with_the_report(ablation):
         assert man["real_data"]["seed"] == m["seed"]
         assert man["real_data"]["n_per_class"] == int(m["n_per_class"])
     md = (sweep / "report.md").read_text()
-    assert "0 failed, 0 missing" in md or "(6 ok, 0 failed), 0 missing" in md
+    assert "0 failed, 0 missing" in md or "(4 ok, 0 failed), 0 missing" in md
     for arm in ARMS[1:]:
         assert f"{arm} − real" in md
     assert "distill_gan − distill_real" in md and "distill_gan − teacher" in md
@@ -76,7 +76,7 @@ def test_one_command_runs_the_grid_and_ends_with_the_report(ablation):
     assert (sweep / "plot_arms.png").stat().st_size > 5000
     rep = json.loads((sweep / "report.json").read_text())
     g = rep["arms"]["groups"][0]
-    assert sorted(g["seeds"]) == [0, 1, 2] and len(g["paired"]) >= 8
+    assert sorted(g["seeds"]) == [0, 1] and len(g["paired"]) >= 8
 
 
 def test_runs_follow_the_wandb_logging_contract(ablation):

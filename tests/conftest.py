@@ -107,3 +107,28 @@ def out(tmp_path: Path) -> Path:
     d = tmp_path / "run"
     d.mkdir()
     return d
+
+
+# The files with the longest runs first (measured on 2 cores: the durations pytest prints).
+# `-n 2 --dist loadfile` deals whole files to the two workers in collection order as they free
+# up (pyproject: --no-loadscope-reorder, else xdist orders files by their number of tests):
+# longest first keeps one worker from starting a long file while the other has nothing left.
+LONGEST_FIRST = (
+    "test_long_runs.py",
+    "test_reliability.py",
+    "test_own_data.py",
+    "test_gpu_path.py",
+    "test_ablation.py",
+    "test_experiments.py",
+    "test_tracking.py",
+    "test_gan.py",
+    "test_mura.py",
+    "test_integrity.py",
+    "test_evidence.py",
+    "test_outside_knowledge.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable: order within a file kept

@@ -111,3 +111,21 @@ def test_decision_threshold_is_chosen_on_val_and_keeps_auroc():
     assert a["x/auroc"] == pytest.approx(b["x/auroc"])
     assert b["x/balanced_acc"] == pytest.approx(5 / 6)  # at t = .4
     assert a["x/balanced_acc"] == pytest.approx(2 / 3)  # at .5: only .9 is called positive
+
+
+def test_a_pipeline_still_running_is_missing_not_its_stages(tmp_path):
+    """A sweep reported while a pipeline job runs: its finished stages (their own metrics.json,
+    a string `overrides`) are not runs of the report; the job counts as missing."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        _pipeline_run(sweep / str(seed), seed, 8, {"real": 0.9 + seed / 100, "synthetic": 0.7})
+    running = sweep / "2"
+    (running / ".hydra").mkdir(parents=True)
+    (running / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=2"]))
+    (running / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"task": "pipeline"}))
+    (running / "classify_real").mkdir()
+    stage = {"task": "classify", "status": "ok", "test/acc": 0.5, "overrides": "seed=2"}
+    (running / "classify_real" / "metrics.json").write_text(json.dumps(stage))
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
+    md = (sweep / "report.md").read_text()
+    assert "2 runs (2 ok, 0 failed), 1 missing" in md

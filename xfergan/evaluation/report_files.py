@@ -51,18 +51,14 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 
 def collect(root: Path) -> tuple[list[dict], list[dict]]:
     """(runs with metrics.json, job dirs without one). A pipeline's stage dirs are skipped: its
-    own metrics.json summarizes them."""
+    own metrics.json summarizes them (one still running is a job without one, whatever stages
+    it has finished)."""
     runs, missing = [], []
     job_dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     if (root / "metrics.json").is_file():
         job_dirs.add(root)
     for d in sorted(job_dirs | {p.parent for p in root.rglob("metrics.json")}):
-        if any(
-            parent in job_dirs
-            and (parent / "metrics.json").is_file()
-            and _task(parent) == "pipeline"
-            for parent in d.parents
-        ):
+        if any(parent in job_dirs and _task(parent) == "pipeline" for parent in d.parents):
             continue
         mf = d / "metrics.json"
         if not mf.is_file():
@@ -84,23 +80,28 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _task(d: Path) -> str | None:
+    """A job dir's task: from its metrics.json, else (still running) from its Hydra config."""
     try:
         return json.loads((d / "metrics.json").read_text()).get("task")
     except (OSError, json.JSONDecodeError):
+        pass
+    try:
+        return (yaml.safe_load((d / ".hydra" / "config.yaml").read_text()) or {}).get("task")
+    except (OSError, yaml.YAMLError):
         return None
 
 
 def swept_keys(runs: list[dict], missing: list[dict]) -> list[str]:
+    def ov(r: dict) -> dict:  # a run's job overrides (a missing job's: "overrides")
+        o = r["_overrides"] if "_overrides" in r else r.get("overrides")
+        return o if isinstance(o, dict) else {}
+
     keys = set()
     for r in runs + missing:
-        keys |= set(
-            r.get("_overrides", r.get("overrides", {}))
-            if isinstance(r.get("_overrides", r.get("overrides")), dict)
-            else {}
-        )
+        keys |= set(ov(r))
     varying = []
     for k in sorted(keys - IGNORED_KEYS):
-        vals = {(r.get("_overrides") or r.get("overrides") or {}).get(k) for r in runs + missing}
+        vals = {ov(r).get(k) for r in runs + missing}
         if len(vals) > 1 or k.startswith("experiment") or k in ("dataset", "body_part"):
             varying.append(k)
     return varying

@@ -40,7 +40,13 @@ import pytorch_lightning as pl  # noqa: E402
 from tasks.classify import build_classifier  # noqa: E402
 from tasks.gan import build_gan, gan_datamodule  # noqa: E402
 from xfergan.machine import commit, machine  # noqa: E402
-from xfergan.training import build_datamodule, build_trainer  # noqa: E402
+from xfergan.training import (  # noqa: E402
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_trainer,
+    plan_steps,
+)
 
 
 def device() -> torch.device:
@@ -192,8 +198,7 @@ class PlainGAN:
 
         g = cfg.gan
         size = {"num_classes": dm.num_classes, "image_size": g.image_size, "channels": dm.channels}
-        gen = {k: v for k, v in dict(g.generator).items()}
-        self.G = build_net(gen, "gan.generator", **size, z_dim=g.z_dim).to(dev)
+        self.G = build_net(dict(g.generator), "gan.generator", **size, z_dim=g.z_dim).to(dev)
         self.D = build_net(dict(g.discriminator), "gan.discriminator", **size).to(dev)
         self.ema = [p.detach().clone() for p in self.G.parameters()]
         betas = (g.beta1, g.beta2)
@@ -275,8 +280,6 @@ def bench_gan(steps, warmup, gpu, tmp: Path) -> dict:
     dm.setup()
     model = build_gan(cfg, dm)
     timer = StepTimer(warmup)
-    from xfergan.training import build_callbacks, build_loggers, plan_steps
-
     loggers = build_loggers(cfg, tmp / "gan", job_type="gan", tags=["bench"], sizes=dm.sizes())
     trainer = build_trainer(  # as tasks/gan.py builds it (its bar and logger; no checkpoints)
         cfg,

@@ -57,8 +57,9 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
     job_dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     if (root / "metrics.json").is_file():
         job_dirs.add(root)
+    pipelines = {j for j in job_dirs if _task(j) == "pipeline"}  # each job's task read once
     for d in sorted(job_dirs | {p.parent for p in root.rglob("metrics.json")}):
-        if any(parent in job_dirs and _task(parent) == "pipeline" for parent in d.parents):
+        if any(parent in pipelines for parent in d.parents):
             continue
         mf = d / "metrics.json"
         if not mf.is_file():

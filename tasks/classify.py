@@ -20,6 +20,7 @@ from xfergan.training import (
     build_datamodule,
     build_loggers,
     build_trainer,
+    fit_time,
     plan_steps,
     resume_checkpoint,
     scalar_metrics,
@@ -210,11 +211,10 @@ def run(cfg: DictConfig) -> dict:
     budget = plan.pop("steps")
     trainer = build_trainer(cfg, out, loggers, callbacks, **plan)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
-
+    metrics: dict = fit_time(trainer)  # fit seconds over every resume (before test restores)
     best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
     which = cfg.checkpoint.test if best else "last"
     ckpt_path = (best if which == "best" else last) or None  # chosen on val only
-    metrics: dict = {}
     if sizes["n_val"] > 0:  # the val numbers of exactly the model that is tested
         trainer.validate(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer, "val/"))

@@ -24,6 +24,7 @@ from xfergan.training import (
     build_datamodule,
     build_loggers,
     build_trainer,
+    fit_time,
     plan_steps,
     resume_checkpoint,
 )
@@ -159,12 +160,14 @@ def run(cfg: DictConfig) -> dict:
     except GANDivergedError as e:
         good = ckpt.last_model_path or "none yet"
         raise UserError(f"{e}; last good checkpoint: {good}") from None
+    clock = fit_time(trainer, "gan/")  # fit seconds of all its steps, over every resume
     trainer.save_checkpoint(str(last))  # the final state, whatever the save cadence
     record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
     metrics = {
         "gan/steps": int(model.steps),
         "gan/epochs": trainer.current_epoch,
         "gan/checkpoint": str(last),
+        **clock,
         # the real images it was fitted on (a pipeline's GAN variants share them)
         "gan/train_ids_sha256": model.provenance.get("train_ids_sha256"),
         **dm.sizes(),

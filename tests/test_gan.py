@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import pytorch_lightning as pl
@@ -179,30 +180,48 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
     ]
 
 
-def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path):
-    """Stopped after 2 of 4 epochs and resumed: G, D, EMA and optimizer states end where an
-    uninterrupted 4-epoch run ends."""
-    args = (
-        FAST
-        + GAN_FAST
-        + [
-            "task=gan",
-            "dataset.n_per_class=4",
-            "logger=none",
-            "gan.checkpoint_every_n_steps=2",
-            "gan.eval_n_per_class=8",
-        ]
-    )
-    full = tmp_path / "full"
-    run_task(compose(args + ["gan.epochs=4"], full))
-    part = tmp_path / "part"
-    run_task(compose(args + ["gan.epochs=2"], part))
-    run_task(compose(args + ["gan.epochs=4", "resume=true"], part))
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+class _StopAfter(pl.Callback):
+    """Stops a fit after `epochs` epochs, the config untouched (as a killed job leaves it)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_gan_resume_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Stopped after 2 of 4 epochs and resumed with the same settings (any other settings
+    start fresh): G, D, EMA and optimizer states end where an uninterrupted 4-epoch run ends,
+    and the fit time counts both processes' steps."""
+    import tasks.gan
+
+    args = FAST + GAN_FAST + ["task=gan", "dataset.n_per_class=4", "logger=none"]
+    args += ["gan.checkpoint_every_n_steps=2", "gan.eval_n_per_class=8", "gan.epochs=4"]
+    whole = run_task(compose(args, tmp_path / "full"))
+    part, old = tmp_path / "part", tmp_path / "old"
+    build = tasks.gan.build_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(tasks.gan, "build_callbacks", lambda *a: [*build(*a), _StopAfter(2)])
+        first = run_task(compose(args, part))
+    assert first["gan/epochs"] == 2
+    shutil.copytree(part, old)  # the same stop, its checkpoint from before the fit clock
+    ckpt = torch.load(old / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if "FitClock" not in k}
+    torch.save(ckpt, old / "checkpoints" / "last.ckpt")
+    resumed = run_task(compose(args + ["resume=true"], part))
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] and int(b["state_dict"]["steps"]) == 8
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
+    assert "gan/train_s_before_resume" not in whole and "gan/train_s_before_resume" not in first
+    assert resumed["gan/train_s_before_resume"] == pytest.approx(first["gan/train_s"], abs=0.05)
+    assert resumed["gan/train_s"] > first["gan/train_s"] > 0
+    # a checkpoint without the clock: the time of its steps is unknown, not zero
+    unknown = run_task(compose(args + ["resume=true"], old))
+    assert unknown["gan/train_s"] is None and unknown["gan/train_s_before_resume"] is None
 
 
 def test_a_step_budget_is_exact_in_equal_epochs_of_full_batches(tmp_path):

@@ -178,3 +178,8 @@ def test_killed_anywhere_then_resumed_gives_the_same_table(uninterrupted, when, 
     r = run_py(KILL_ARGS + [f"hydra.run.dir={d}", "resume=true"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert _table(d) == uninterrupted
+    # the stage it was killed in counts the fit time of the steps it kept from the first process
+    stage = when.split("/")[0]
+    m = json.loads((d / stage / "metrics.json").read_text())
+    key = "gan/train_s" if stage == "gan" else "train_s"
+    assert 0 < m[key + "_before_resume"] < m[key]

@@ -177,7 +177,8 @@ def test_gan_variants_share_the_seed_subset_and_budget_and_report_side_by_side(t
     gan_table = md[md.index("## GAN quality") :]
     for stage in ("gan", "gan_projected", "gan_guided"):
         assert f"| {stage} |" in gan_table
-    assert "gan/wall_s" in gan_table
+    assert "gan/wall_s" in gan_table and "gan/train_s" in gan_table  # cost of each GAN
+    assert all(m[f"gan/train_s{s}"] > 0 for s in sfx)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
 """What the training stages build from a config: the datamodule, loggers, callbacks and the
-Trainer (with the config stamp resume checks and the process record), and scalar metrics."""
+Trainer (with the config stamp resume checks, the fit clock and the process record), and scalar
+metrics."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,52 @@ class ConfigStamp(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["xfergan_config_sha256"] = self.digest
+
+
+class FitClock(pl.Callback):
+    """Seconds spent fitting, summed over resumes: each checkpoint carries the fit time of the
+    steps it holds, so a resumed run's `train_s` is what all its steps cost, not just the last
+    process's share (the time between a run's last save and its stop is work redone, counted
+    once, where it is redone). None when resumed from a checkpoint that did not record it."""
+
+    def __init__(self):
+        self.before_s: float | None = 0.0  # fit seconds of the steps resumed from
+        self.resumed = self._loaded = False
+        self._t0 = self._t1 = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.resumed = bool(trainer.ckpt_path)
+        self._t0, self._t1 = time.perf_counter(), None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._t1 = time.perf_counter()
+
+    def seconds(self) -> float | None:
+        if self.resumed and not self._loaded or self.before_s is None:
+            return None
+        if self._t0 is None:
+            return self.before_s
+        return round(self.before_s + (self._t1 or time.perf_counter()) - self._t0, 2)
+
+    def state_dict(self) -> dict:
+        return {"train_s": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        got = state_dict.get("train_s")
+        self._loaded, self.before_s = True, float(got) if got is not None else None
+
+
+def fit_time(trainer: pl.Trainer, prefix: str = "") -> dict[str, float | None]:
+    """`<prefix>train_s`: fit seconds over every resume; a resumed run also has the seconds of
+    the steps it continued from (`<prefix>train_s_before_resume`, None when not recorded).
+    Read it right after fit (validate/test restore other checkpoints)."""
+    clock = next((c for c in trainer.callbacks if isinstance(c, FitClock)), None)
+    if clock is None:
+        return {}
+    out = {f"{prefix}train_s": clock.seconds()}
+    if clock.resumed:
+        out[f"{prefix}train_s_before_resume"] = clock.before_s if clock._loaded else None
+    return out
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
@@ -208,7 +256,8 @@ def build_trainer(
 
     if not any(isinstance(c, ProgressBar) for c in callbacks):  # no bar chosen: none at all
         tc["enable_progress_bar"] = False  # (Lightning's default bar redraws every step)
-    callbacks = [*callbacks, ProcessRecord(out, int(cfg.seed)), ConfigStamp(config_digest(cfg))]
+    stamps = [ProcessRecord(out, int(cfg.seed)), ConfigStamp(config_digest(cfg)), FitClock()]
+    callbacks = [*callbacks, *stamps]
     from xfergan.checkpoint_io import AtomicCheckpointIO
 
     tc.setdefault("plugins", [AtomicCheckpointIO()])

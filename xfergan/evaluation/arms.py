@@ -252,6 +252,7 @@ GAN_KEYS = (
     "test/gan_recall",
     "gan/steps",
     "gan/wall_s",
+    "gan/train_s",
 )
 
 

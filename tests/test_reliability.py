@@ -62,6 +62,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     r = run_py(RESUME + [f"hydra.run.dir={run}", "resume=true"])
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads((run / "metrics.json").read_text())
+    assert got["train_s_before_resume"] > 0  # it continued the checkpoint, not a fresh start
     assert got["global_step"] == expected["global_step"]
     assert got["epochs"] == expected["epochs"]
     assert got["test/acc"] == pytest.approx(expected["test/acc"], abs=1e-6)

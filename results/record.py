@@ -33,31 +33,35 @@ def main():
     ap.add_argument("--files", nargs="*", default=["report.md", "report.json", "report.csv"])
     ap.add_argument("--glob", nargs="*", default=["plot_*.png"])
     ap.add_argument("--note", default=None)
+    ap.add_argument("--dest", default=None, help="default: results/<name>")
     a = ap.parse_args()
-    src, dst = Path(a.run_dir), HERE / a.name
+    src, dst = Path(a.run_dir), Path(a.dest) if a.dest else HERE / a.name
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
+
+    def flat(f: Path) -> str:  # a/b/c.json -> a__b__c.json: nested files never collide
+        return f.relative_to(src).as_posix().replace("/", "__")
+
     for f in a.files:
         if (src / f).is_file():
-            shutil.copy(src / f, dst / Path(f).name)
-            copied.append(Path(f).name)
+            shutil.copy(src / f, dst / flat(src / f))
+            copied.append(flat(src / f))
     for pattern in a.glob:
         for f in sorted(src.glob(pattern)):
-            shutil.copy(f, dst / f.name)
-            copied.append(f.name)
-    jobs = sorted(src.glob("*/metrics.json")) + sorted(src.glob("*/*/metrics.json"))
-    for f in jobs:  # every job's (or pipeline stage's) own numbers, per seed
-        rel = f.parent.relative_to(src).as_posix().replace("/", "__")
+            shutil.copy(f, dst / flat(f))
+            copied.append(flat(f))
+    # every job's (or pipeline stage's) own numbers, per seed, at any depth (a sweep nested in
+    # the sweep dir, e.g. seeds added later, is part of its report)
+    jobs = sorted(f for f in src.rglob("metrics.json") if f.parent != src)
+    for f in jobs:
         (dst / "jobs").mkdir(exist_ok=True)
-        shutil.copy(f, dst / "jobs" / f"{rel}.json")
+        shutil.copy(f, dst / "jobs" / f"{flat(f.parent)}.json")
     # every stage's per-image test predictions (what the report's bootstrap resamples), so the
     # intervals can be recomputed from the committed files
-    for f in sorted(src.glob("*/*/test_predictions.npz")) + sorted(
-        src.glob("*/test_predictions.npz")
-    ):
-        rel = f.parent.relative_to(src).as_posix().replace("/", "__")
+    for f in sorted(src.rglob("test_predictions.npz")):
         (dst / "predictions").mkdir(exist_ok=True)
-        shutil.copy(f, dst / "predictions" / f"{rel}.npz")
+        name = flat(f.parent) if f.parent != src else "run"
+        shutil.copy(f, dst / "predictions" / f"{name}.npz")
     if (src / "metrics.json").is_file() and "metrics.json" not in copied:  # a single run
         shutil.copy(src / "metrics.json", dst)
         copied.append("metrics.json")

@@ -129,3 +129,48 @@ def test_a_pipeline_still_running_is_missing_not_its_stages(tmp_path):
     run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
     md = (sweep / "report.md").read_text()
     assert "2 runs (2 ok, 0 failed), 1 missing" in md
+
+
+def test_seeds_added_later_in_a_nested_sweep_are_reported_and_recorded(tmp_path):
+    """More seeds for a finished grid: a one-seed sweep with the same overrides, its sweep dir
+    inside the grid's. task=report on the grid pairs all seeds; results/record.py copies every
+    job's and stage's metrics.json and test predictions at any depth, nested files by their
+    path (two stages' samples_final.png do not overwrite each other)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.conftest import ROOT
+
+    sweep = tmp_path / "grid"
+    for job, (seed, r, f) in enumerate([(0, 0.90, 0.92), (1, 0.80, 0.83)]):
+        _pipeline_run(sweep / str(job), seed, 8, {"real": r, "finetune": f})
+    _pipeline_run(sweep / "n8_seed2" / "0", 2, 8, {"real": 0.85, "finetune": 0.86})
+    for stage_dir in (sweep / "0" / "classify_real", sweep / "n8_seed2" / "0" / "classify_real"):
+        stage_dir.mkdir()
+        (stage_dir / "metrics.json").write_text(json.dumps({"task": "classify", "status": "ok"}))
+        np.savez(stage_dir / "test_predictions.npz", y=np.zeros(3))
+        (stage_dir / "samples_final.png").write_bytes(stage_dir.parent.name.encode())
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
+    g8 = json.loads((sweep / "report.json").read_text())["arms"]["groups"][0]
+    assert g8["seeds"] == [0, 1, 2]
+    dest = tmp_path / "recorded"
+    files = ["report.md", "0/classify_real/samples_final.png"]
+    files += ["n8_seed2/0/classify_real/samples_final.png"]
+    cmd = [sys.executable, str(ROOT / "results" / "record.py"), "x", str(sweep)]
+    cmd += ["--command", "c", "--dest", str(dest), "--files", *files]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = sorted(p.name for p in (dest / "jobs").iterdir())
+    assert jobs == [
+        "0.json",
+        "0__classify_real.json",
+        "1.json",
+        "n8_seed2__0.json",
+        "n8_seed2__0__classify_real.json",
+    ]
+    preds = sorted(p.name for p in (dest / "predictions").iterdir())
+    assert preds == ["0__classify_real.npz", "n8_seed2__0__classify_real.npz"]
+    assert (dest / "n8_seed2__0__classify_real__samples_final.png").read_bytes() == b"0"
+    assert json.loads((dest / "run.json").read_text())["jobs"] == 5

@@ -296,9 +296,12 @@ class ConditionalGAN(pl.LightningModule):
         return weight * F.cross_entropy(teacher(x).float(), y)
 
     # ---------------------------------------------------------------- training
-    def gan_step(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
+    def gan_step(
+        self, x, y, opt_g, opt_d, backward=_plain_backward
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole update for one batch: `d_steps` D steps, one G step, the EMA. Shared by the
-        Lightning loop (training_step) and the plain loop of benchmarks/bench.py. With
+        Lightning loop (training_step, Lightning's manual_backward) and plain loops
+        (benchmarks/bench.py: loss.backward()). With
         gan.compile=step the D and G steps run as one compiled function on the optimizers
         themselves (the same arithmetic: tests/test_gan.py compares the losses)."""
         if self._whole_step is not None:

@@ -40,7 +40,9 @@ def main():
     copied = []
 
     def flat(f: Path) -> str:  # a/b/c.json -> a__b__c.json: nested files never collide
-        return f.relative_to(src).as_posix().replace("/", "__")
+        if not f.resolve().is_relative_to(src.resolve()):  # a file from elsewhere: its name
+            return f.name
+        return f.resolve().relative_to(src.resolve()).as_posix().replace("/", "__")
 
     for f in a.files:
         if (src / f).is_file():

@@ -154,7 +154,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize(
     "when",
     [
-        "gan/checkpoints/gan-epoch=00000.ckpt",  # mid-GAN, after its first checkpoint
+        "gan/checkpoints/last.ckpt",  # mid-GAN, after its first checkpoint (what resume reads)
         "classify_synthetic/checkpoints/last.ckpt",  # mid-arm, after its first epoch
     ],
 )

@@ -151,7 +151,7 @@ def test_seeds_added_later_in_a_nested_sweep_are_reported_and_recorded(tmp_path)
         stage_dir.mkdir()
         (stage_dir / "metrics.json").write_text(json.dumps({"task": "classify", "status": "ok"}))
         np.savez(stage_dir / "test_predictions.npz", y=np.zeros(3))
-        (stage_dir / "samples_final.png").write_bytes(stage_dir.parent.name.encode())
+        (stage_dir / "samples_final.png").write_bytes(str(stage_dir.relative_to(sweep)).encode())
     run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
     g8 = json.loads((sweep / "report.json").read_text())["arms"]["groups"][0]
     assert g8["seeds"] == [0, 1, 2]
@@ -172,5 +172,19 @@ def test_seeds_added_later_in_a_nested_sweep_are_reported_and_recorded(tmp_path)
     ]
     preds = sorted(p.name for p in (dest / "predictions").iterdir())
     assert preds == ["0__classify_real.npz", "n8_seed2__0__classify_real.npz"]
-    assert (dest / "n8_seed2__0__classify_real__samples_final.png").read_bytes() == b"0"
+    for stage in ("0/classify_real", "n8_seed2/0/classify_real"):  # both, each its own
+        flat = stage.replace("/", "__") + "__samples_final.png"
+        assert (dest / flat).read_bytes() == stage.encode()
     assert json.loads((dest / "run.json").read_text())["jobs"] == 5
+
+
+def test_the_run_table_says_unknown_for_a_gan_number_not_known(tmp_path):
+    """A GAN resumed from a checkpoint without its fit time has gan/train_s None: the pipeline's
+    table3.md says unknown (it crashed formatting None after every stage had finished)."""
+    from xfergan.evaluation.table3 import write_table3
+
+    table = {"real": {"label": "real", "n_train_real": 8, "n_train_synthetic": 0, "test/acc": 0.9}}
+    results = {"gan/steps": 1500, "gan/train_s": None, "val/gan_fid": 12.5}
+    write_table3(tmp_path, "mnist", 8, 0, table, results)
+    md = (tmp_path / "table3.md").read_text()
+    assert "val/gan_fid 12.5" in md and "gan/steps 1500" in md and "gan/train_s unknown" in md

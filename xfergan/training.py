@@ -50,21 +50,24 @@ class FitClock(pl.Callback):
 
     def __init__(self):
         self.before_s: float | None = 0.0  # fit seconds of the steps resumed from
-        self.resumed = self._loaded = False
+        self.resumed = self.loaded = False
         self._t0 = self._t1 = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.resumed = bool(trainer.ckpt_path)
         self._t0, self._t1 = time.perf_counter(), None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after every strategy has restored its checkpoint (some restore after on_fit_start)
+        self.resumed = bool(trainer.ckpt_path)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._t1 = time.perf_counter()
 
     def seconds(self) -> float | None:
-        if self.resumed and not self._loaded or self.before_s is None:
-            return None
-        if self._t0 is None:
-            return self.before_s
+        if self.resumed and not self.loaded or self.before_s is None:
+            return None  # resumed from steps whose time was not recorded
+        if self._t0 is None:  # no fit in this process: only what a checkpoint said
+            return self.before_s if self.loaded else None
         return round(self.before_s + (self._t1 or time.perf_counter()) - self._t0, 2)
 
     def state_dict(self) -> dict:
@@ -72,7 +75,7 @@ class FitClock(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         got = state_dict.get("train_s")
-        self._loaded, self.before_s = True, float(got) if got is not None else None
+        self.loaded, self.before_s = True, float(got) if got is not None else None
 
 
 def fit_time(trainer: pl.Trainer, prefix: str = "") -> dict[str, float | None]:
@@ -84,7 +87,7 @@ def fit_time(trainer: pl.Trainer, prefix: str = "") -> dict[str, float | None]:
         return {}
     out = {f"{prefix}train_s": clock.seconds()}
     if clock.resumed:
-        out[f"{prefix}train_s_before_resume"] = clock.before_s if clock._loaded else None
+        out[f"{prefix}train_s_before_resume"] = clock.before_s if clock.loaded else None
     return out
 
 

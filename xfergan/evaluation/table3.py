@@ -38,8 +38,9 @@ def write_table3(
             f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
     gan_keys = [k for k in GAN_KEYS if k in results]
-    if gan_keys:
-        lines += ["", "GAN: " + ", ".join(f"{k} {results[k]:.4g}" for k in gan_keys)]
+    if gan_keys:  # None: not known (e.g. the fit time of steps resumed from an old checkpoint)
+        known = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "unknown"  # noqa: E731
+        lines += ["", "GAN: " + ", ".join(f"{k} {known(results[k])}" for k in gan_keys)]
     kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
     for k in kept:
         lines.append(

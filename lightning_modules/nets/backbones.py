@@ -111,22 +111,31 @@ def weights_file(name: str, weights: str) -> tuple[Path, str]:
     return hub / Path(urlparse(w.url).path).name, w.url
 
 
-def _torchvision(name: str, weights: str | None) -> nn.Module:
+def _torchvision(
+    name: str,
+    weights: str | None,
+    key: str = "model.backbone",
+    without: str = "model.init=scratch",
+) -> nn.Module:
+    """A torchvision classifier by name with its weights from TORCH_HOME; `key` and `without`
+    (how to run without the weights) name the settings of whoever asks, in its errors."""
     if name not in torchvision.models.list_models(module=torchvision.models):
         import difflib
 
         close = difflib.get_close_matches(name, torchvision.models.list_models(), n=3)
         raise UserError(
-            f"model.backbone={name!r} is not a torchvision classification model"
+            f"{key}={name!r} is not a torchvision classification model"
             + (f" (did you mean {', '.join(close)}?)" if close else "")
-            + "; use small_cnn or a name from torchvision.models.list_models()"
+            + "; use "
+            + ("small_cnn or " if key == "model.backbone" else "")
+            + "a name from torchvision.models.list_models()"
         )
     if weights is not None:
         path, url = weights_file(name, weights)
         if not path.is_file():
             raise UserError(
                 f"ImageNet weights for {name} ({weights}) are not in {path.parent}: put "
-                f"{path.name} there (from {url}), set TORCH_HOME, or use model.init=scratch"
+                f"{path.name} there (from {url}), set TORCH_HOME, or use {without}"
             )
     try:
         return torchvision.models.get_model(name, weights=weights)

@@ -83,10 +83,9 @@ class ProjectedDiscriminator(nn.Module):
 
         if len(taps or []) > 4:
             raise UserError(f"gan.discriminator.taps={taps}: take features at 1-4 depths")
-        try:
-            net = _torchvision(backbone, weights)
-        except UserError as e:
-            raise UserError(f"gan.discriminator: {e}") from None
+        net = _torchvision(
+            backbone, weights, "gan.discriminator.backbone", "gan.discriminator.weights=null"
+        )
         stages = _stages(net)
         chosen = [stages[i] for i in (taps or _default_taps(len(stages)))]
         extractor = create_feature_extractor(net, return_nodes={n: n for n in chosen})

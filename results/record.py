@@ -35,23 +35,18 @@ def main():
     ap.add_argument("--note", default=None)
     ap.add_argument("--dest", default=None, help="default: results/<name>")
     a = ap.parse_args()
-    src, dst = Path(a.run_dir), Path(a.dest) if a.dest else HERE / a.name
+    src, dst = Path(a.run_dir).resolve(), Path(a.dest) if a.dest else HERE / a.name
     dst.mkdir(parents=True, exist_ok=True)
     copied = []
 
     def flat(f: Path) -> str:  # a/b/c.json -> a__b__c.json: nested files never collide
-        if not f.resolve().is_relative_to(src.resolve()):  # a file from elsewhere: its name
-            return f.name
-        return f.resolve().relative_to(src.resolve()).as_posix().replace("/", "__")
+        f = f.resolve()
+        return f.relative_to(src).as_posix().replace("/", "__") if f.is_relative_to(src) else f.name
 
-    for f in a.files:
-        if (src / f).is_file():
-            shutil.copy(src / f, dst / flat(src / f))
-            copied.append(flat(src / f))
-    for pattern in a.glob:
-        for f in sorted(src.glob(pattern)):
-            shutil.copy(f, dst / flat(f))
-            copied.append(flat(f))
+    named = [src / f for f in a.files if (src / f).is_file()]
+    for f in named + [f for pattern in a.glob for f in sorted(src.glob(pattern))]:
+        copied.append(flat(f))
+        shutil.copy(f, dst / copied[-1])
     # every job's (or pipeline stage's) own numbers, per seed, at any depth (a sweep nested in
     # the sweep dir, e.g. seeds added later, is part of its report)
     jobs = sorted(f for f in src.rglob("metrics.json") if f.parent != src)

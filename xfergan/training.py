@@ -49,7 +49,7 @@ class FitClock(pl.Callback):
     once, where it is redone). None when resumed from a checkpoint that did not record it."""
 
     def __init__(self):
-        self.before_s: float | None = 0.0  # fit seconds of the steps resumed from
+        self.before_s: float | None = 0.0  # fit seconds of the steps resumed from; None: unknown
         self.resumed = self.loaded = False
         self._t0 = self._t1 = None
 
@@ -59,14 +59,14 @@ class FitClock(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # after every strategy has restored its checkpoint (some restore after on_fit_start)
         self.resumed = bool(trainer.ckpt_path)
+        if self.resumed and not self.loaded:  # a checkpoint from before the clock
+            self.before_s = None
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._t1 = time.perf_counter()
 
     def seconds(self) -> float | None:
-        if self.resumed and not self.loaded or self.before_s is None:
-            return None  # resumed from steps whose time was not recorded
-        if self._t0 is None:  # no fit in this process: only what a checkpoint said
+        if self.before_s is None or self._t0 is None:  # unknown, or no fit in this process
             return self.before_s if self.loaded else None
         return round(self.before_s + (self._t1 or time.perf_counter()) - self._t0, 2)
 
@@ -87,7 +87,7 @@ def fit_time(trainer: pl.Trainer, prefix: str = "") -> dict[str, float | None]:
         return {}
     out = {f"{prefix}train_s": clock.seconds()}
     if clock.resumed:
-        out[f"{prefix}train_s_before_resume"] = clock.before_s if clock.loaded else None
+        out[f"{prefix}train_s_before_resume"] = clock.before_s
     return out
 
 

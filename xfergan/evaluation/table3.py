@@ -12,6 +12,11 @@ from xfergan.io import atomic_write_json, atomic_write_text
 PAPER = {"real": 0.8094, "synthetic": 0.9188, "full": 0.9563}
 
 
+def _number(v) -> str:
+    """None: not known (e.g. the fit time of steps resumed from an old checkpoint)."""
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "unknown"
+
+
 def write_table3(
     out: Path, dataset: str, n_per_class: int | None, seed: int, table: dict, results: dict
 ) -> None:
@@ -38,9 +43,8 @@ def write_table3(
             f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
     gan_keys = [k for k in GAN_KEYS if k in results]
-    if gan_keys:  # None: not known (e.g. the fit time of steps resumed from an old checkpoint)
-        known = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "unknown"  # noqa: E731
-        lines += ["", "GAN: " + ", ".join(f"{k} {known(results[k])}" for k in gan_keys)]
+    if gan_keys:
+        lines += ["", "GAN: " + ", ".join(f"{k} {_number(results[k])}" for k in gan_keys)]
     kept = [k for k in results if k.startswith("distill/kept_fraction_min")]
     for k in kept:
         lines.append(

@@ -111,6 +111,40 @@ def check_seen(
     return {"foreign": bool(reason), "reason": reason, "leak_val": leak.get("val", 0)}
 
 
+def check_instrument(
+    seen: torch.Tensor | None, dm, split: str, what: str, policy: str, override: str
+) -> dict[str, Any]:
+    """A model that measures this run's models on its `split` images (the GAN's feature net)
+    shapes no model, so it may have seen any training images, but never this run's test images
+    (refused whatever `policy` says) nor the images it measures on (one line unless
+    policy=ignore, then returned as a problem for metrics.json). Returns {"foreign", "reason"}."""
+    if policy not in POLICIES:
+        raise UserError(f"{override}={policy!r}: use check or ignore")
+    leak = {}
+    if seen is not None:
+        for name in {"test", split}:
+            uid = getattr(dm.splits, name).uid
+            leak[name] = int(torch.isin(seen.cpu(), uid.cpu()).sum()) if uid is not None else 0
+    if leak.get("test"):
+        raise UserError(
+            f"{what} saw {leak['test']} images of this run's test split: refused whatever "
+            f"{override} says; train it on training images only"
+        )
+    reason = None
+    if seen is None:
+        reason = "it records no image ids (re-run the stage that made it)"
+    elif leak.get(split):
+        reason = (
+            f"it saw {leak[split]} of the {split} images it measures on (train it with this "
+            f"run's seed and {split} settings: its {split} split is then this run's)"
+        )
+    if reason and policy != "ignore":
+        raise UserError(f"{what}: {reason}, or set {override}=ignore to use it anyway")
+    if reason:
+        log.warning("using a foreign %s (%s=ignore): %s", what, override, reason)
+    return {"foreign": bool(reason), "reason": reason}
+
+
 def model_record(dm, seen: torch.Tensor | None) -> dict[str, Any]:
     """What a classifier checkpoint records: this run's identity and split digests, and the ids
     of every real image the model saw."""

@@ -76,7 +76,10 @@ class SampleGrid(pl.Callback):
 
 def set_guidance(cfg: DictConfig, dm, model) -> dict:
     """gan.guidance.teacher: a frozen classifier of this run's own real subset steers G (its
-    provenance is checked like any teacher's). Returns the metrics.json keys that record it."""
+    provenance is checked like any teacher's). What the guide saw becomes part of what the GAN
+    saw (model.provenance's train_uids, so its images carry it: a guide of another subset,
+    allowed by dataset.model_provenance=ignore, makes the GAN's set foreign to this subset
+    too). Returns the metrics.json keys that record it."""
     from lightning_modules.teachers import load_teachers, teacher_seen
 
     g = cfg.gan.guidance
@@ -87,12 +90,59 @@ def set_guidance(cfg: DictConfig, dm, model) -> dict:
         return {}
     ((teacher, path),) = load_teachers(str(g.teacher), dm.num_classes, "gan.guidance.teacher")
     out: dict = {}
-    teacher_seen(
+    (seen,) = teacher_seen(
         cfg, dm, [(teacher, path)], out, prefix="guidance/teacher", label="gan.guidance.teacher"
     )
     model.set_guidance(teacher, weight)
+    add_seen(model, seen)
     model.provenance["guidance_teacher"] = str(path)
     return {**out, "guidance/teacher": str(path), "guidance/weight": weight}
+
+
+def check_feature_net(cfg: DictConfig, dm) -> dict:
+    """gan.feature_ckpt measures the GAN against gan.eval_split's images: it must not have seen
+    them, nor the test images (datamodules.provenance.check_instrument). Returns the
+    metrics.json keys that record it (its checkpoint's sha256 too)."""
+    from datamodules.provenance import check_instrument
+    from xfergan.io import safe_torch_load
+    from xfergan.runtime import input_digests
+
+    path = cfg.gan.feature_ckpt
+    if not path:
+        return {}
+    split = str(cfg.gan.eval_split)
+    if split not in ("val", "test"):
+        raise UserError(f"gan.eval_split={split!r}: use val (choosable) or test (reported only)")
+    rec = (safe_torch_load(path, "gan.feature_ckpt") or {}).get("xfergan_provenance") or {}
+    res = check_instrument(
+        rec.get("seen_uids"),
+        dm,
+        split,
+        f"gan.feature_ckpt {path}",
+        str(cfg.dataset.model_provenance),
+        "dataset.model_provenance",
+    )
+    out = {
+        "feature_net_foreign": res["foreign"],
+        "feature_net_sha256": input_digests(cfg).get("gan.feature_ckpt"),
+    }
+    if res["foreign"]:
+        out["feature_net_foreign_reason"] = res["reason"]
+    return out
+
+
+def add_seen(model, seen) -> None:
+    """Another model that shapes G (a guide) saw `seen`: the GAN's record covers them (unknown
+    when they are unknown), as a pseudolabelled set's record covers its teachers'."""
+    from datamodules.provenance import uids_digest, union
+
+    p = model.provenance
+    both = (
+        union(p["train_uids"], seen) if p["train_uids"] is not None and seen is not None else None
+    )
+    p["train_uids"] = both
+    p["train_ids_sha256"] = uids_digest(both) if both is not None else None
+    p["n_images"] = len(both) if both is not None else None
 
 
 def build_gan(cfg: DictConfig, dm):
@@ -122,6 +172,7 @@ def run(cfg: DictConfig) -> dict:
     if hasattr(model.D, "provenance_record"):  # outside knowledge: the pretrained D backbone
         model.provenance["discriminator_backbone"] = model.D.provenance_record
     guidance = set_guidance(cfg, dm, model)
+    guidance.update(check_feature_net(cfg, dm))  # before anything trains
     loggers = build_loggers(cfg, out, job_type="gan", tags=["gan"], sizes=dm.sizes())
     # A step budget runs as whole epochs of full batches that end at exactly gan.steps
     # (dm.plan_epochs), and checkpoints are taken at epoch ends: a resumed run then continues
@@ -168,8 +219,10 @@ def run(cfg: DictConfig) -> dict:
         "gan/epochs": trainer.current_epoch,
         "gan/checkpoint": str(last),
         **clock,
-        # the real images it was fitted on (a pipeline's GAN variants share them)
-        "gan/train_ids_sha256": model.provenance.get("train_ids_sha256"),
+        # the real images it was fitted on (a pipeline's GAN variants share them), and every
+        # real image behind it (its guide's too): what its synthetic set carries
+        "gan/train_ids_sha256": dm.provenance().get("train_ids_sha256"),
+        "gan/seen_ids_sha256": model.provenance.get("train_ids_sha256"),
         **dm.sizes(),
     }
     metrics.update(evaluate_quality(cfg, model, dm))

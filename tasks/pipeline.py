@@ -64,11 +64,14 @@ def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) 
 
 
 def _run(sub: DictConfig, reuse: bool = True) -> dict:
-    """Run a stage, or reuse it when resume=true, it finished, and its resolved config is the
-    one asked for now (config_sha256); a stage run with other settings is run again. `reuse`
-    False: run it whatever (a stage before it ran again, so its inputs may have changed)."""
+    """Run a stage, or reuse it when resume=true, it finished, and its resolved config and the
+    content of its inputs are the ones asked for now (config_sha256); a stage run with other
+    settings or from other inputs is run again, saying which. `reuse` False: run it whatever (a
+    stage before it ran again); its own checkpoint is continued only when its settings and
+    inputs match too (xfergan.training.resume_checkpoint)."""
     from xfergan.io import read_json
     from xfergan.runtime import config_digest
+    from xfergan.training import why_not_same
 
     done = Path(sub.paths.output_dir) / "metrics.json"
     if sub.resume and reuse and done.is_file():
@@ -77,15 +80,14 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
         except UserError as e:
             log.warning("resume: %s; running the stage again", e)
             m = {}
-        if m.get("status") == "ok" and m.get("config_sha256") == config_digest(sub):
+        now = config_digest(sub)
+        if m.get("status") == "ok" and m.get("config_sha256") == now:
             return {**m, "_reused": True}
         if m.get("status") == "ok":
             log.warning(
-                "resume: stage %s finished with other settings (config_sha256 %s != %s): "
-                "running it again",
+                "resume: stage %s finished, but %s: running it again",
                 done.parent.name,
-                str(m.get("config_sha256"))[:12],
-                config_digest(sub)[:12],
+                why_not_same(m, sub, now),
             )
     return run_job(sub, STAGES[enum_name(sub.task)])  # a failed stage raises
 
@@ -350,6 +352,12 @@ def gan_spec(cfg: DictConfig, gan: str | None) -> tuple[dict[str, Any], str | No
                 f"pipeline.gan_variants.{gan}.overrides.{k}: every GAN of a run trains for the "
                 "same G+D steps; set gan.steps for the run instead"
             )
+        if k == "gan.batch_size" and not cfg.gan.steps:  # epochs of other batches: other steps
+            raise UserError(
+                f"pipeline.gan_variants.{gan}.overrides.gan.batch_size: with an epoch budget "
+                "(gan.steps=null) another batch size trains another number of G+D steps; set "
+                "gan.steps for the run"
+            )
     over.update(extra)
     guide = v.get("guide")
     if guide is not None:
@@ -389,15 +397,16 @@ def run_arm(ctx: Context, name: str) -> dict:
 
 
 def feature_net(cfg: DictConfig, results: dict) -> str:
-    """The FID feature classifier (full real training set, seed 0): an instrument shared by every
-    pipeline with the same settings, trained once into paths.cache_dir and reused."""
+    """The FID feature classifier: an instrument trained on the real training split outside
+    this seed's val images (the run's own seed and val settings: the val images the GAN is
+    measured on are its val split), shared by every pipeline with the same settings and seed,
+    trained once into paths.cache_dir and reused."""
     from filelock import FileLock
 
     fo = {
         "dataset.n_per_class": None,
         "dataset.source": "real",
         "checkpoint.test": "last",
-        "seed": 0,
         "resume": False,
         "logger.wandb": False,
         "trainer.max_steps": -1,  # epochs (feature_net_overrides), not the arms' step budget
@@ -405,6 +414,7 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
     }
     probe = stage_cfg(cfg, Path("."), "classify", fo)
     keyed = {k: OmegaConf.to_container(probe[k], resolve=True) for k in ("dataset", "model")}
+    keyed["seed"] = int(probe.seed)
     keyed["trainer"] = {  # what changes the net, not where or how visibly it trains
         k: v
         for k, v in OmegaConf.to_container(probe.trainer, resolve=True).items()
@@ -509,7 +519,7 @@ def _pipeline(cfg: DictConfig) -> dict:
     ctx.results["foreign"] = {  # every model or set used under a provenance override
         stage: m.get(f"{what}_foreign_reason")
         for stage, m in ctx.stage_metrics.items()
-        for what in ("synthetic", "teacher", "init")
+        for what in ("synthetic", "teacher", "init", "guidance/teacher", "feature_net")
         if m.get(f"{what}_foreign")
     }
     ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,8 +68,8 @@ def test_a_sweep_with_a_test_objective_stops_at_once_with_one_line(tmp_path):
 def test_gan_quality_is_measured_on_val_and_named_so(tmp_path):
     """task=gan's FID/precision/recall compare against this run's val images (val/gan_*, a
     chooser may read them); gan.eval_split=test gives test/gan_* (reported, refused as chooser)."""
-    feat = tmp_path / "feat"
-    f = run_task(compose(SMALL + ["trainer.max_epochs=1"], feat))
+    feat = tmp_path / "feat"  # the GAN's val split is its val split (gan.feature_ckpt's check)
+    f = run_task(compose(SMALL + ["trainer.max_epochs=1", "dataset.val_per_class=4"], feat))
     gan_args = SMOKE + [
         "task=gan",
         "dataset.n_per_class=3",
@@ -86,6 +87,45 @@ def test_gan_quality_is_measured_on_val_and_named_so(tmp_path):
     t = run_task(compose(gan_args + ["gan.eval_split=test"], tmp_path / "gan_test"))
     assert t["test/gan_n_real"] == 500 and "val/gan_fid" not in t
     assert not choosable("test/gan_fid") and choosable("val/gan_fid")
+
+
+def test_a_feature_net_that_saw_the_images_it_measures_on_is_refused(tmp_path):
+    """Issue 27.8: gan.feature_ckpt measures the GAN on val: one trained on every training
+    image (this run's val images among them) is refused in one line before the GAN trains;
+    allowed by dataset.model_provenance=ignore, it is flagged in metrics.json."""
+    every = ["dataset.n_per_class=null", "dataset.val_per_class=0", "trainer.max_steps=1"]
+    f = run_task(compose(SMALL + every, tmp_path / "feat"))
+    gan = SMOKE + [
+        "task=gan",
+        "dataset.n_per_class=3",
+        "dataset.val_per_class=4",
+        f"gan.feature_ckpt={f['last_checkpoint']}",
+        "gan.eval_n_per_class=4",
+        "gan.generator.width=8",
+        "gan.discriminator.width=8",
+        "gan.image_size=28",
+    ]
+    with pytest.raises(UserError, match="gan.feature_ckpt .*saw 40 of the val images") as e:
+        run_task(compose(gan, tmp_path / "gan"))
+    assert "\n" not in str(e.value) and not (tmp_path / "gan" / "checkpoints").exists()
+    m = run_task(compose(gan + ["dataset.model_provenance=ignore"], tmp_path / "gan"))
+    assert m["feature_net_foreign"] is True and "val images" in m["feature_net_foreign_reason"]
+    assert len(m["feature_net_sha256"]) == 64
+
+
+def test_the_pipelines_feature_net_never_saw_the_seeds_val_images(tmp_path):
+    """Issue 27.8: the pipeline's feature net trains outside this seed's val images (one per
+    seed, cached), so its GAN's check passes at any seed."""
+    args = SMOKE + ["task=pipeline", "pipeline.arms=[real,synthetic]", "pipeline.primary=[]"]
+    args += ["dataset.n_per_class=3", "dataset.val_per_class=2", "gan.image_size=28"]
+    args += ["gan.generator.width=8", "gan.discriminator.width=8", "gan.eval_n_per_class=2"]
+    m = run_task(compose(args + ["seed=5"], tmp_path / "p"))
+    g = json.loads((tmp_path / "p" / "gan" / "metrics.json").read_text())
+    assert g["feature_net_foreign"] is False and "val/gan_fid" in g
+    assert m["foreign"] == {}
+    fm = json.loads((Path(m["feature_net/dir"]) / "metrics.json").read_text())
+    real = json.loads((tmp_path / "p" / "classify_real" / "metrics.json").read_text())
+    assert fm["seed"] == 5 and fm["data/val_ids_sha256"] == real["data/val_ids_sha256"]
 
 
 # ----------------------------------------------------------------------------- 3. provenance

@@ -183,3 +183,95 @@ def test_killed_anywhere_then_resumed_gives_the_same_table(uninterrupted, when, 
     m = json.loads((d / stage / "metrics.json").read_text())
     key = "gan/train_s" if stage == "gan" else "train_s"
     assert 0 < m[key + "_before_resume"] < m[key]
+
+
+def test_resume_follows_the_inputs_content_not_their_paths(tmp_path, caplog):
+    """Issue 27.1: a resumed pipeline whose teacher retrained (other steps) rewrites the
+    pseudolabelled set; the distill arm then reads the same path with other content, so it must
+    start fresh (saying why), not continue its old checkpoint already at its budget."""
+    import hashlib
+
+    args = SMALL + [
+        "task=pipeline",
+        "pipeline.arms=[real,distill_real]",
+        "pipeline.teacher_ensemble=[real]",
+        "pipeline.feature_net=false",
+        "trainer.max_steps=4",
+        "synthesize.n_per_class=6",
+    ]
+    first = run_task(compose(args, tmp_path))
+    pseudo = tmp_path / "pseudolabel_real" / "synthetic.pt"
+    distill = tmp_path / "classify_distill_real" / "metrics.json"
+    sha0 = hashlib.sha256(pseudo.read_bytes()).hexdigest()
+    m0 = json.loads(distill.read_text())
+    caplog.set_level("WARNING")
+    again = run_task(
+        compose(
+            args + ["resume=true", "+pipeline.arm_overrides.real={trainer.max_steps: 8}"], tmp_path
+        )
+    )
+    assert again["steps_real"] == 8 and first["steps_real"] == 4
+    assert hashlib.sha256(pseudo.read_bytes()).hexdigest() != sha0  # the teacher's new labels
+    m1 = json.loads(distill.read_text())
+    assert "train_s_before_resume" not in m1 and m1["global_step"] == 4  # trained afresh
+    assert m1["config_sha256"] != m0["config_sha256"]
+    assert "made from other inputs (dataset.synthetic_path: other content now)" in caplog.text
+    syn = "dataset.synthetic_path"
+    assert m1["inputs_sha256"][syn] != m0["inputs_sha256"][syn]
+    # the same command once more: every stage's settings and inputs are the same bytes now
+    caplog.clear()
+    caplog.set_level("INFO")
+    third = run_task(
+        compose(
+            args + ["resume=true", "+pipeline.arm_overrides.real={trainer.max_steps: 8}"], tmp_path
+        )
+    )
+    assert third["test/acc_distill_real"] == again["test/acc_distill_real"]
+    assert "running it again" not in caplog.text and "starting from scratch" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "model.init",
+        "distill.teacher",
+        "gan.guidance.teacher",
+        "gan.feature_ckpt",
+        "synthesize.checkpoint",
+        "dataset.synthetic_path",
+    ],
+)
+def test_a_stage_identity_covers_the_content_of_every_input(tmp_path, key):
+    """Issue 27.1: each input key (a file, a run dir, a synthetic set) joins config_sha256 by
+    content: the same path with other bytes is another stage; the same bytes are the same."""
+    from omegaconf import open_dict
+
+    from xfergan.runtime import config_digest, input_digests
+
+    run = tmp_path / "run"  # a finished classify run dir and a synthetic set
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    (run / "metrics.json").write_text(json.dumps({"status": "ok", "tested_checkpoint": str(ckpt)}))
+    syn = tmp_path / "syn"
+    syn.mkdir()
+    (syn / "synthetic.pt").write_bytes(b"images")
+    (syn / "manifest.json").write_text('{"sha256": "a"}')
+    value = {
+        "model.init": str(ckpt),
+        "distill.teacher": [str(run)],
+        "dataset.synthetic_path": str(syn),
+    }.get(key, str(run))
+    cfg = compose(SMALL, tmp_path / "o")
+    with open_dict(cfg):
+        from omegaconf import OmegaConf
+
+        OmegaConf.update(cfg, key, value, merge=False)
+    d0, i0 = config_digest(cfg), input_digests(cfg)
+    assert key in i0 and "missing" not in str(i0[key])
+    assert config_digest(cfg) == d0  # same bytes, same identity
+    if key == "dataset.synthetic_path":
+        (syn / "manifest.json").write_text('{"sha256": "b"}')
+    else:
+        ckpt.write_bytes(b"weights v2")
+    assert input_digests(cfg)[key] != i0[key] and config_digest(cfg) != d0

@@ -154,18 +154,23 @@ def test_teacher_guided_generation_checks_the_teacher_and_adds_its_loss(tmp_path
     g.set_guidance(teacher, 2.0)
     fake = g.G(torch.randn(6, g.hparams.z_dim), torch.arange(6) % 10)
     assert g._guidance_loss(fake, torch.arange(6) % 10) > 0
-    with pytest.raises(UserError, match="guidance.teacher"):
-        run_task(
-            compose(
-                gan
-                + [
-                    "seed=0",
-                    f"gan.guidance.teacher={tmp_path / 'teacher1'}",
-                    "gan.guidance.weight=1",
-                ],
-                tmp_path / "foreign",
-            )
-        )
+    # a guide of another seed's subset (issue 27.2): refused in one line; allowed only by
+    # dataset.model_provenance=ignore, and then its subset is part of what the GAN saw, so the
+    # GAN's images are foreign to seed 0 as well (a seed-0 classifier refuses them)
+    run_task(compose(clf + ["seed=1"], tmp_path / "teacher1"))
+    foreign = gan + ["seed=0", f"gan.guidance.teacher={tmp_path / 'teacher1'}"]
+    foreign += ["gan.guidance.weight=1"]
+    with pytest.raises(UserError, match="gan.guidance.teacher .*trained on") as e:
+        run_task(compose(foreign, tmp_path / "foreign"))
+    assert "\n" not in str(e.value)
+    m = run_task(compose(foreign + ["dataset.model_provenance=ignore"], tmp_path / "foreign"))
+    assert m["guidance/teacher_foreign"] is True
+    syn = ["task=synthesize", f"synthesize.checkpoint={tmp_path / 'foreign'}"]
+    run_task(compose(FAST + syn + ["synthesize.n_per_class=3", "logger=none"], tmp_path / "syn"))
+    use = clf + ["seed=0", "dataset.source=synthetic", f"dataset.synthetic_path={tmp_path / 'syn'}"]
+    with pytest.raises(UserError, match="synthetic set .*trained on .*images"):
+        run_task(compose(use, tmp_path / "student"))
+    assert m["gan/seen_ids_sha256"] != m["gan/train_ids_sha256"]  # seed 0's and seed 1's
     cfg = compose(gan + ["gan.guidance.weight=-1"], tmp_path / "neg")
     with pytest.raises(UserError, match=r"gan.guidance.weight=-1.0: use a weight >= 0"):
         run_task(cfg)

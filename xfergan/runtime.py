@@ -72,15 +72,90 @@ VOLATILE_KEYS = {
 }
 
 
+# keys whose value names another stage's output (a file or a run dir): a stage's identity
+# covers what they hold now, not only their paths
+INPUT_KEYS = (
+    "dataset.synthetic_path",
+    "model.init",
+    "distill.teacher",
+    "gan.guidance.teacher",
+    "gan.feature_ckpt",
+    "synthesize.checkpoint",
+)
+_DIGESTS: dict[tuple, str] = {}  # (file, size, mtime) -> sha256: each file hashed once
+
+
+def _file_digest(p: Path) -> str:
+    from xfergan.io import sha256_file
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(p)
+    return _DIGESTS[key]
+
+
+def input_file(spec: str) -> Path | None:
+    """The file a stage reads for an input path: a synthetic set's manifest.json (it holds its
+    data file's sha256), a run dir's tested checkpoint (a GAN run: checkpoints/last.ckpt), or the
+    file itself. None when there is nothing there (the stage then says so itself)."""
+    import json
+
+    p = Path(spec)
+    if p.is_file() and (p.parent / "manifest.json").is_file() and p.suffix == ".pt":
+        p = p.parent
+    if not p.is_dir():
+        return p if p.is_file() else None
+    if (p / "manifest.json").is_file():
+        return p / "manifest.json"
+    try:
+        tested = json.loads((p / METRICS_FILE).read_text()).get("tested_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        tested = None
+    if tested and not Path(tested).is_absolute():
+        tested = p / "checkpoints" / Path(tested).name
+    for f in (tested, p / "checkpoints" / "last.ckpt"):
+        if f and Path(f).is_file():
+            return Path(f)
+    return None
+
+
+def input_digests(cfg: DictConfig) -> dict[str, Any]:
+    """INPUT_KEYS that are set -> the sha256 of what each names now (a list for an ensemble;
+    "missing" where nothing is there): what resume compares besides the settings, so a stage
+    whose teacher, synthetic set, init, guide, feature net or GAN changed is never reused or
+    continued."""
+    out: dict[str, Any] = {}
+    for key in INPUT_KEYS:
+        v = OmegaConf.select(cfg, key, default=None)
+        if v is None or v == "" or (key == "model.init" and str(v) in ("imagenet", "scratch")):
+            continue
+        many = OmegaConf.is_list(v) or isinstance(v, (list, tuple))
+        got = [
+            _file_digest(f) if (f := input_file(str(spec))) is not None else "missing"
+            for spec in (v if many else [v])
+        ]
+        out[key] = got if many else got[0]
+    return out
+
+
+def changed_inputs(before: dict | None, now: dict) -> list[str]:
+    """The input keys whose content differs between two input_digests records."""
+    before = before or {}
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
 def config_digest(cfg: DictConfig) -> str:
     """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
     pipeline section no stage reads), with the number of processes in place of the device
-    list: two runs with the same digest computed the same thing. What a resumed pipeline
-    compares before it reuses a stage, and a checkpoint before it is continued."""
+    list, and with the content digests of its inputs (input_digests): two runs with the same
+    digest computed the same thing from the same bytes. What a resumed pipeline compares before
+    it reuses a stage, and a checkpoint before it is continued."""
     import hashlib
     import json
 
     c = resolved_config(cfg)
+    c["inputs_sha256"] = input_digests(cfg)
     for key, sub in VOLATILE_KEYS.items():
         if sub is None:
             c.pop(key, None)
@@ -106,6 +181,7 @@ def run_meta(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.backbone,
         "arm": cfg.get("arm"),
         "config_sha256": config_digest(cfg),
+        "inputs_sha256": input_digests(cfg),
     }
     try:
         from hydra.core.hydra_config import HydraConfig

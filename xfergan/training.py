@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from xfergan.io import atomic_write_json
-from xfergan.runtime import config_digest, world_size
+from xfergan.runtime import changed_inputs, config_digest, input_digests, world_size
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,16 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
 
 
 class ConfigStamp(pl.Callback):
-    """Every checkpoint records the config digest of the run that wrote it (config_digest):
-    resume=true continues a checkpoint only when it was written with the same settings."""
+    """Every checkpoint records the config digest of the run that wrote it (config_digest, which
+    covers its inputs' content) and its inputs' digests: resume=true continues a checkpoint
+    only when it was written with the same settings from the same input bytes."""
 
-    def __init__(self, digest: str):
-        self.digest = digest
+    def __init__(self, cfg: DictConfig):
+        self.digest, self.inputs = config_digest(cfg), input_digests(cfg)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["xfergan_config_sha256"] = self.digest
+        checkpoint["xfergan_inputs_sha256"] = self.inputs
 
 
 class FitClock(pl.Callback):
@@ -112,18 +114,24 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
     now = config_digest(cfg)
     if stamp != now:
-        log.warning(
-            "resume=true, but %s was written with other settings (config %s, now %s): "
-            "starting from scratch",
-            last,
-            (stamp or "not recorded")[:12],
-            now[:12],
-        )
+        log.warning("resume=true, but %s: starting from scratch", why_not_same(blob, cfg, now))
         return None
     log.info(
         "resuming from %s (epoch %s, step %s)", last, blob.get("epoch"), blob.get("global_step")
     )
     return str(last)
+
+
+def why_not_same(record: dict, cfg: DictConfig, now: str) -> str:
+    """Why a checkpoint (xfergan_* keys) or a finished stage's metrics.json does not match the
+    run asked for now: the inputs whose content changed, by name, else other settings."""
+    key = "xfergan_inputs_sha256" if "xfergan_config_sha256" in record else "inputs_sha256"
+    stamp = record.get("xfergan_config_sha256", record.get("config_sha256"))
+    inputs = record.get(key)
+    changed = changed_inputs(inputs, input_digests(cfg)) if inputs is not None else []
+    if changed:
+        return f"it was made from other inputs ({', '.join(changed)}: other content now)"
+    return f"it was written with other settings (config {(stamp or 'not recorded')[:12]}, now {now[:12]})"
 
 
 class ProcessRecord(pl.Callback):
@@ -259,7 +267,7 @@ def build_trainer(
 
     if not any(isinstance(c, ProgressBar) for c in callbacks):  # no bar chosen: none at all
         tc["enable_progress_bar"] = False  # (Lightning's default bar redraws every step)
-    stamps = [ProcessRecord(out, int(cfg.seed)), ConfigStamp(config_digest(cfg)), FitClock()]
+    stamps = [ProcessRecord(out, int(cfg.seed)), ConfigStamp(cfg), FitClock()]
     callbacks = [*callbacks, *stamps]
     from xfergan.checkpoint_io import AtomicCheckpointIO
 

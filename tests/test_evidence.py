@@ -120,12 +120,12 @@ def test_the_pipelines_feature_net_never_saw_the_seeds_val_images(tmp_path):
     args += ["dataset.n_per_class=3", "dataset.val_per_class=2", "gan.image_size=28"]
     args += ["gan.generator.width=8", "gan.discriminator.width=8", "gan.eval_n_per_class=2"]
     m = run_task(compose(args + ["seed=5"], tmp_path / "p"))
-    g = json.loads((tmp_path / "p" / "gan" / "metrics.json").read_text())
-    assert g["feature_net_foreign"] is False and "val/gan_fid" in g
-    assert m["foreign"] == {}
     fm = json.loads((Path(m["feature_net/dir"]) / "metrics.json").read_text())
     real = json.loads((tmp_path / "p" / "classify_real" / "metrics.json").read_text())
     assert fm["seed"] == 5 and fm["data/val_ids_sha256"] == real["data/val_ids_sha256"]
+    g = json.loads((tmp_path / "p" / "gan" / "metrics.json").read_text())
+    assert g["feature_net_foreign"] is False and "val/gan_fid" in g
+    assert m["foreign"] == {}
 
 
 # ----------------------------------------------------------------------------- 3. provenance

@@ -224,6 +224,7 @@ def test_gan_variants_share_the_seed_subset_and_budget_and_report_side_by_side(t
             "unknown GAN variant 'nope'; define it in pipeline.gan_variants",
         ),
         ("gan.steps", r"every GAN of a run trains for the same G\+D steps"),
+        ("gan.batch_size", r"with an epoch budget \(gan.steps=null\) another batch size"),
         (["pipeline.gan_variants.guided.guide=synthetic"], "must train on real images only"),
         (["+pipeline.variants.real_x={arm: real, gan: projected}"], "uses no GAN images"),
     ],
@@ -234,10 +235,13 @@ def test_bad_gan_variants_are_one_line_before_anything_trains(tmp_path, extra, m
     from xfergan.errors import UserError
 
     arms = ["pipeline.arms=[real,synthetic]", "pipeline.primary=[]"]
-    cfg = compose(VARIANTS + arms + ([] if extra == "gan.steps" else extra), tmp_path)
-    if extra == "gan.steps":  # a dotted key: not writable as a command-line override
+    dotted = extra in ("gan.steps", "gan.batch_size")  # not writable on a command line
+    cfg = compose(VARIANTS + arms + ([] if dotted else extra), tmp_path)
+    if dotted:
         with open_dict(cfg):
-            cfg.pipeline.gan_variants.guided.overrides["gan.steps"] = 10
+            cfg.pipeline.gan_variants.guided.overrides[extra] = 10
+            if extra == "gan.batch_size":  # issue 27.5: an epoch budget, another batch size
+                cfg.gan.steps, cfg.gan.epochs = None, 2
     with pytest.raises(UserError, match=message) as e:
         run_task(cfg)
     assert "\n" not in str(e.value)

@@ -188,3 +188,31 @@ def test_the_run_table_says_unknown_for_a_gan_number_not_known(tmp_path):
     write_table3(tmp_path, "mnist", 8, 0, table, results)
     md = (tmp_path / "table3.md").read_text()
     assert "val/gan_fid 12.5" in md and "gan/steps 1500" in md and "gan/train_s unknown" in md
+
+
+# ----------------------------------------------------------------- issue 27: what report says
+def _report(sweep):
+    """report.md, report.json's arms and its top-table rows, report.csv of a sweep dir."""
+    from xfergan.evaluation.report_files import collect, write_report
+
+    write_report(sweep, *collect(sweep))
+    rep = json.loads((sweep / "report.json").read_text())
+    return (sweep / "report.md").read_text(), rep, (sweep / "report.csv").read_text()
+
+
+def test_a_duplicated_seed_is_left_out_of_the_top_table_as_in_the_arms(tmp_path):
+    """Point 4: seed 0 run twice: the top table (report.md, .json, .csv) keeps the first run by
+    dir and lists the other, as the arms section does: n=3, the same means in both."""
+    sweep = tmp_path / "sweep"
+    for seed, r in enumerate([0.80, 0.82, 0.78]):
+        _pipeline_run(sweep / str(seed), seed, 8, {"real": r, "mixed": r + 0.02})
+    _pipeline_run(sweep / "x_again", 0, 8, {"real": 0.50, "mixed": 0.50})
+    md, rep, csv = _report(sweep)
+    row, g = rep["rows"][0], rep["arms"]["groups"][0]
+    assert row["n"] == 3 and row["seeds"] == g["seeds"] == [0, 1, 2]
+    assert row["metrics"]["test/acc_real"][0] == pytest.approx(0.80)
+    assert g["arms"]["test/acc"]["real"]["mean"] == pytest.approx(0.80)
+    note = f"seed 0 has 2 runs: kept `{sweep / '0'}`, left out `{sweep / 'x_again'}`"
+    assert row["notes"] == g["notes"] == [note]
+    assert "| 3 |" in md.splitlines() and f"- all runs: {note}" in md
+    assert csv.splitlines()[1].startswith("3,")

@@ -3,7 +3,8 @@
 Input: the pipeline runs' metrics.json (plain dicts, with `_dir` and `_overrides`) and, next to
 each, its stages' test_predictions.npz. Output: a plain dict (report.json's `arms`) and the
 markdown lines of report.md. Rules (the rules of evidence, made mechanical):
-  - one run per seed and group: duplicates are left out and listed, never averaged in;
+  - one run per seed and group: duplicates are left out and listed, never averaged in (the same
+    rule, `one_per_seed`, for report.md's top table);
   - pairs by seed: a seed counts in a comparison only when both arms trained on the same real
     images (data/train_ids_sha256) and were tested on the same test images;
   - equal budgets: arms whose optimizer steps differ are not compared, unless the pipeline
@@ -72,12 +73,13 @@ def _stage(run: dict, arm: str) -> dict:
 
 
 def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
-    """The first run (by dir) of every seed; a note for each one left out."""
-    by_seed: dict[Any, list[dict]] = defaultdict(list)
+    """The first run (by dir) of every seed (and task) in a group; a note for each one left out.
+    The one rule for duplicates: the top table of report.md and the arms section both use it."""
+    by_seed: dict[tuple, list[dict]] = defaultdict(list)
     for r in sorted(rs, key=lambda r: r["_dir"]):
-        by_seed[r.get("seed")].append(r)
+        by_seed[r.get("seed"), str(r.get("task"))].append(r)
     kept, notes = [], []
-    for s, group in sorted(by_seed.items(), key=lambda kv: _num(kv[0])):
+    for (s, _), group in sorted(by_seed.items(), key=lambda kv: (_num(kv[0][0]), kv[0][1])):
         kept.append(group[0])
         for extra in group[1:]:
             notes.append(

@@ -216,3 +216,24 @@ def test_a_duplicated_seed_is_left_out_of_the_top_table_as_in_the_arms(tmp_path)
     assert row["notes"] == g["notes"] == [note]
     assert "| 3 |" in md.splitlines() and f"- all runs: {note}" in md
     assert csv.splitlines()[1].startswith("3,")
+
+
+def test_the_labelled_budget_is_the_real_arms(tmp_path):
+    """Point 11: a pipeline whose first arm is synthetic (no real image) states the real arm's
+    budget, not '0 train'; an arm trained on another real budget is named."""
+    sweep = tmp_path / "sweep"
+    stages = {"synthetic": (0, 16), "real": (16, 16), "teacher": (8, 16)}
+    for seed in range(2):
+        d = sweep / str(seed)
+        accs = {"synthetic": 0.7, "real": 0.8 + seed / 100, "teacher": 0.85}
+        _pipeline_run(d, seed, 8, accs, {"n_per_class": 8})
+        for arm, (tr, va) in stages.items():
+            (d / f"classify_{arm}").mkdir()
+            st = {"class_names": ["a", "b"], "n_train_real": tr, "n_val": va}
+            (d / f"classify_{arm}" / "metrics.json").write_text(json.dumps(st))
+    md, rep, _ = _report(sweep)
+    assert rep["arms"]["groups"][0]["labelled"] == (
+        "8 train + 8 val per class (32 labelled images) (real); arms disagree: "
+        "teacher: 4 train + 8 val per class (24 labelled images)"
+    )
+    assert "labelled budget 8 train + 8 val per class (32 labelled images) (real)" in md

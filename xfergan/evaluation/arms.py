@@ -106,16 +106,32 @@ def same_test_set(preds: dict) -> dict:
     return out
 
 
-def labelled_budget(rs: list[dict], arm: str | None) -> str | None:
-    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics."""
-    st = _stage(rs[0], arm) if rs and arm else {}
+def _labelled(run: dict, arm: str) -> str | None:
+    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics; None when
+    the arm trained on no real image (or did not record it)."""
+    st = _stage(run, arm)
     k = len(st.get("class_names") or [])
     tr, va = st.get("n_train_real"), st.get("n_val")
-    if not k or tr is None or va is None:
+    if not k or not tr or va is None:
         return None
-    if rs[0].get("n_per_class") is not None and tr % k == 0 and va % k == 0:
+    if run.get("n_per_class") is not None and tr % k == 0 and va % k == 0:
         return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
     return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
+
+
+def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
+    """The labelled budget of the `real` arm, else of the first arm that trained on real images;
+    arms that trained on another real budget are named after it."""
+    if not rs:
+        return None
+    by_arm = {a: b for a in arms if (b := _labelled(rs[0], a))}
+    if not by_arm:
+        return None
+    main = "real" if "real" in by_arm else next(iter(by_arm))
+    other = [f"{a}: {b}" for a, b in by_arm.items() if b != by_arm[main]]
+    if not other:
+        return by_arm[main]
+    return f"{by_arm[main]} ({main}); arms disagree: " + "; ".join(other)
 
 
 def _budget(rs: list[dict], arm: str) -> set:
@@ -192,7 +208,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "paired": [],
             "gan": {},
             "steps": {a: sorted(_budget(rs, a)) for a in arms},
-            "labelled": labelled_budget(rs, arms[0] if arms else None),
+            "labelled": labelled_budget(rs, arms),
             "foreign": {
                 f"seed {r.get('seed')}: {stage}": why
                 for r in rs

@@ -331,6 +331,43 @@ def test_steps_or_image_ids_not_recorded_are_not_compared(tmp_path):
     assert "| 600 | 600 | ? | 600 + 600 pre-training |" in md  # the steps table
 
 
+def test_wandb_paired_table_says_kind_method_and_holm(tmp_path):
+    """Point 9: report/paired carries kind, method, p_holm and the corrected interval next to
+    each verdict (None where a comparison has none: an exploratory one's Holm p)."""
+    import wandb
+
+    from xfergan.tracking.wandb_backend import PAIRED_COLUMNS, log_report, paired_rows
+
+    sweep = tmp_path / "sweep"
+    decl = {"primary": [["mixed", "real"]], "primary_metric": "test/acc"}
+    for seed, (r, m) in enumerate([(0.80, 0.84), (0.82, 0.85), (0.78, 0.83)]):
+        _pipeline_run(sweep / str(seed), seed, 8, {"real": r, "mixed": m, "synthetic": 0.7}, decl)
+    _, rep, _ = _report(sweep)
+    rows = [dict(zip(PAIRED_COLUMNS, r)) for r in paired_rows(rep["arms"])]
+    want = {"kind", "method", "p_holm", "low_corrected", "high_corrected", "verdict"}
+    assert want <= set(PAIRED_COLUMNS)
+    prim = next(r for r in rows if r["kind"] == "primary")
+    d = next(d for d in rep["arms"]["groups"][0]["paired"] if d["kind"] == "primary")
+    assert prim["comparison"] == "mixed - real" and prim["p_holm"] == d["p_holm"]
+    assert (prim["low_corrected"], prim["high_corrected"]) == (
+        d["low_corrected"],
+        d["high_corrected"],
+    )
+    assert prim["method"] == "t over seeds (no per-image predictions)"
+    expl = next(r for r in rows if r["comparison"] == "synthetic - real")
+    assert expl["kind"] == "exploratory" and expl["p_holm"] is None and expl["p"] is not None
+
+    logged = {}
+
+    class Run:  # what log_report gives W&B
+        def log(self, d):
+            logged.update(d)
+
+    log_report(Run(), rep, [])
+    assert isinstance(logged["report/paired"], wandb.Table)
+    assert logged["report/paired"].columns == PAIRED_COLUMNS
+
+
 def test_the_labelled_budget_is_the_real_arms(tmp_path):
     """Point 11: a pipeline whose first arm is synthetic (no real image) states the real arm's
     budget, not '0 train'; an arm trained on another real budget is named."""

@@ -494,7 +494,9 @@ def _pipeline(cfg: DictConfig) -> dict:
         n_syn = m["n_train_synthetic"]
         if base == "finetune":  # it saw the synthetic set too (in pre-training)
             pre = synthetic_arm(cfg, arm_gan(cfg, name))
-            n_syn = ctx.stage_metrics[f"classify_{pre}"]["n_train_synthetic"]
+            pre_m = ctx.stage_metrics[f"classify_{pre}"]
+            n_syn = pre_m["n_train_synthetic"]
+            ctx.results[f"steps_pre_{name}"] = pre_m.get("global_step")  # the report shows it
         table[name] = {
             "label": label,
             "test/acc": m["test/acc"],

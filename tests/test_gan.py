@@ -167,6 +167,7 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
     table = json.loads((out / "table3.json").read_text())
     assert set(table["arms"]) == {"real", "synthetic", "mixed", "finetune"}
     ft = json.loads((out / "classify_finetune" / "metrics.json").read_text())
+    assert m["steps_pre_finetune"] == m["steps_synthetic"] > 0  # its pre-training, for the report
     assert ft["source"] == "real" and ft["n_train"] == table["arms"]["real"]["n_train_real"]
     assert "| synthetic only |" in (out / "table3.md").read_text()
     assert (out / "table3.png").stat().st_size > 1000

@@ -18,7 +18,11 @@ def _pipeline_run(d, seed, n, accs: dict, extra=None):
         yaml.safe_dump([f"dataset.n_per_class={n}", f"seed={seed}"])
     )
     m = {"task": "pipeline", "status": "ok", "seed": seed, "arms": list(accs)}
-    m.update({f"test/acc_{a}": v for a, v in accs.items()})
+    for a, v in accs.items():  # what a comparison needs recorded: steps, real and test images
+        m[f"test/acc_{a}"] = v
+        m[f"steps_{a}"] = 600
+        m[f"data/train_ids_sha256_{a}"] = f"subset-{seed}"
+        m[f"data/test_ids_sha256_{a}"] = "test"
     m.update(extra or {})
     (d / "metrics.json").write_text(json.dumps(m))
 
@@ -48,12 +52,15 @@ def test_report_shows_every_arm_and_paired_differences(tmp_path):
     # finetune - real at n=8: diffs .02 .03 .01 -> mean .02, sd .01, t(2) = 4.303: +-.0248
     t = "t over seeds (no per-image predictions)"
     assert (
-        "| 8 | test/acc | finetune − real | ? vs ? | +0.0200 | [-0.0048, +0.0448] | 0.0742 | 3 |"
+        "| 8 | test/acc | finetune − real | 600 vs 600 | +0.0200 | [-0.0048, +0.0448] | 0.0742 | 3 |"
         f" {t} | no evidence |" in md
     )
     assert "synthetic − real" in md and "hurts" in md
     # the same +0.01 at every seed: nothing is known about the spread, so no verdict (not p=0)
-    assert f"| 32 | test/acc | finetune − real | ? vs ? | +0.0100 | undefined | — | 3 | {t} |" in md
+    assert (
+        f"| 32 | test/acc | finetune − real | 600 vs 600 | +0.0100 | undefined | — | 3 | {t} |"
+        in md
+    )
     assert "undefined |" in md and "| 0 | 3 | helps |" not in md
     assert "## GAN quality" in md and "| 8 | 11 |" in md  # mean FID over seeds 10, 11, 12
     rep = json.loads((sweep / "report.json").read_text())
@@ -79,7 +86,7 @@ def test_markdown_tables_are_well_formed_without_group_columns(tmp_path):
         width = lines[i].count("---|")
         for ln in lines[i - 1 : i] + [x for x in lines[i + 1 :] if x.startswith("| ")][:1]:
             assert ln.count(" | ") + 1 == width and not ln.startswith("|  |"), ln
-    assert "| test/acc | real_balanced − real | ? vs ? | +0.0200 |" in "\n".join(lines)
+    assert "| test/acc | real_balanced − real | 600 vs 600 | +0.0200 |" in "\n".join(lines)
 
 
 def test_paired_statistics_against_hand_computed_values():
@@ -188,3 +195,195 @@ def test_the_run_table_says_unknown_for_a_gan_number_not_known(tmp_path):
     write_table3(tmp_path, "mnist", 8, 0, table, results)
     md = (tmp_path / "table3.md").read_text()
     assert "val/gan_fid 12.5" in md and "gan/steps 1500" in md and "gan/train_s unknown" in md
+
+
+# ----------------------------------------------------------------- issue 27: what report says
+def _report(sweep):
+    """report.md, report.json's arms and its top-table rows, report.csv of a sweep dir."""
+    from xfergan.evaluation.report_files import collect, write_report
+
+    write_report(sweep, *collect(sweep))
+    rep = json.loads((sweep / "report.json").read_text())
+    return (sweep / "report.md").read_text(), rep, (sweep / "report.csv").read_text()
+
+
+def _predictions(run_dir, arm, acc, label, damaged=False):
+    """classify_<arm>/test_predictions.npz: wrong on the first (1 - acc) of the images."""
+    import numpy as np
+
+    stage = run_dir / f"classify_{arm}"
+    stage.mkdir(exist_ok=True)
+    pred = label.copy()
+    wrong = round((1 - acc) * len(label))
+    pred[:wrong] = 1 - pred[:wrong]
+    if damaged:  # written by an older version, or cut short: no predictions in it
+        np.savez(stage / "test_predictions.npz", label=label, test_ids_sha256="test")
+    else:
+        np.savez(stage / "test_predictions.npz", label=label, pred=pred, test_ids_sha256="test")
+
+
+def test_every_comparison_states_its_method_and_names_seeds_without_predictions(tmp_path):
+    """Point 3: a seed whose predictions are missing or damaged turns the comparison into a t
+    over seeds; the primary table says so in a method column (its header no longer claims the
+    bootstrap), the notes name the seed, arm and why; study_kappa says it cannot be
+    bootstrapped. With every seed's predictions the bootstrap is used, and explained."""
+    import numpy as np
+
+    label = np.random.default_rng(0).integers(0, 2, 200)
+    decl = {"primary": [["mixed", "real"]], "primary_metric": "test/acc"}
+    accs = [(0.80, 0.84), (0.82, 0.85), (0.78, 0.83)]
+    for sweep, holes in ((tmp_path / "holes", True), (tmp_path / "full", False)):
+        for seed, (r, m) in enumerate(accs):
+            d = sweep / str(seed)
+            kappa = {
+                "test/study_kappa_real": r - 0.3,
+                "test/study_kappa_mixed": m - 0.2 - seed / 100,
+            }
+            _pipeline_run(d, seed, 8, {"real": r, "mixed": m}, {**decl, **kappa})
+            if not (holes and seed == 1):  # seed 1: real has no predictions file
+                _predictions(d, "real", r, label)
+            _predictions(d, "mixed", m, label, damaged=holes and seed == 2)
+        md, rep, _ = _report(sweep)
+        by = {(d["metric"], d["arm"]): d for d in rep["arms"]["groups"][0]["paired"]}
+        kappa = by["test/study_kappa", "mixed"]
+        assert kappa["method"] == "t over seeds (test/study_kappa cannot be bootstrapped)"
+        assert f"| {kappa['method']} |" in md
+        acc = by["test/acc", "mixed"]
+        assert f"| 3 | {acc['method']} | {acc['verdict']} |" in md  # the primary table's row
+        if holes:
+            assert acc["method"] == (
+                "t over seeds (per-image predictions missing at some seeds: see the notes)"
+            )
+            assert "real: test_predictions.npz missing at seed 1" in acc["notes"]
+            damaged = "mixed: test_predictions.npz damaged (KeyError: 'pred is not a file"
+            assert any(n.startswith(damaged) and n.endswith("at seed 2") for n in acc["notes"])
+            assert f"- all runs, mixed − real: {damaged}" in md
+            assert "adds the test images' variance" not in md  # no bootstrap: none claimed
+        else:
+            assert acc["method"] == "t over seeds + bootstrap over test images"
+            assert not acc["notes"] and "adds the test images' variance" in md
+
+
+def test_a_duplicated_seed_is_left_out_of_the_top_table_as_in_the_arms(tmp_path):
+    """Point 4: seed 0 run twice: the top table (report.md, .json, .csv) keeps the first run by
+    dir and lists the other, as the arms section does: n=3, the same means in both."""
+    sweep = tmp_path / "sweep"
+    for seed, r in enumerate([0.80, 0.82, 0.78]):
+        _pipeline_run(sweep / str(seed), seed, 8, {"real": r, "mixed": r + 0.02})
+    _pipeline_run(sweep / "x_again", 0, 8, {"real": 0.50, "mixed": 0.50})
+    md, rep, csv = _report(sweep)
+    row, g = rep["rows"][0], rep["arms"]["groups"][0]
+    assert row["n"] == 3 and row["seeds"] == g["seeds"] == [0, 1, 2]
+    assert row["metrics"]["test/acc_real"][0] == pytest.approx(0.80)
+    assert g["arms"]["test/acc"]["real"]["mean"] == pytest.approx(0.80)
+    note = f"seed 0 has 2 runs: kept `{sweep / '0'}`, left out `{sweep / 'x_again'}`"
+    assert row["notes"] == g["notes"] == [note]
+    assert "| 3 |" in md.splitlines() and f"- all runs: {note}" in md
+    assert csv.splitlines()[1].startswith("3,")
+
+
+def test_every_declared_primary_counts_in_holms_family(tmp_path):
+    """Point 6: three declared primaries, one with no values (synthetic), one with unequal
+    steps (finetune): both are in the primary table with their reason and count as p = 1, so
+    mixed's Holm p is 3 p (not p, as a family of one)."""
+    sweep = tmp_path / "sweep"
+    decl = {
+        "primary": [["mixed", "real"], ["synthetic", "real"], ["finetune", "real"]],
+        "primary_metric": "test/acc",
+        "steps_finetune": 300,
+    }
+    for seed, (r, m) in enumerate([(0.80, 0.84), (0.82, 0.85), (0.78, 0.83)]):
+        accs = {"real": r, "mixed": m, "synthetic": None, "finetune": r}
+        _pipeline_run(sweep / str(seed), seed, 8, accs, decl)
+    md, rep, _ = _report(sweep)
+    a = rep["arms"]
+    by = {d["arm"]: d for d in a["groups"][0]["paired"] if d["kind"] == "primary"}
+    assert a["family_size"] == 3 and set(by) == {"mixed", "synthetic", "finetune"}
+    assert by["mixed"]["p_holm"] == pytest.approx(min(1, 3 * by["mixed"]["p"]))
+    assert "Holm-corrected over 3 comparisons" in md
+    assert "| synthetic − real | 600 vs 600 |" in md
+    assert "| not compared | not compared: no value of test/acc for arm synthetic |" in md
+    assert "| finetune − real | 300 vs 600 |" in md
+    assert "| not compared | not compared: unequal step budgets |" in md
+
+
+def test_steps_or_image_ids_not_recorded_are_not_compared(tmp_path):
+    """Point 7: synthetic's steps were not recorded, mixed's real-image ids not at seed 1: not
+    compared, and said why. finetune shows its pre-training steps beside its own."""
+    sweep = tmp_path / "sweep"
+    for seed, (r, m) in enumerate([(0.80, 0.84), (0.82, 0.85), (0.78, 0.83)]):
+        extra = {"steps_synthetic": None, "steps_pre_finetune": 600}
+        if seed == 1:
+            extra["data/train_ids_sha256_mixed"] = None
+        accs = {"real": r, "mixed": m, "synthetic": r - 0.1, "finetune": m}
+        _pipeline_run(sweep / str(seed), seed, 8, accs, extra)
+    md, rep, _ = _report(sweep)
+    by = {d["arm"]: d for d in rep["arms"]["groups"][0]["paired"] if d["metric"] == "test/acc"}
+    assert by["synthetic"]["verdict"] == (
+        "not compared: steps not recorded for arm synthetic at seeds 0, 1, 2"
+    )
+    assert by["mixed"]["verdict"] == (
+        "not compared: real-image ids not recorded for arm mixed at seed 1"
+    )
+    assert by["synthetic"]["method"] == by["mixed"]["method"] == "not compared"
+    assert by["finetune"]["budget"] == "600 + 600 pre-training vs 600"
+    assert by["finetune"]["verdict"] in ("helps", "hurts", "no evidence")
+    assert "| 600 | 600 | ? | 600 + 600 pre-training |" in md  # the steps table
+
+
+def test_wandb_paired_table_says_kind_method_and_holm(tmp_path):
+    """Point 9: report/paired carries kind, method, p_holm and the corrected interval next to
+    each verdict (None where a comparison has none: an exploratory one's Holm p)."""
+    import wandb
+
+    from xfergan.tracking.wandb_backend import PAIRED_COLUMNS, log_report, paired_rows
+
+    sweep = tmp_path / "sweep"
+    decl = {"primary": [["mixed", "real"]], "primary_metric": "test/acc"}
+    for seed, (r, m) in enumerate([(0.80, 0.84), (0.82, 0.85), (0.78, 0.83)]):
+        _pipeline_run(sweep / str(seed), seed, 8, {"real": r, "mixed": m, "synthetic": 0.7}, decl)
+    _, rep, _ = _report(sweep)
+    rows = [dict(zip(PAIRED_COLUMNS, r)) for r in paired_rows(rep["arms"])]
+    want = {"kind", "method", "p_holm", "low_corrected", "high_corrected", "verdict"}
+    assert want <= set(PAIRED_COLUMNS)
+    prim = next(r for r in rows if r["kind"] == "primary")
+    d = next(d for d in rep["arms"]["groups"][0]["paired"] if d["kind"] == "primary")
+    assert prim["comparison"] == "mixed - real" and prim["p_holm"] == d["p_holm"]
+    assert (prim["low_corrected"], prim["high_corrected"]) == (
+        d["low_corrected"],
+        d["high_corrected"],
+    )
+    assert prim["method"] == "t over seeds (no per-image predictions)"
+    expl = next(r for r in rows if r["comparison"] == "synthetic - real")
+    assert expl["kind"] == "exploratory" and expl["p_holm"] is None and expl["p"] is not None
+
+    logged = {}
+
+    class Run:  # what log_report gives W&B
+        def log(self, d):
+            logged.update(d)
+
+    log_report(Run(), rep, [])
+    assert isinstance(logged["report/paired"], wandb.Table)
+    assert logged["report/paired"].columns == PAIRED_COLUMNS
+
+
+def test_the_labelled_budget_is_the_real_arms(tmp_path):
+    """Point 11: a pipeline whose first arm is synthetic (no real image) states the real arm's
+    budget, not '0 train'; an arm trained on another real budget is named."""
+    sweep = tmp_path / "sweep"
+    stages = {"synthetic": (0, 16), "real": (16, 16), "teacher": (8, 16)}
+    for seed in range(2):
+        d = sweep / str(seed)
+        accs = {"synthetic": 0.7, "real": 0.8 + seed / 100, "teacher": 0.85}
+        _pipeline_run(d, seed, 8, accs, {"n_per_class": 8})
+        for arm, (tr, va) in stages.items():
+            (d / f"classify_{arm}").mkdir()
+            st = {"class_names": ["a", "b"], "n_train_real": tr, "n_val": va}
+            (d / f"classify_{arm}" / "metrics.json").write_text(json.dumps(st))
+    md, rep, _ = _report(sweep)
+    assert rep["arms"]["groups"][0]["labelled"] == (
+        "8 train + 8 val per class (32 labelled images) (real); arms disagree: "
+        "teacher: 4 train + 8 val per class (24 labelled images)"
+    )
+    assert "labelled budget 8 train + 8 val per class (32 labelled images) (real)" in md

@@ -3,17 +3,22 @@
 Input: the pipeline runs' metrics.json (plain dicts, with `_dir` and `_overrides`) and, next to
 each, its stages' test_predictions.npz. Output: a plain dict (report.json's `arms`) and the
 markdown lines of report.md. Rules (the rules of evidence, made mechanical):
-  - one run per seed and group: duplicates are left out and listed, never averaged in;
+  - one run per seed and group: duplicates are left out and listed, never averaged in (the same
+    rule, `one_per_seed`, for report.md's top table);
   - pairs by seed: a seed counts in a comparison only when both arms trained on the same real
     images (data/train_ids_sha256) and were tested on the same test images;
   - equal budgets: arms whose optimizer steps differ are not compared, unless the pipeline
     declared the arm in `pipeline.unequal_budgets` (then both budgets are shown);
+  - unknown is not equal: a comparison whose steps or image ids were not recorded (for an arm
+    at a seed it would use) is not compared, and says which;
   - intervals include the test sample: a t over seeds whose standard error adds the test
-    images' bootstrap variance, where per-image predictions exist (seed-only t intervals
-    otherwise, and labelled so);
+    images' bootstrap variance, where per-image predictions exist for every seed of both arms;
+    otherwise a seed-only t, its method saying so and its notes naming each seed and arm
+    without usable predictions (missing, damaged, other test images);
   - the comparisons the pipeline declared primary (`pipeline.primary`, judged on
     `pipeline.primary_metric`) are corrected together (Holm across the whole report, with
-    Bonferroni simultaneous intervals); every other comparison is exploratory;
+    Bonferroni simultaneous intervals), every declared one counting in the family (one not
+    compared or undefined as p = 1); every other comparison is exploratory;
   - an undefined number (null, NaN) is a missing value, counted and shown.
 """
 
@@ -31,6 +36,12 @@ ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "tes
 # exploratory comparisons beyond "every arm vs real": (arm, baseline)
 EXTRA_PAIRS = (("distill_gan", "distill_real"), ("distill_gan", "teacher"))
 PREDICTIONS = "test_predictions.npz"
+# what a comparison checks at every seed it uses; not recorded: not compared
+RECORDED = (
+    ("steps", "steps_{}"),
+    ("real-image ids", "data/train_ids_sha256_{}"),
+    ("test-image ids", "data/test_ids_sha256_{}"),
+)
 LEVEL = 0.95
 N_BOOT = 2000
 
@@ -46,19 +57,22 @@ def _num(v: str):
         return (1, str(v))
 
 
-def _load_predictions(run: dict, arm: str):
+def _load_predictions(run: dict, arm: str) -> tuple[Any, str | None]:
+    """(an arm's per-image test predictions at a run's seed, None) or (None, why there are
+    none: "missing", or "damaged (<the error's first line>)")."""
     import numpy as np
 
     f = Path(run["_dir"]) / f"classify_{arm}" / PREDICTIONS
     if not f.is_file():
-        return None
+        return None, "missing"
     try:
         z = np.load(f)
         p = stats.Predictions(z["label"], z["pred"], z["score"] if "score" in z else None)
         p.test_ids = str(z["test_ids_sha256"]) if "test_ids_sha256" in z else None
-        return p
-    except Exception:  # noqa: BLE001 - a damaged file: that seed falls back to seed-only stats
-        return None
+        return p, None
+    except Exception as e:  # noqa: BLE001 - a damaged file: that seed is named, not a crash
+        first = (str(e).strip().splitlines() or [""])[0]
+        return None, f"damaged ({type(e).__name__}: {first})" if first else "damaged"
 
 
 def _stage(run: dict, arm: str) -> dict:
@@ -72,12 +86,13 @@ def _stage(run: dict, arm: str) -> dict:
 
 
 def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
-    """The first run (by dir) of every seed; a note for each one left out."""
-    by_seed: dict[Any, list[dict]] = defaultdict(list)
+    """The first run (by dir) of every seed (and task) in a group; a note for each one left out.
+    The one rule for duplicates: the top table of report.md and the arms section both use it."""
+    by_seed: dict[tuple, list[dict]] = defaultdict(list)
     for r in sorted(rs, key=lambda r: r["_dir"]):
-        by_seed[r.get("seed")].append(r)
+        by_seed[r.get("seed"), str(r.get("task"))].append(r)
     kept, notes = [], []
-    for s, group in sorted(by_seed.items(), key=lambda kv: _num(kv[0])):
+    for (s, _), group in sorted(by_seed.items(), key=lambda kv: (_num(kv[0][0]), kv[0][1])):
         kept.append(group[0])
         for extra in group[1:]:
             notes.append(
@@ -87,37 +102,80 @@ def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, notes
 
 
-def same_test_set(preds: dict) -> dict:
+def same_test_set(preds: dict, unusable: dict) -> dict:
     """The per-image predictions that share the first one's test set (same ids digest, same
-    labels in the same order); the others are left out (their seeds fall back to a t)."""
+    labels in the same order); the others are left out and said so in `unusable` (arm -> seed
+    -> why; their seeds fall back to a t)."""
     import numpy as np
 
     ref = next((p for ps in preds.values() for p in ps.values() if p is not None), None)
-    if ref is None:
-        return {}
     out: dict = {}
     for a, ps in preds.items():
         for s, p in ps.items():
-            if p is None or p.test_ids != ref.test_ids or not np.array_equal(p.label, ref.label):
+            if p is None:
+                continue
+            if p.test_ids != ref.test_ids or not np.array_equal(p.label, ref.label):
+                unusable.setdefault(a, {})[s] = "on other test images than the first arm's"
                 continue
             out.setdefault(a, {})[s] = p
     return out
 
 
-def labelled_budget(rs: list[dict], arm: str | None) -> str | None:
-    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics."""
-    st = _stage(rs[0], arm) if rs and arm else {}
+def _labelled(run: dict, arm: str) -> str | None:
+    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics; None when
+    the arm trained on no real image (or did not record it)."""
+    st = _stage(run, arm)
     k = len(st.get("class_names") or [])
     tr, va = st.get("n_train_real"), st.get("n_val")
-    if not k or tr is None or va is None:
+    if not k or not tr or va is None:
         return None
-    if rs[0].get("n_per_class") is not None and tr % k == 0 and va % k == 0:
+    if run.get("n_per_class") is not None and tr % k == 0 and va % k == 0:
         return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
     return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
 
 
+def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
+    """The labelled budget of the `real` arm, else of the first arm that trained on real images;
+    arms that trained on another real budget are named after it."""
+    if not rs:
+        return None
+    by_arm = {a: b for a in arms if (b := _labelled(rs[0], a))}
+    if not by_arm:
+        return None
+    main = "real" if "real" in by_arm else next(iter(by_arm))
+    other = [f"{a}: {b}" for a, b in by_arm.items() if b != by_arm[main]]
+    if not other:
+        return by_arm[main]
+    return f"{by_arm[main]} ({main}); arms disagree: " + "; ".join(other)
+
+
 def _budget(rs: list[dict], arm: str) -> set:
     return {r.get(f"steps_{arm}") for r in rs if r.get(f"steps_{arm}") is not None}
+
+
+def _steps(own: list, pre: list) -> str:
+    """An arm's optimizer steps over the runs ('600', '300/600' when they differ, '?' when not
+    recorded), its pre-training steps added (finetune: '600 + 600 pre-training')."""
+    text = "/".join(map(str, own)) or "?"
+    return f"{text} + {'/'.join(map(str, pre))} pre-training" if pre else text
+
+
+def _seeds(xs: list) -> str:
+    return ("seed " if len(xs) == 1 else "seeds ") + ", ".join(map(str, xs))
+
+
+def _unknown(rs: list[dict], a: str, b: str, seeds: list) -> list[str]:
+    """Why a and b cannot be checked as an equal-budget true pair at `seeds`: steps or image ids
+    not recorded (unknown is never taken for equal)."""
+    at = [r for r in rs if r.get("seed") in seeds]
+    out = []
+    for what, key in RECORDED:
+        by_arm = {x: [r.get("seed") for r in at if r.get(key.format(x)) is None] for x in (a, b)}
+        if by_arm[a] == by_arm[b] and by_arm[a]:
+            out.append(f"{what} not recorded for arms {a} and {b} at {_seeds(by_arm[a])}")
+            continue
+        out += [f"{what} not recorded for arm {x} at {_seeds(s)}" for x, s in by_arm.items() if s]
+    return out
 
 
 def _pairable(rs: list[dict], a: str, b: str) -> tuple[list, list[str]]:
@@ -190,15 +248,24 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "paired": [],
             "gan": {},
             "steps": {a: sorted(_budget(rs, a)) for a in arms},
-            "labelled": labelled_budget(rs, arms[0] if arms else None),
+            "steps_pre": {a: sorted(_budget(rs, f"pre_{a}")) for a in arms},  # finetune's
+            "labelled": labelled_budget(rs, arms),
             "foreign": {
                 f"seed {r.get('seed')}: {stage}": why
                 for r in rs
                 for stage, why in (r.get("foreign") or {}).items()
             },
         }
-        preds = {a: {r.get("seed"): _load_predictions(r, a) for r in rs} for a in arms}
-        for m in metrics:
+        loaded = {a: {r.get("seed"): _load_predictions(r, a) for r in rs} for a in arms}
+        preds = {a: {s: p for s, (p, _) in ps.items()} for a, ps in loaded.items()}
+        unusable = {a: {s: why for s, (_, why) in ps.items() if why} for a, ps in loaded.items()}
+        have = same_test_set(preds, unusable)
+        # every declared primary is judged (and counted in the family), even on a metric no arm
+        # recorded
+        judged = metrics + [primary_metric] * bool(
+            primary and primary_metric not in [None, *metrics]
+        )
+        for m in judged:
             by_arm, missing = {}, {}
             for a in arms:
                 vals = {r.get("seed"): r.get(f"{m}_{a}") for r in rs if f"{m}_{a}" in r}
@@ -214,20 +281,17 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
                 if v or missing[a]
             }
             boot = None
-            if m in stats.BOOTSTRAP_METRICS:
-                have = same_test_set(preds)
-                if have:
-                    boot = stats.bootstrap_table(have, m, n_boot=n_boot)
+            if m in stats.BOOTSTRAP_METRICS and have:
+                boot = stats.bootstrap_table(have, m, n_boot=n_boot)
             for a, b in pairs:
-                d = compare(g, rs, m, a, b, by_arm, boot, unequal)
-                if d is None:
-                    continue
-                d["kind"] = (
-                    "primary" if (a, b) in primary and m == primary_metric else "exploratory"
-                )
+                kind = "primary" if (a, b) in primary and m == primary_metric else "exploratory"
+                if kind == "exploratory" and not (by_arm.get(a) and by_arm.get(b)):
+                    continue  # an arm without this metric: nothing declared, nothing to show
+                d = compare(rs, m, a, b, by_arm, boot, unusable, unequal)
+                d["kind"] = kind
                 g["paired"].append(d)
-                if d["kind"] == "primary" and d["method"] != "not compared":
-                    family.append(d)
+                if kind == "primary":
+                    family.append(d)  # compared or not: the family is what was declared
         g["gan"] = gan_quality(rs)
         out["groups"].append(g)
     correct(family)
@@ -284,38 +348,65 @@ def gan_quality(rs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def compare(g, rs, m, a, b, by_arm, boot, unequal) -> dict | None:
-    """One paired comparison a - b at metric m in a group, or None when an arm has no value."""
-    if not by_arm.get(a) or not by_arm.get(b):
-        return None
-    seeds, notes = _pairable(rs, a, b)
-    seeds = [s for s in seeds if s in by_arm[a] and s in by_arm[b]]
-    sa, sb = _budget(rs, a), _budget(rs, b)
-    budget = f"{'/'.join(map(str, sorted(sa))) or '?'} vs {'/'.join(map(str, sorted(sb))) or '?'}"
-    d: dict = {"metric": m, "arm": a, "baseline": b, "budget": budget, "notes": notes}
-    differ = bool(sa and sb and sa != sb) or len(sa) > 1 or len(sb) > 1
-    if differ and a not in unequal and b not in unequal:
-        d.update(
-            mean=math.nan, low=math.nan, high=math.nan, p=math.nan, n=len(seeds),
-            method="not compared", verdict="not compared: unequal step budgets",
-        )  # fmt: skip
-        return d
-    if differ:
-        d["notes"] = notes + [f"unequal budgets ({budget}), allowed by pipeline.unequal_budgets"]
-    use_boot = (
-        boot is not None
-        and a in boot[1]
-        and b in boot[1]
-        and all(s in boot[1][a] and s in boot[1][b] for s in seeds)
+BOOTSTRAP = "t over seeds + bootstrap over test images"
+NOT_COMPARED = "not compared"
+
+
+def _without_predictions(a: str, b: str, seeds: list, unusable: dict) -> list[str]:
+    """A note per arm and reason for the seeds of a comparison without usable predictions."""
+    out = []
+    for x in (a, b):
+        by_why: dict[str, list] = defaultdict(list)
+        for s in seeds:
+            if s in unusable.get(x, {}):
+                by_why[unusable[x][s]].append(s)
+        out += [f"{x}: {PREDICTIONS} {why} at {_seeds(ss)}" for why, ss in by_why.items()]
+    return out
+
+
+def compare(rs, m, a, b, by_arm, boot, unusable, unequal) -> dict:
+    """One paired comparison a - b at metric m in a group: its method says how it was judged
+    ("not compared" with the reason in its verdict when it cannot be judged)."""
+    a_vals, b_vals = by_arm.get(a) or {}, by_arm.get(b) or {}
+    budget = " vs ".join(
+        _steps(sorted(_budget(rs, x)), sorted(_budget(rs, f"pre_{x}"))) for x in (a, b)
     )
-    if use_boot:
+    d: dict = {"metric": m, "arm": a, "baseline": b, "budget": budget, "notes": []}
+    nan = math.nan
+    d.update(mean=nan, low=nan, high=nan, p=nan, n=0, method=NOT_COMPARED)
+    if not a_vals or not b_vals:
+        d["verdict"] = f"not compared: no value of {m} for arm {a if not a_vals else b}"
+        return d
+    seeds, d["notes"] = _pairable(rs, a, b)
+    seeds = [s for s in seeds if s in a_vals and s in b_vals]
+    d["n"] = len(seeds)
+    if unknown := _unknown(rs, a, b, seeds):
+        d["verdict"] = "not compared: " + "; ".join(unknown)
+        return d
+    sa, sb = _budget(rs, a), _budget(rs, b)
+    if bool(sa and sb and sa != sb) or len(sa) > 1 or len(sb) > 1:
+        if a not in unequal and b not in unequal:
+            d["verdict"] = "not compared: unequal step budgets"
+            return d
+        d["notes"].append(f"unequal budgets ({budget}), allowed by pipeline.unequal_budgets")
+    lacking = _without_predictions(a, b, seeds, unusable)
+    if m not in stats.BOOTSTRAP_METRICS:
+        r = stats.paired({s: a_vals[s] for s in seeds}, {s: b_vals[s] for s in seeds})
+        d["method"] = f"t over seeds ({m} cannot be bootstrapped)"
+    elif lacking or boot is None:
+        r = stats.paired({s: a_vals[s] for s in seeds}, {s: b_vals[s] for s in seeds})
+        some = any(s not in unusable.get(x, {}) for x in (a, b) for s in seeds)
+        d["method"] = "t over seeds (" + (
+            "per-image predictions missing at some seeds: see the notes)"
+            if some
+            else "no per-image predictions)"
+        )
+        d["notes"] += lacking
+    else:
         full, reps = boot
         r = stats.bootstrap_paired(full[a], full[b], reps[a], reps[b], seeds, LEVEL)
-        d["method"] = "t over seeds + bootstrap over test images"
+        d["method"] = BOOTSTRAP
         d["se_seed"], d["se_test"] = r.get("se_seed"), r.get("se_test")
-    else:
-        r = stats.paired({s: by_arm[a][s] for s in seeds}, {s: by_arm[b][s] for s in seeds})
-        d["method"] = "t over seeds (no per-image predictions)"
     d.update({k: r.get(k, math.nan) for k in ("mean", "low", "high", "p", "n")})
     d["_se"], d["_df"] = _se(d, r), max(1, d["n"] - 1)
     d["seeds"] = seeds
@@ -333,16 +424,18 @@ def _se(d: dict, r: dict) -> float:
 
 
 def correct(family: list[dict]) -> None:
-    """Holm-adjusted p-values over the primary comparisons (an undefined one counts in the
-    family as p = 1: it cannot be rejected, but it does not make the others easier),
-    Bonferroni simultaneous t intervals, and the primary verdict from the adjusted p."""
+    """Holm-adjusted p-values over every declared primary comparison (one not compared or
+    undefined counts in the family as p = 1: it cannot be rejected, but it does not make the
+    others easier), Bonferroni simultaneous t intervals, and the primary verdict from the
+    adjusted p (a comparison not compared keeps its reason)."""
     m = len(family)
     adj = stats.holm([d["p"] if math.isfinite(d["p"]) else 1.0 for d in family])
     level = 1 - (1 - LEVEL) / max(1, m)
     for d, p in zip(family, adj):
         if not math.isfinite(d["p"]):
             d["p_holm"] = math.nan
-            d["verdict"] = stats.UNDEFINED
+            if d["method"] != NOT_COMPARED:
+                d["verdict"] = stats.UNDEFINED
             continue
         d["p_holm"] = p
         d["low_corrected"], d["high_corrected"] = stats.t_interval(
@@ -372,6 +465,27 @@ def _p(p: float) -> str:
     return "—" if not math.isfinite(p) else f"{p:.3g}"
 
 
+def _methods(ds: list[dict]) -> list[str]:
+    """What each method that occurs in these comparisons means (a table's legend)."""
+    out = []
+    for m in dict.fromkeys(d["method"] for d in ds):
+        if m == BOOTSTRAP:
+            what = (
+                "Student t over seeds (n - 1 df) whose standard error adds the test images' "
+                "variance (bootstrap of the test set, the same resample for both arms and every "
+                "seed)"
+            )
+        elif m == NOT_COMPARED:
+            what = "no interval, p or verdict; the verdict says why"
+        else:
+            what = (
+                "Student t over the seeds' paired differences (n - 1 df) only: the test images' "
+                "variance is not in the interval"
+            )
+        out.append(f"- {m}: {what}.")
+    return out
+
+
 def arm_lines(a: dict, row, head) -> list[str]:
     """report.md's sections for pipeline arms (row/head: the report's markdown table helpers)."""
     if not a:
@@ -393,7 +507,7 @@ def arm_lines(a: dict, row, head) -> list[str]:
     lines += head(keys + arms)
     for g in a["groups"]:
         cells = [g["group"][k] for k in keys]
-        cells += ["/".join(map(str, g["steps"].get(arm) or [])) or "—" for arm in arms]
+        cells += [_steps(g["steps"][arm], g["steps_pre"][arm]) for arm in arms]
         lines.append(row(cells))
     if a.get("unequal_budgets"):
         lines.append("")
@@ -421,10 +535,11 @@ def arm_lines(a: dict, row, head) -> list[str]:
             f"## Primary comparisons ({a['primary_metric']}; Holm-corrected over "
             f"{a['family_size']} comparisons)",
             "",
-            "Paired by seed. Interval and p: Student t over seeds (n - 1 df) whose standard error "
-            "adds the test images' variance (bootstrap of the test set, the same resample for "
-            "both arms and every seed); the simultaneous interval is Bonferroni-corrected; the "
-            "verdict reads the Holm p.",
+            "Paired by seed. Every declared primary comparison counts in the family (one not "
+            "compared or undefined as p = 1); the simultaneous interval is Bonferroni-corrected; "
+            "the verdict reads the Holm p. Interval and p, by method:",
+            "",
+            *_methods([d for _, d in prim]),
             "",
             *head(
                 keys
@@ -437,6 +552,7 @@ def arm_lines(a: dict, row, head) -> list[str]:
                     "p",
                     "p (Holm)",
                     "seeds",
+                    "method",
                     "verdict",
                 ]
             ),
@@ -452,12 +568,15 @@ def arm_lines(a: dict, row, head) -> list[str]:
                 _p(d["p"]),
                 _p(d.get("p_holm", math.nan)),
                 d["n"],
+                d["method"],
                 d["verdict"],
             ]
             lines.append(row(cells))
     lines += [
         "",
         "## Exploratory comparisons (uncorrected; not what the experiment was built to answer)",
+        "",
+        *_methods([d for g in a["groups"] for d in g["paired"] if d["kind"] == "exploratory"]),
         "",
         *head(
             keys

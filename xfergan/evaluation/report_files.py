@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from xfergan.evaluation.arms import arm_analysis, arm_lines
+from xfergan.evaluation.arms import arm_analysis, arm_lines, one_per_seed
 from xfergan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,12 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
         groups[tuple(ov.get(k, "") for k in keys)].append(r)
     rows = []
     for gkey, rs in sorted(groups.items()):
+        rs, notes = one_per_seed(rs)  # the arms section's rule: one run per seed, never averaged
         row = {
             "group": dict(zip(keys, gkey)),
             "n": len(rs),
-            "seeds": sorted(r.get("seed") for r in rs),
+            "seeds": [r.get("seed") for r in rs],
+            "notes": notes,
             "metrics": {},
         }
         names = sorted(
@@ -169,7 +171,8 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
         "",
         f"{len(runs)} runs ({len(runs) - len(failed)} ok, {len(failed)} failed), "
         f"{len(missing)} missing (job dir without metrics.json: killed or still running).",
-        f"Grouped by: {', '.join(keys) if keys else '(nothing swept)'}; mean ± std over seeds.",
+        f"Grouped by: {', '.join(keys) if keys else '(nothing swept)'}; mean ± std over seeds "
+        "(one run per seed: a duplicate is left out and listed below the table).",
         "",
     ]
     lines += _head(keys + ["n"] + present)
@@ -179,6 +182,12 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             v = row["metrics"].get(m)
             cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
         lines.append(_row(cells))
+    left_out = [(row, n) for row in rows for n in row["notes"]]
+    if left_out:
+        lines += ["", "Left out of this table (one run per seed and group, the first by dir):"]
+        for row, n in left_out:
+            where = ", ".join(f"{k}={v}" for k, v in row["group"].items()) or "all runs"
+            lines.append(f"- {where}: {n}")
     arms = arm_analysis(runs, keys)
     lines += arm_lines(arms, _row, _head)
     foreign = [r for r in runs if r.get("synthetic_foreign")]

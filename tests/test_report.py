@@ -336,7 +336,8 @@ def test_wandb_paired_table_says_kind_method_and_holm(tmp_path):
     each verdict (None where a comparison has none: an exploratory one's Holm p)."""
     import wandb
 
-    from xfergan.tracking.wandb_backend import PAIRED_COLUMNS, log_report, paired_rows
+    from xfergan.evaluation.arms import PAIRED_COLUMNS, paired_rows
+    from xfergan.tracking.wandb_backend import log_report
 
     sweep = tmp_path / "sweep"
     decl = {"primary": [["mixed", "real"]], "primary_metric": "test/acc"}
@@ -356,6 +357,13 @@ def test_wandb_paired_table_says_kind_method_and_holm(tmp_path):
     assert prim["method"] == "t over seeds (no per-image predictions)"
     expl = next(r for r in rows if r["comparison"] == "synthetic - real")
     assert expl["kind"] == "exploratory" and expl["p_holm"] is None and expl["p"] is not None
+    import csv
+
+    with open(sweep / "report_paired.csv") as f:  # the same rows, for readers without us
+        table = list(csv.DictReader(f))
+    assert [r["comparison"] for r in table] == [r["comparison"] for r in rows]
+    assert {r["method"] for r in table} == {r["method"] for r in rows}
+    assert next(r for r in table if r["kind"] == "primary")["p_holm"] == str(d["p_holm"])
 
     logged = {}
 

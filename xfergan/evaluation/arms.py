@@ -448,6 +448,39 @@ def correct(family: list[dict]) -> None:
             d["verdict"] = "no evidence"
 
 
+PAIRED_COLUMNS = [
+    "group",
+    "metric",
+    "kind",
+    "comparison",
+    "steps",
+    "mean",
+    "low",
+    "high",
+    "p",
+    "p_holm",
+    "low_corrected",
+    "high_corrected",
+    "n",
+    "method",
+    "verdict",
+]
+
+
+def paired_rows(arms: dict) -> list[list]:
+    """report.json's arm comparisons as table rows (PAIRED_COLUMNS: report_paired.csv and W&B's
+    report/paired; a value a
+    comparison does not have, e.g. p_holm of an exploratory one, is None)."""
+    rows = []
+    for g in arms["groups"]:
+        group = " ".join(str(v) for v in g["group"].values()) or "all"
+        for d in g["paired"]:
+            cells = {**d, "group": group, "comparison": f"{d['arm']} - {d['baseline']}"}
+            cells["steps"] = d.get("budget")
+            rows.append([cells.get(c) for c in PAIRED_COLUMNS])
+    return rows
+
+
 def _ci(lo: float, hi: float) -> str:
     return "undefined" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
 

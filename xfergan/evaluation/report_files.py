@@ -1,6 +1,7 @@
 """The files a report writes from the runs below a dir: every metrics.json -> grouped by the
 swept keys, aggregated over seeds (mean ± std, n), the arm comparisons (xfergan/evaluation/arms.py)
--> report.md, report.json, report.csv and PNG plots. Plain data in, files out; task=report
+-> report.md, report.json, report.csv (the aggregate), report_paired.csv (every comparison with
+its kind, method and Holm p) and PNG plots. Plain data in, files out; task=report
 (tasks/report.py) and the sweep's ReportWhenDone call it."""
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from xfergan.evaluation.arms import arm_analysis, arm_lines, one_per_seed
+from xfergan.evaluation.arms import (
+    PAIRED_COLUMNS,
+    arm_analysis,
+    arm_lines,
+    one_per_seed,
+    paired_rows,
+)
 from xfergan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -218,6 +225,12 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
         w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals)
     atomic_write_text(root / "report.csv", buf.getvalue())
+    if arms:  # every comparison, its method and kind: what report.md's tables say, as rows
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(PAIRED_COLUMNS)
+        w.writerows(paired_rows(arms))
+        atomic_write_text(root / "report_paired.csv", buf.getvalue())
     from xfergan.io import atomic_write_json
 
     atomic_write_json(

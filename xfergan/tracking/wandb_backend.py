@@ -170,42 +170,12 @@ def artifact_name(kind: str, path: str | Path) -> str:
 
 # report/paired: a primary comparison's verdict reads p_holm (and its corrected interval), an
 # exploratory one's the uncorrected p; kind and method say which and how
-PAIRED_COLUMNS = [
-    "group",
-    "metric",
-    "kind",
-    "comparison",
-    "steps",
-    "mean",
-    "low",
-    "high",
-    "p",
-    "p_holm",
-    "low_corrected",
-    "high_corrected",
-    "n",
-    "method",
-    "verdict",
-]
-
-
-def paired_rows(arms: dict) -> list[list]:
-    """report.json's arm comparisons as the rows of report/paired (PAIRED_COLUMNS; a value a
-    comparison does not have, e.g. p_holm of an exploratory one, is None)."""
-    rows = []
-    for g in arms["groups"]:
-        group = " ".join(str(v) for v in g["group"].values()) or "all"
-        for d in g["paired"]:
-            cells = {**d, "group": group, "comparison": f"{d['arm']} - {d['baseline']}"}
-            cells["steps"] = d.get("budget")
-            rows.append([cells.get(c) for c in PAIRED_COLUMNS])
-    return rows
-
-
 def log_report(run, rep: dict, pngs: list[Path]) -> None:
     """A report (report.json's content) into a W&B run: the aggregate as a wandb.Table, the
     arms with a bar chart, the paired comparisons, and the report's PNGs."""
     import wandb
+
+    from xfergan.evaluation.arms import PAIRED_COLUMNS, paired_rows
 
     keys = rep["keys"]
     cols = keys + ["n", "metric", "mean", "std"]

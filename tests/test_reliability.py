@@ -107,6 +107,10 @@ BAD_VALUES = [
         "model.decision=val_balanced_acc needs two classes and a val split (this data has 10 "
         "classes and 1000 val images); use model.decision=argmax",
     ),
+    (
+        ["task=gan", "gan/discriminator=projected", "gan.discriminator.weights=IMAGENET1K_V9"],
+        "gan.discriminator.weights='IMAGENET1K_V9' is not a weights name of mobilenet_v2",
+    ),
 ]
 
 

@@ -194,8 +194,10 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
     loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
-    dm.setup()
-    write_problems(out, dm.problems)
+    try:
+        dm.setup()
+    finally:  # listed also when too many are unreadable to go on
+        write_problems(out, dm.problems)
     sizes = dm.sizes()
     check_decision(cfg, dm.num_classes, sizes["n_val"])
     if dm.problems:

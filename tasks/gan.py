@@ -181,7 +181,8 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     """FID/KID/precision/recall/memorization with a classifier of our own as the feature net,
     against the real images of `gan.eval_split` (val by default: what a user may choose a GAN
     by; test gives test/gan_* keys, refused as choosers). Up to gan.eval_n_per_class real
-    images per class, gan.eval_n_per_class samples per class."""
+    images per class, gan.eval_n_per_class samples per class for FID/KID, and as many samples of
+    each class as there are real images of it for precision/recall (gan_quality says why)."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality
 
@@ -222,11 +223,9 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
         [model.sample(fake_y[i : i + 500], generator=gen) for i in range(0, len(fake_y), 500)]
     )
     train = to_gan_size(dm.splits.train.x.float().cpu() / 255.0, cfg.gan.image_size)
-    out = gan_quality(
+    return gan_quality(
         feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
     )
-    out[f"{split}/gan_n_real"] = len(real_y)
-    return out
 
 
 def to_gan_size(x: torch.Tensor, size: int) -> torch.Tensor:

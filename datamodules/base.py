@@ -307,13 +307,17 @@ class ImageDataModule(pl.LightningDataModule):
             sampler = ShardSampler(len(split), rank, world)
         on_cpu = split.x.device.type == "cpu"
         bs = self.batch_size if train else self.eval_batch_size
+        # a set left in host memory (_maybe_move_to_device) reaches a CUDA device batch by batch:
+        # from pinned memory, so Lightning's non_blocking copy is a real asynchronous one
+        t = self.trainer
+        pin = on_cpu and t is not None and t.strategy.root_device.type == "cuda"
         if not on_cpu or self.num_workers == 0:  # batches sliced in this process, on the device
             return DataLoader(
                 IndexedTensors(split),
                 batch_size=None,
                 sampler=DeviceBatches(sampler, bs, split.y.device),
                 num_workers=0,
-                pin_memory=False,
+                pin_memory=pin,
             )
         return DataLoader(  # CPU decode workers: they take lists of indices
             IndexedTensors(split),
@@ -322,7 +326,7 @@ class ImageDataModule(pl.LightningDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             collate_fn=_identity,
-            pin_memory=False,
+            pin_memory=pin,
             persistent_workers=True,
         )
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 COLORS = ("gray", "rgb")
+LOGGED_PROBLEMS = 5  # skipped images named in the log; skipped_images.csv lists every one
 _D = FilesConfig()
 
 
@@ -319,14 +320,17 @@ class FileImageDataModule(ImageDataModule):
             keep = [i for i, why in enumerate(reasons) if why is None]
             decoded[split] = ([rs[i] for i in keep], x[keep])
         bad = len(self.problems)
-        for p in self.problems:
+        shown = self.problems[:LOGGED_PROBLEMS]  # a partial copy misses thousands
+        for p in shown:
             log.warning("skipped %s: %s", p["path"], p["reason"])
         if bad:
+            more = f"... and {bad - len(shown):,} more; " if bad > len(shown) else ""
             log.warning(
-                "%s: skipped %d of %d listed images (listed in skipped_images.csv)",
+                "%s: skipped %d of %d listed images (%sskipped_images.csv lists every one)",
                 self.name,
                 bad,
                 total,
+                more,
             )
         if total and bad / total > self.max_bad_fraction:
             raise UserError(

@@ -42,7 +42,7 @@ def knn_radii(f: torch.Tensor, k: int) -> torch.Tensor:
 
 def coverage_fraction(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor) -> float:
     """Fraction of query points inside at least one ref point's k-NN ball."""
-    inside = torch.zeros(len(query), dtype=torch.bool)
+    inside = torch.zeros(len(query), dtype=torch.bool, device=query.device)
     for i in range(0, len(query), 1000):
         d = torch.cdist(query[i : i + 1000], ref)
         inside[i : i + 1000] = (d <= ref_radii[None, :]).any(dim=1)
@@ -53,6 +53,20 @@ def precision_recall(real_f: torch.Tensor, fake_f: torch.Tensor, k: int = 3) -> 
     precision = coverage_fraction(fake_f, real_f, knn_radii(real_f, k))
     recall = coverage_fraction(real_f, fake_f, knn_radii(fake_f, k))
     return precision, recall
+
+
+def equal_per_class(real_y: torch.Tensor, fake_y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """(real indices, fake indices) of each class of the real images, the same number of each:
+    the first min(n_real, n_fake) of the class (both are random draws). k-NN precision and
+    recall depend on how many points each set has (its k-NN radii shrink as it grows): on sets
+    of unequal size one is biased against the other."""
+    real_y, fake_y = real_y.cpu(), fake_y.cpu()
+    out = []
+    for c in torch.unique(real_y).tolist():
+        r, f = torch.nonzero(real_y == c).flatten(), torch.nonzero(fake_y == c).flatten()
+        m = min(len(r), len(f))
+        out.append((r[:m], f[:m]))
+    return out
 
 
 def nn_distance(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -72,13 +86,18 @@ def gan_quality(
     k: int = 3,
     prefix: str = "val/gan_",
 ) -> dict[str, float]:
-    """All images float in [0, 1], [N, C, H, W], at the GAN's resolution. `real_test` are the
-    real images compared against (never the training ones): keys are `<prefix><metric>`, e.g.
-    val/gan_fid for the val split (a chooser may read it), test/gan_fid for the test split."""
+    """All images float in [0, 1], [N, C, H, W], at the GAN's resolution, on the device the
+    features are computed on. `real_test` are the real images compared against (never the
+    training ones): keys are `<prefix><metric>`, e.g. val/gan_fid for the val split (a chooser
+    may read it), test/gan_fid for the test split. FID and KID use every fake (more fakes: less
+    noise in their side's statistics); precision and recall (overall and per class) use as many
+    fakes of each class as there are real images of it (equal_per_class): `<prefix>n_real`,
+    `n_fake` and `n_precision_recall` (images in each of its two sets) say how many."""
     out: dict[str, float] = {}
-    fid = FrechetInceptionDistance(feature=features, reset_real_features=True)
+    dev = real_test.device
+    fid = FrechetInceptionDistance(feature=features, reset_real_features=True).to(dev)
     n = min(len(real_test), len(fake))
-    kid = KernelInceptionDistance(feature=features, subset_size=min(500, n), subsets=20)
+    kid = KernelInceptionDistance(feature=features, subset_size=min(500, n), subsets=20).to(dev)
     for i in range(0, len(real_test), 500):
         fid.update(real_test[i : i + 500], real=True)
         kid.update(real_test[i : i + 500], real=True)
@@ -90,13 +109,13 @@ def gan_quality(
     out[f"{prefix}kid"], out[f"{prefix}kid_std"] = kid_mean.item(), kid_std.item()
 
     real_f, fake_f = batched(features, real_test).float(), batched(features, fake).float()
-    out[f"{prefix}precision"], out[f"{prefix}recall"] = precision_recall(real_f, fake_f, k)
+    pairs = [(r.to(dev), f.to(dev)) for r, f in equal_per_class(real_test_y, fake_y)]
+    ri, fi = torch.cat([r for r, _ in pairs]), torch.cat([f for _, f in pairs])
+    out[f"{prefix}precision"], out[f"{prefix}recall"] = precision_recall(real_f[ri], fake_f[fi], k)
+    out[f"{prefix}n_real"], out[f"{prefix}n_fake"] = len(real_test), len(fake)
+    out[f"{prefix}n_precision_recall"] = len(ri)
     # per class: collapse inside a class (every "3" the same "3") shows as low recall there
-    recalls = []
-    for c in torch.unique(real_test_y).tolist():
-        rf, ff = real_f[real_test_y == c], fake_f[fake_y == c]
-        if len(rf) > k and len(ff) > k:
-            recalls.append(precision_recall(rf, ff, k)[1])
+    recalls = [precision_recall(real_f[r], fake_f[f], k)[1] for r, f in pairs if len(r) > k]
     if recalls:
         out[f"{prefix}recall_per_class_mean"] = sum(recalls) / len(recalls)
         out[f"{prefix}recall_per_class_min"] = min(recalls)

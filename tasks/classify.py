@@ -96,19 +96,25 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}
 
 
+def check_decision(cfg: DictConfig, num_classes: int, n_val: int) -> None:
+    """model.decision=val_balanced_acc needs two classes and a val split: refused before
+    training (the schema refuses an unknown rule)."""
+    if cfg.model.decision == "val_balanced_acc" and (num_classes != 2 or n_val == 0):
+        raise UserError(
+            f"model.decision=val_balanced_acc needs two classes and a val split (this data has "
+            f"{num_classes} classes and {n_val} val images); use model.decision=argmax"
+        )
+
+
 def choose_threshold(cfg: DictConfig, model: ClassifierModule) -> float | None:
     """model.decision=val_balanced_acc: the P(class 1) threshold that maximizes balanced
     accuracy on val (the tested checkpoint's val pass); argmax: None."""
-    how = cfg.model.decision
-    if how == "argmax":
+    if cfg.model.decision == "argmax":
         return None
-    if how != "val_balanced_acc":
-        raise UserError(f"model.decision={how!r}: use argmax or val_balanced_acc")
     from xfergan.evaluation.metrics import balanced_acc_threshold
 
     val = model.collected_outputs("val")
-    if model.hparams.num_classes != 2 or "probs" not in val:
-        raise UserError("model.decision=val_balanced_acc needs two classes and a val split")
+    check_decision(cfg, model.hparams.num_classes, len(val.get("labels", ())))
     return balanced_acc_threshold(val["probs"][:, 1], val["labels"])
 
 
@@ -188,9 +194,12 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
     loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
-    dm.setup()
-    write_problems(out, dm.problems)
+    try:
+        dm.setup()
+    finally:  # listed also when too many are unreadable to go on
+        write_problems(out, dm.problems)
     sizes = dm.sizes()
+    check_decision(cfg, dm.num_classes, sizes["n_val"])
     if dm.problems:
         sizes["n_skipped"] = len(dm.problems)
     update_axes(loggers, cfg, sizes)

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torchvision.utils import save_image
 
 from lightning_modules.gan import GANDivergedError
+from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.runtime import output_dir, world_size
 from xfergan.schema import GAN_LOOP_KEYS
@@ -234,7 +235,10 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     """FID/KID/precision/recall/memorization with a classifier of our own as the feature net,
     against the real images of `gan.eval_split` (val by default: what a user may choose a GAN
     by; test gives test/gan_* keys, refused as choosers). Up to gan.eval_n_per_class real
-    images per class, gan.eval_n_per_class samples per class."""
+    images per class, gan.eval_n_per_class samples per class for FID/KID, and as many samples of
+    each class as there are real images of it for precision/recall (gan_quality says why). On
+    the job's device (job_device: where training ran; Lightning hands the module back on the
+    CPU after fit), the samples drawn with a generator on that device."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality
 
@@ -254,12 +258,14 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
         return {}
     clf = ClassifierModule.load_safely(path)
     spec = clf.hparams.input_spec or {}
+    dev = job_device(cfg)
     feats = FeatureNet(
         clf, spec.get("image_size", 32), spec.get("channels", 3), spec.get("normalize", "imagenet")
-    )
+    ).to(dev)
     k = dm.num_classes
     n = int(cfg.gan.eval_n_per_class)
-    gen = torch.Generator().manual_seed(int(cfg.seed) + 12345)
+    seed = int(cfg.seed) + 12345
+    gen = torch.Generator().manual_seed(seed)  # which real images
     ry = ref.y.cpu()
     idx = torch.cat(
         [
@@ -267,19 +273,18 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
             for c in range(k)
         ]
     )
-    real = to_gan_size(ref.x[idx.to(ref.x.device)].float().cpu() / 255.0, cfg.gan.image_size)
+    real = to_gan_size(ref.x[idx.to(ref.x.device)].to(dev).float() / 255.0, cfg.gan.image_size)
     real_y = ry[idx]
     fake_y = torch.arange(k).repeat_interleave(n)
-    model = model.cpu().eval()
+    model = model.to(dev).eval()
+    noise = torch.Generator(device=dev).manual_seed(seed)
     fake = torch.cat(
-        [model.sample(fake_y[i : i + 500], generator=gen) for i in range(0, len(fake_y), 500)]
+        [model.sample(fake_y[i : i + 500], generator=noise) for i in range(0, len(fake_y), 500)]
     )
-    train = to_gan_size(dm.splits.train.x.float().cpu() / 255.0, cfg.gan.image_size)
-    out = gan_quality(
+    train = to_gan_size(dm.splits.train.x.to(dev).float() / 255.0, cfg.gan.image_size)
+    return gan_quality(
         feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
     )
-    out[f"{split}/gan_n_real"] = len(real_y)
-    return out
 
 
 def to_gan_size(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -34,12 +34,14 @@ def generic_summary(dm) -> dict:
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
-    dm.setup()
+    try:
+        dm.setup()
+    finally:  # listed also when too many are unreadable to go on
+        write_problems(out, dm.problems)
     summary = dm.summary or generic_summary(dm)
     summary["dataset"] = dm.name
     summary["class_names"] = dm.class_names
     atomic_write_json(out / "data_summary.json", summary)
-    write_problems(out, dm.problems)
     print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2))
     reasons = Counter(p["reason"] for p in summary["skipped"]["files"])
     print(

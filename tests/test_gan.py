@@ -92,6 +92,39 @@ def test_fid_real_vs_real_is_small_noise_vs_real_is_large():
     assert 0.8 < same["val/gan_memorization_ratio"] < 1.25
 
 
+class _Pooled:
+    """A stand-in classifier for FeatureNet: 2x2 average pools of the image as its features."""
+
+    def eval(self):
+        return self
+
+    def features(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2)
+
+
+def test_precision_recall_compare_as_many_fakes_as_real_images_of_each_class(monkeypatch):
+    """task=gan compares gan.eval_n_per_class fakes per class (200) with at most that many real
+    val images (often 8): k-NN precision and recall (overall and per class) take as many fakes
+    of each class as there are real images of it; FID/KID keep every fake."""
+    import lightning_modules.gan_metrics as gm
+
+    sizes, real_precision_recall = [], gm.precision_recall
+
+    def precision_recall(real_f, fake_f, k=3):
+        sizes.append((len(real_f), len(fake_f)))
+        return real_precision_recall(real_f, fake_f, k)
+
+    monkeypatch.setattr(gm, "precision_recall", precision_recall)
+    g = torch.Generator().manual_seed(0)
+    real_y = torch.tensor([0] * 5 + [1] * 6 + [2] * 7)
+    fake_y = torch.arange(3).repeat_interleave(20)
+    real, fake = torch.rand(18, 1, 8, 8, generator=g), torch.rand(60, 1, 8, 8, generator=g)
+    out = gan_quality(FeatureNet(_Pooled(), 8, 1, "none"), real, real_y, fake, fake_y, real[:4])
+    assert sizes == [(18, 18), (5, 5), (6, 6), (7, 7)]  # overall, then class by class
+    assert (out["val/gan_n_real"], out["val/gan_n_fake"]) == (18, 60)
+    assert out["val/gan_n_precision_recall"] == 18
+
+
 def test_gan_synthesize_roundtrip_and_tamper_refused(tmp_path):
     gan_out = tmp_path / "gan"
     cfg = compose(

@@ -393,3 +393,76 @@ def test_every_stage_computes_on_its_jobs_device(tmp_path, monkeypatch):
         compose(["task=predict", f"run={run}", f"input={tmp_path / 'digit.png'}"], tmp_path / "q")
     )
     assert {"synthesize", "pseudolabel", "predict"} <= set(asked), asked
+
+
+def test_gan_quality_is_measured_on_the_jobs_device_not_moved_to_the_cpu(tmp_path, monkeypatch):
+    """Lightning hands the GAN back on the CPU after fit: evaluate_quality moves it to the job's
+    device (job_device: the GPU training used) and samples with a generator there, never
+    `.cpu()`. On this CPU machine the job's device is the CPU; what is checked is that the
+    device comes from job_device and everything meets there."""
+    from types import SimpleNamespace
+
+    import lightning_modules.gan_metrics as gm
+    import tasks.gan
+    from datamodules.split import Split, Splits
+    from lightning_modules.classifier import ClassifierModule
+    from tests.test_gan import _Pooled
+
+    where, asked = torch.device("cpu"), []
+    monkeypatch.setattr(tasks.gan, "job_device", lambda c: asked.append(c) or where, raising=False)
+    clf = _Pooled()
+    clf.hparams = SimpleNamespace(input_spec={"image_size": 8, "channels": 1, "normalize": "none"})
+    monkeypatch.setattr(ClassifierModule, "load_safely", staticmethod(lambda path: clf))
+    seen = {}
+
+    def gan_quality(features, real, real_y, fake, fake_y, train, **kw):
+        seen["devices"] = {t.device for t in (real, fake, train)}
+        return {}
+
+    monkeypatch.setattr(gm, "gan_quality", gan_quality)
+
+    class Gan(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.moved_to, self.generators = [], []
+
+        def cpu(self):
+            raise AssertionError("moved to the CPU, not to the job's device")
+
+        def to(self, device):
+            self.moved_to.append(torch.device(device))
+            return self
+
+        def sample(self, labels, generator=None):
+            self.generators.append(generator.device)
+            return torch.rand(len(labels), 1, 8, 8, generator=generator)
+
+    def split(n):
+        return Split(torch.zeros(n, 1, 8, 8, dtype=torch.uint8), torch.arange(n) % 2)
+
+    dm = SimpleNamespace(num_classes=2, splits=Splits(split(4), split(4), split(4), ["a", "b"]))
+    cfg = compose(FAST + ["gan.feature_ckpt=clf.ckpt", "gan.image_size=8"], tmp_path)
+    gan = Gan()
+    tasks.gan.evaluate_quality(cfg, gan, dm)
+    assert asked and gan.moved_to == [where] and set(gan.generators) == {where}
+    assert seen["devices"] == {where}
+
+
+def test_a_set_left_in_host_memory_reaches_a_gpu_from_pinned_memory(tmp_path):
+    """Over 2 GiB a dataset stays in host memory: with a CUDA Trainer its loaders pin each batch
+    (Lightning copies it with non_blocking=True); on the CPU nothing is pinned."""
+
+    class _Cuda(_Trainer):
+        strategy = type("S", (), {"root_device": torch.device("cuda", 0)})()
+
+    dm = build_datamodule(compose(FAST + ["dataset.n_per_class=4"], tmp_path))
+    dm.setup()
+    dm.trainer = _Cuda()
+    dm._maybe_move_to_device(max_bytes=0)  # too big for the device: it stays on the host
+    assert dm.splits.train.x.device.type == "cpu"
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        assert loader.pin_memory
+    dm.trainer = type(
+        "T", (_Trainer,), {"strategy": type("S", (), {"root_device": torch.device("cpu")})()}
+    )()
+    assert not dm.train_dataloader().pin_memory

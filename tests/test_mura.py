@@ -93,6 +93,25 @@ def test_damaged_files_are_skipped_counted_and_listed(tree, tmp_path):
     assert all("truncated" in reasons[p] or "corrupt" in reasons[p] for p in kinds["truncated"])
 
 
+def test_a_partial_copy_names_a_few_missing_images_and_lists_every_one(tree, tmp_path, caplog):
+    """A copy missing thousands of images logs the first few and a count, not a line each, and
+    skipped_images.csv lists every one, also when there are too many to go on."""
+    import logging
+
+    gone = tree["rows"]["train"][:12]
+    for p in gone:
+        (tree["root"] / p).unlink()
+    caplog.set_level(logging.WARNING, logger=files.__name__)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="max_bad_fraction"):
+        run_task(compose(SMALL + [f"paths.data_dir={tmp_path / 'data'}"], out))
+    said = [r.getMessage() for r in caplog.records if r.name == files.__name__]
+    assert len([m for m in said if m.startswith("skipped ")]) == 5, said
+    assert said[-1].endswith("(... and 7 more; skipped_images.csv lists every one)"), said
+    with open(out / "skipped_images.csv", newline="") as f:
+        assert sorted(r["path"] for r in csv.DictReader(f)) == sorted(gone)
+
+
 def test_bad_image_policies(tree, tmp_path):
     damage(tree)
     with pytest.raises(UserError, match="on_bad_image=skip"):

@@ -96,6 +96,37 @@ IN_PROCESS_ERRORS = [
 ]
 
 
+# values no job can run with: refused before anything trains, in one line naming the key
+BAD_VALUES = [
+    (["dataset.batch_size=0"], "dataset.batch_size=0: use a batch size of at least 1"),
+    (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0: use a batch size of at least 1"),
+    (["task=gan", "gan.batch_size=0"], "gan.batch_size=0: use a batch size of at least 1"),
+    (["checkpoint.mode=bogus"], "checkpoint.mode='bogus': use max or min"),
+    (  # MNIST has 10 classes: no threshold on P(class 1)
+        ["model.decision=val_balanced_acc"],
+        "model.decision=val_balanced_acc needs two classes and a val split (this data has 10 "
+        "classes and 1000 val images); use model.decision=argmax",
+    ),
+    (
+        ["task=gan", "gan/discriminator=projected", "gan.discriminator.weights=IMAGENET1K_V9"],
+        "gan.discriminator.weights='IMAGENET1K_V9' is not a weights name of mobilenet_v2",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_VALUES, ids=[a[-1] for a, _ in BAD_VALUES])
+def test_bad_values_are_refused_before_anything_trains(args, message, tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    def fit(*a, **k):
+        raise AssertionError("it trained before refusing the value")
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    with pytest.raises(UserError) as e:
+        run_task(compose([*FAST, "logger=none", "dataset.n_per_class=2", *args], tmp_path))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
 def test_the_same_bad_input_in_process_is_one_line_user_error(tmp_path):
     for i, (args, message) in enumerate(IN_PROCESS_ERRORS):
         with pytest.raises(UserError) as e:

@@ -23,7 +23,7 @@ from xfergan.devices import device_slot, jobs_per_gpu, sharing, visible_gpus
 from xfergan.errors import SelectionError, UserError
 from xfergan.io import atomic_write_json, atomic_write_text
 from xfergan.ranks import is_global_zero
-from xfergan.schema import enum_name
+from xfergan.schema import check_values, enum_name
 from xfergan.tracking import resolved_config
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,6 @@ def check_selection(cfg: DictConfig) -> None:
                 "val/ or train/ metric -- test numbers are reported, never chosen on; use e.g. "
                 "val/acc"
             )
-    if cfg.checkpoint.test not in ("best", "last"):
-        raise UserError(f"checkpoint.test={cfg.checkpoint.test!r}: use best or last")
 
 
 def _where_job() -> None:
@@ -346,6 +344,7 @@ def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, A
         _where_job()
     try:
         check_selection(cfg)
+        check_values(cfg)
         # a pipeline's stages run inside their job's slot: only the outermost run_job takes one
         with device_slot(_pool_size(cfg) if not _depth else 0) as slot:
             if slot is not None:  # a parallel sweep job: a seat on one GPU (queued when all taken)

@@ -12,7 +12,9 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from xfergan.errors import UserError
 
 
 class _NamedEnum(Enum):
@@ -427,6 +429,29 @@ class Config:
     # Lightning callbacks by config (conf/callbacks/): name -> {_target_, tasks: [...], ...}
     callbacks: dict[str, Any] = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# ----------------------------------------------------------------------------- values
+# what a type cannot refuse: checked before anything loads or trains (check_values)
+POSITIVE = ("dataset.batch_size", "dataset.eval_batch_size", "gan.batch_size")
+CHOICES = {
+    "checkpoint.mode": ("max", "min"),
+    "checkpoint.test": ("best", "last"),
+    "model.decision": ("argmax", "val_balanced_acc"),
+}
+
+
+def check_values(cfg) -> None:
+    """A value no job can run with is one line naming its key and what to use (UserError),
+    before any data loads or anything trains."""
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise UserError(f"{key}={value}: use a batch size of at least 1")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in choices:
+            raise UserError(f"{key}={value!r}: use {' or '.join(choices)}")
 
 
 def register_configs() -> None:

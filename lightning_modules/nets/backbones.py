@@ -95,8 +95,9 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-def weights_file(name: str, weights: str) -> tuple[Path, str]:
-    """(where torchvision's ImageNet file for `name`/`weights` must be, its download URL)."""
+def weights_file(name: str, weights: str, key: str = "model.weights") -> tuple[Path, str]:
+    """(where torchvision's ImageNet file for `name`/`weights` must be, its download URL);
+    `key` is the setting that names the weights, in the error."""
     from urllib.parse import urlparse
 
     try:
@@ -104,7 +105,7 @@ def weights_file(name: str, weights: str) -> tuple[Path, str]:
         w = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     except (KeyError, ValueError):
         raise UserError(
-            f"model.weights={weights!r} is not a weights name of {name} (see "
+            f"{key}={weights!r} is not a weights name of {name} (see "
             f"torchvision.models.get_model_weights('{name}'))"
         ) from None
     hub = Path(torch.hub.get_dir()) / "checkpoints"
@@ -117,8 +118,9 @@ def _torchvision(
     key: str = "model.backbone",
     without: str = "model.init=scratch",
 ) -> nn.Module:
-    """A torchvision classifier by name with its weights from TORCH_HOME; `key` and `without`
-    (how to run without the weights) name the settings of whoever asks, in its errors."""
+    """A torchvision classifier by name with its weights from TORCH_HOME; `key` (the backbone
+    setting; its weights are the `weights` beside it) and `without` (how to run without the
+    weights) name the settings of whoever asks, in its errors."""
     if name not in torchvision.models.list_models(module=torchvision.models):
         import difflib
 
@@ -131,7 +133,7 @@ def _torchvision(
             + "a name from torchvision.models.list_models()"
         )
     if weights is not None:
-        path, url = weights_file(name, weights)
+        path, url = weights_file(name, weights, key.rsplit(".", 1)[0] + ".weights")
         if not path.is_file():
             raise UserError(
                 f"ImageNet weights for {name} ({weights}) are not in {path.parent}: put "

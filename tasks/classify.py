@@ -14,13 +14,14 @@ from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
 from xfergan.errors import UserError
 from xfergan.evaluation import outputs as evaluation
 from xfergan.ranks import is_global_zero
-from xfergan.runtime import output_dir, write_problems
+from xfergan.runtime import output_dir
 from xfergan.training import (
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_trainer,
     fit_time,
+    load_data,
     plan_steps,
     resume_checkpoint,
     scalar_metrics,
@@ -194,10 +195,7 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
     loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
-    try:
-        dm.setup()
-    finally:  # listed also when too many are unreadable to go on
-        write_problems(out, dm.problems)
+    load_data(dm, out)
     sizes = dm.sizes()
     check_decision(cfg, dm.num_classes, sizes["n_val"])
     if dm.problems:

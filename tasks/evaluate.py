@@ -18,7 +18,7 @@ from xfergan.errors import UserError
 from xfergan.evaluation import outputs as evaluation
 from xfergan.io import read_json
 from xfergan.runtime import find_checkpoint, output_dir
-from xfergan.training import build_datamodule, build_trainer, scalar_metrics
+from xfergan.training import build_datamodule, build_trainer, load_data, scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     model = ClassifierModule.load_safely(str(ckpt))
     dm = build_datamodule(eval_cfg)
-    dm.setup()
+    load_data(dm, out)
     if dm.num_classes != model.hparams.num_classes:
         raise UserError(
             f"{ckpt} predicts {model.hparams.num_classes} classes but the test set has "

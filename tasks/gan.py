@@ -26,6 +26,7 @@ from xfergan.training import (
     build_loggers,
     build_trainer,
     fit_time,
+    load_data,
     plan_steps,
     resume_checkpoint,
 )
@@ -167,7 +168,7 @@ def build_gan(cfg: DictConfig, dm):
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = gan_datamodule(cfg)
-    dm.setup()
+    load_data(dm, out)
     model = build_gan(cfg, dm)
     model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
     if hasattr(model.D, "provenance_record"):  # outside knowledge: the pretrained D backbone

@@ -10,8 +10,8 @@ from collections import Counter
 from omegaconf import DictConfig
 
 from xfergan.io import atomic_write_json
-from xfergan.runtime import output_dir, write_problems
-from xfergan.training import build_datamodule
+from xfergan.runtime import output_dir
+from xfergan.training import build_datamodule, load_data
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,7 @@ def generic_summary(dm) -> dict:
 def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     dm = build_datamodule(cfg)
-    try:
-        dm.setup()
-    finally:  # listed also when too many are unreadable to go on
-        write_problems(out, dm.problems)
+    load_data(dm, out)
     summary = dm.summary or generic_summary(dm)
     summary["dataset"] = dm.name
     summary["class_names"] = dm.class_names

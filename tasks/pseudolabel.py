@@ -29,7 +29,7 @@ from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import sha256_file
 from xfergan.runtime import output_dir
-from xfergan.training import batch_limit, build_datamodule
+from xfergan.training import batch_limit, build_datamodule, load_data
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
     if float(d.temperature) <= 0:
         raise UserError(f"distill.temperature={d.temperature} must be positive")
     dm = build_datamodule(cfg, source="real")
-    dm.setup()
+    load_data(dm, out)
     k = dm.num_classes
     teachers = load_teachers(d.teacher, k)
     metrics: dict = {}

@@ -31,6 +31,17 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
     return instantiate(ds, seed=cfg.seed, _convert_="all")  # its UserError: one line
 
 
+def load_data(dm, out: Path) -> None:
+    """dm.setup(), with every skipped input listed in the run dir's skipped_images.csv, also
+    when too many are unreadable to go on (the log names only the first few)."""
+    from xfergan.runtime import write_problems
+
+    try:
+        dm.setup()
+    finally:
+        write_problems(out, dm.problems)
+
+
 class ConfigStamp(pl.Callback):
     """Every checkpoint records the config digest of the run that wrote it (config_digest, which
     covers its inputs' content) and its inputs' digests: resume=true continues a checkpoint

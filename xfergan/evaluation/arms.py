@@ -311,6 +311,7 @@ GAN_KEYS = (
     "val/gan_recall_per_class_min",
     "val/gan_memorization_ratio",
     "val/gan_n_real",
+    "val/gan_n_fake",
     "test/gan_fid",
     "test/gan_precision",
     "test/gan_recall",

@@ -29,6 +29,7 @@ from xfergan.training import (
     load_data,
     plan_steps,
     resume_checkpoint,
+    trained_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ def run(cfg: DictConfig) -> dict:
         good = ckpt.last_model_path or "none yet"
         raise UserError(f"{e}; last good checkpoint: {good}") from None
     clock = fit_time(trainer, "gan/")  # fit seconds of all its steps, over every resume
-    trainer.save_checkpoint(str(last))  # the final state, whatever the save cadence
+    if trained_steps(trainer) or not last.is_file():  # the final state, whatever the cadence;
+        trainer.save_checkpoint(str(last))  # a resume at its budget rewrites nothing
     record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
     metrics = {
         "gan/steps": int(model.steps),
@@ -247,7 +249,8 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     if not path:
         log.warning(
             "gan.feature_ckpt not set: no FID/KID/precision/recall (pass a classifier "
-            "checkpoint trained on the full real set by task=classify)"
+            "checkpoint trained by task=classify with dataset.n_per_class=null and this run's "
+            "seed and val settings: its val split is then this run's)"
         )
         return {}
     split = str(cfg.gan.eval_split)

@@ -85,7 +85,7 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
             return {**m, "_reused": True}
         if m.get("status") == "ok":
             log.warning(
-                "resume: stage %s finished, but %s: running it again",
+                "resume: stage %s finished, but it %s: running it again",
                 done.parent.name,
                 why_not_same(m, sub, now),
             )

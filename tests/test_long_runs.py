@@ -246,7 +246,7 @@ def test_a_stage_identity_covers_the_content_of_every_input(tmp_path, key):
     content: the same path with other bytes is another stage; the same bytes are the same."""
     from omegaconf import open_dict
 
-    from xfergan.runtime import config_digest, input_digests
+    from xfergan.runtime import MEASURING_INPUTS, config_digest, input_digests
 
     run = tmp_path / "run"  # a finished classify run dir and a synthetic set
     (run / "checkpoints").mkdir(parents=True)
@@ -268,6 +268,7 @@ def test_a_stage_identity_covers_the_content_of_every_input(tmp_path, key):
 
         OmegaConf.update(cfg, key, value, merge=False)
     d0, i0 = config_digest(cfg), input_digests(cfg)
+    s0 = config_digest(cfg, MEASURING_INPUTS)  # the checkpoint's stamp
     assert key in i0 and "missing" not in str(i0[key])
     assert config_digest(cfg) == d0  # same bytes, same identity
     if key == "dataset.synthetic_path":
@@ -275,3 +276,45 @@ def test_a_stage_identity_covers_the_content_of_every_input(tmp_path, key):
     else:
         ckpt.write_bytes(b"weights v2")
     assert input_digests(cfg)[key] != i0[key] and config_digest(cfg) != d0
+    # what a checkpoint is stamped with leaves out what only measures the model (the GAN's
+    # feature net): a new one re-runs the stage's evaluation, never its training
+    assert (config_digest(cfg, MEASURING_INPUTS) == s0) == (key == "gan.feature_ckpt")
+
+
+def test_a_gan_resumed_at_its_budget_rewrites_nothing_so_later_arms_continue(tmp_path, caplog):
+    """Issue 27.1, the other side: a resume that re-runs the stages after a changed arm must not
+    make new bytes out of the same model. The GAN resumed at its budget leaves last.ckpt as it
+    was (its final save would add wall time to it), so the synthetic set has the same content
+    and the synthetic arm continues its checkpoint instead of training again."""
+    import hashlib
+
+    args = (
+        SMALL
+        + GAN_FAST
+        + [
+            "task=pipeline",
+            "pipeline.arms=[real,synthetic]",
+            "pipeline.primary=[]",
+            "pipeline.feature_net=false",
+            "trainer.max_steps=4",
+            "gan.steps=3",
+            "synthesize.n_per_class=4",
+        ]
+    )
+    run_task(compose(args, tmp_path))
+    last = tmp_path / "gan" / "checkpoints" / "last.ckpt"
+    sha = hashlib.sha256(last.read_bytes()).hexdigest()
+    caplog.set_level("INFO")
+    again = run_task(
+        compose(
+            args + ["resume=true", "+pipeline.arm_overrides.real={trainer.max_steps: 6}"], tmp_path
+        )
+    )
+    assert again["steps_real"] == 6
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == sha
+    syn = json.loads((tmp_path / "classify_synthetic" / "metrics.json").read_text())
+    fresh = [line for line in caplog.text.splitlines() if "starting from scratch" in line]
+    assert not [line for line in fresh if "classify_synthetic" in line], fresh
+    assert fresh and "classify_real" in fresh[0]  # the arm whose settings changed
+    assert f"resuming from {tmp_path / 'classify_synthetic'}" in caplog.text  # continued,
+    assert syn["global_step"] == 4  # already at its budget

@@ -101,6 +101,8 @@ BAD_VALUES = [
     (["dataset.batch_size=0"], "dataset.batch_size=0: use a batch size of at least 1"),
     (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0: use a batch size of at least 1"),
     (["task=gan", "gan.batch_size=0"], "gan.batch_size=0: use a batch size of at least 1"),
+    (["task=synthesize", "synthesize.batch_size=0"], "synthesize.batch_size=0: use a batch"),
+    (["task=pseudolabel", "distill.batch_size=0"], "distill.batch_size=0: use a batch size"),
     (["checkpoint.mode=bogus"], "checkpoint.mode='bogus': use max or min"),
     (  # MNIST has 10 classes: no threshold on P(class 1)
         ["model.decision=val_balanced_acc"],

@@ -85,12 +85,32 @@ INPUT_KEYS = (
 _DIGESTS: dict[tuple, str] = {}  # (file, size, mtime) -> sha256: each file hashed once
 
 
+# what a synthetic set's manifest says about where it came from, not what it holds: its GAN's
+# checkpoint bytes (they carry wall time), quality numbers measured afterwards, teacher files
+MANIFEST_ORIGIN_KEYS = ("checkpoint", "checkpoint_sha256", "gan_quality", "teachers")
+
+
 def _file_digest(p: Path) -> str:
+    """sha256 of a file's bytes; of a synthetic set's manifest, of what it says the set holds
+    (its data file's sha256, counts, the real images behind it ...), not of where it came from."""
+    import hashlib
+    import json
+
     from xfergan.io import sha256_file
 
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
+        if p.name == "manifest.json":
+            try:
+                m = json.loads(p.read_text())
+            except ValueError:
+                m = None
+            if isinstance(m, dict):
+                held = {k: v for k, v in m.items() if k not in MANIFEST_ORIGIN_KEYS}
+                blob = json.dumps(held, sort_keys=True, default=str).encode()
+                _DIGESTS[key] = hashlib.sha256(blob).hexdigest()
+                return _DIGESTS[key]
         _DIGESTS[key] = sha256_file(p)
     return _DIGESTS[key]
 
@@ -120,13 +140,15 @@ def input_file(spec: str) -> Path | None:
     return None
 
 
-def input_digests(cfg: DictConfig) -> dict[str, Any]:
+def input_digests(cfg: DictConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """INPUT_KEYS that are set -> the sha256 of what each names now (a list for an ensemble;
     "missing" where nothing is there): what resume compares besides the settings, so a stage
     whose teacher, synthetic set, init, guide, feature net or GAN changed is never reused or
     continued."""
     out: dict[str, Any] = {}
     for key in INPUT_KEYS:
+        if key in skip:
+            continue
         v = OmegaConf.select(cfg, key, default=None)
         if v is None or v == "" or (key == "model.init" and str(v) in ("imagenet", "scratch")):
             continue
@@ -145,17 +167,24 @@ def changed_inputs(before: dict | None, now: dict) -> list[str]:
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
-def config_digest(cfg: DictConfig) -> str:
+# inputs that only measure a stage's model (the GAN's feature net): a new one makes the stage
+# run again (its numbers change) but its checkpoint is continued, since they shaped no weight
+MEASURING_INPUTS = ("gan.feature_ckpt",)
+
+
+def config_digest(cfg: DictConfig, skip: tuple[str, ...] = ()) -> str:
     """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
     pipeline section no stage reads), with the number of processes in place of the device
     list, and with the content digests of its inputs (input_digests): two runs with the same
     digest computed the same thing from the same bytes. What a resumed pipeline compares before
-    it reuses a stage, and a checkpoint before it is continued."""
+    it reuses a stage, and (with `skip`=MEASURING_INPUTS) a checkpoint before it is continued."""
     import hashlib
     import json
 
     c = resolved_config(cfg)
-    c["inputs_sha256"] = input_digests(cfg)
+    inputs = input_digests(cfg, skip)
+    if inputs:  # (a stage that reads no other stage keeps the digest it had before inputs)
+        c["inputs_sha256"] = inputs
     for key, sub in VOLATILE_KEYS.items():
         if sub is None:
             c.pop(key, None)

@@ -433,7 +433,13 @@ class Config:
 
 # ----------------------------------------------------------------------------- values
 # what a type cannot refuse: checked before anything loads or trains (check_values)
-POSITIVE = ("dataset.batch_size", "dataset.eval_batch_size", "gan.batch_size")
+POSITIVE = (
+    "dataset.batch_size",
+    "dataset.eval_batch_size",
+    "gan.batch_size",
+    "synthesize.batch_size",
+    "distill.batch_size",
+)
 CHOICES = {
     "checkpoint.mode": ("max", "min"),
     "checkpoint.test": ("best", "last"),

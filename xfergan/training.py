@@ -16,7 +16,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from xfergan.io import atomic_write_json
-from xfergan.runtime import changed_inputs, config_digest, input_digests, world_size
+from xfergan.runtime import (
+    MEASURING_INPUTS,
+    changed_inputs,
+    config_digest,
+    input_digests,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ class ConfigStamp(pl.Callback):
     only when it was written with the same settings from the same input bytes."""
 
     def __init__(self, cfg: DictConfig):
-        self.digest, self.inputs = config_digest(cfg), input_digests(cfg)
+        self.digest = config_digest(cfg, MEASURING_INPUTS)
+        self.inputs = input_digests(cfg, MEASURING_INPUTS)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["xfergan_config_sha256"] = self.digest
@@ -65,6 +72,7 @@ class FitClock(pl.Callback):
         self.before_s: float | None = 0.0  # fit seconds of the steps resumed from; None: unknown
         self.resumed = self.loaded = False
         self._t0 = self._t1 = None
+        self.start_step: int | None = None  # global_step when training started (None: it did not)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0, self._t1 = time.perf_counter(), None
@@ -72,6 +80,7 @@ class FitClock(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # after every strategy has restored its checkpoint (some restore after on_fit_start)
         self.resumed = bool(trainer.ckpt_path)
+        self.start_step = trainer.global_step
         if self.resumed and not self.loaded:  # a checkpoint from before the clock
             self.before_s = None
 
@@ -104,6 +113,15 @@ def fit_time(trainer: pl.Trainer, prefix: str = "") -> dict[str, float | None]:
     return out
 
 
+def trained_steps(trainer: pl.Trainer) -> int:
+    """Optimizer steps this process's fit made (0 when a resumed run was already at its budget:
+    Lightning then skips training altogether)."""
+    clock = next((c for c in trainer.callbacks if isinstance(c, FitClock)), None)
+    if clock is None or clock.start_step is None:
+        return 0
+    return trainer.global_step - clock.start_step
+
+
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     """resume=true: this run dir's checkpoints/last.ckpt when it exists, loads, and was written
     with the same settings; otherwise one line saying why, and a fresh start (None). A damaged
@@ -123,9 +141,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
         raise UserError(f"{e}; delete it to start this run from scratch") from None
     stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
-    now = config_digest(cfg)
+    now = config_digest(cfg, MEASURING_INPUTS)
     if stamp != now:
-        log.warning("resume=true, but %s: starting from scratch", why_not_same(blob, cfg, now))
+        why = why_not_same(blob, cfg, now, MEASURING_INPUTS)
+        log.warning("resume=true, but %s %s: starting from scratch", last, why)
         return None
     log.info(
         "resuming from %s (epoch %s, step %s)", last, blob.get("epoch"), blob.get("global_step")
@@ -133,16 +152,18 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     return str(last)
 
 
-def why_not_same(record: dict, cfg: DictConfig, now: str) -> str:
+def why_not_same(record: dict, cfg: DictConfig, now: str, skip: tuple[str, ...] = ()) -> str:
     """Why a checkpoint (xfergan_* keys) or a finished stage's metrics.json does not match the
     run asked for now: the inputs whose content changed, by name, else other settings."""
     key = "xfergan_inputs_sha256" if "xfergan_config_sha256" in record else "inputs_sha256"
     stamp = record.get("xfergan_config_sha256", record.get("config_sha256"))
     inputs = record.get(key)
-    changed = changed_inputs(inputs, input_digests(cfg)) if inputs is not None else []
+    changed = changed_inputs(inputs, input_digests(cfg, skip)) if inputs is not None else []
     if changed:
-        return f"it was made from other inputs ({', '.join(changed)}: other content now)"
-    return f"it was written with other settings (config {(stamp or 'not recorded')[:12]}, now {now[:12]})"
+        return f"was made from other inputs ({', '.join(changed)}: other content now)"
+    return (
+        f"was written with other settings (config {(stamp or 'not recorded')[:12]}, now {now[:12]})"
+    )
 
 
 class ProcessRecord(pl.Callback):

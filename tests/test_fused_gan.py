@@ -1,8 +1,9 @@
 """K GANs trained as one (issue 28.3): K stacked GANs step exactly as K separate ConditionalGANs
 given the same batches and random draws; one fused step of 8 GANs dispatches about the ops of
-one."""
+one; task=gan_fused writes K GAN run dirs that synthesize and the provenance checks take."""
 
 import copy
+import json
 from collections import Counter
 
 import pytest
@@ -11,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from lightning_modules.fused_gan import FusedGANs
-from tests.conftest import small_gan
+from tests.conftest import FAST, GAN_FAST, compose, small_gan
 
 
 def _gans(k: int, **kw):
@@ -111,3 +112,51 @@ def test_one_fused_step_of_8_gans_dispatches_about_the_ops_of_one():
     n1, n8 = sum(counts[1].values()), sum(counts[8].values())
     grew = {op: (counts[1][op], n) for op, n in counts[8].items() if n > counts[1][op]}
     assert n8 <= 1.2 * n1, (n1, n8, grew)
+
+
+def test_gan_fused_writes_k_gan_run_dirs_that_synthesize_and_provenance_take(tmp_path):
+    """task=gan_fused with seeds 0 and 1: two GAN run dirs, each with its own seed's real
+    subset as provenance (the ids task=gan records for that seed); task=synthesize reads one,
+    and a classifier of seed 0 takes its images while one of seed 1 refuses them."""
+    from tasks import run_task
+    from tasks.gan import gan_datamodule
+    from tasks.synthesize import load_gan
+    from xfergan.errors import UserError
+    from xfergan.training import build_datamodule
+
+    base = FAST + GAN_FAST + ["dataset.n_per_class=4", "logger=none"]
+    out = tmp_path / "fused"
+    m = run_task(compose(base + ["task=gan_fused", "gan_fused.seeds=[0,1]", "gan.steps=2"], out))
+    assert m["gan/steps"] == 2 and m["gan/fused_k"] == 2
+    ids = {}
+    for s in (0, 1):
+        d = out / f"seed_{s}"
+        meta = json.loads((d / "metrics.json").read_text())
+        assert meta["status"] == "ok" and meta["task"] == "gan" and meta["seed"] == s
+        assert meta["gan/steps"] == 2 and (d / "samples" / "final.png").stat().st_size > 200
+        gan = load_gan(d / "checkpoints" / "last.ckpt")
+        assert gan.steps_done == 2
+        dm = gan_datamodule(compose(base + [f"seed={s}"], tmp_path / f"dm{s}"))
+        dm.setup()
+        own = dm.provenance()["train_ids_sha256"]
+        assert gan.provenance["train_ids_sha256"] == own == meta["gan/train_ids_sha256"]
+        ids[s] = own
+    assert ids[0] != ids[1]
+    syn = tmp_path / "syn"
+    args = [
+        "task=synthesize",
+        f"synthesize.checkpoint={out / 'seed_0'}",
+        "synthesize.n_per_class=3",
+    ]
+    run_task(compose(FAST + args, syn))
+    own_data = [
+        "dataset.source=synthetic",
+        f"dataset.synthetic_path={syn}",
+        "dataset.n_per_class=4",
+    ]
+    dm = build_datamodule(compose(FAST + own_data + ["seed=0"], tmp_path / "c0"))
+    dm.setup()
+    assert dm.sizes()["n_train_synthetic"] == 30
+    dm = build_datamodule(compose(FAST + own_data + ["seed=1"], tmp_path / "c1"))
+    with pytest.raises(UserError, match="trained on"):
+        dm.setup()

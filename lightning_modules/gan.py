@@ -4,14 +4,16 @@ generator through `torch.optim.swa_utils.AveragedModel`, divergence detection.""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from lightning_modules.diffaugment import diff_augment, parse_policy
+from lightning_modules.diffaugment import apply as apply_augment
+from lightning_modules.diffaugment import draw as draw_augment
+from lightning_modules.diffaugment import parse_policy
 from xfergan.schema import GANConfig
 
 _D = GANConfig()  # the schema is the one source of defaults
@@ -63,6 +65,144 @@ def ema_with_warmup(decay: float):
                 e.copy_(p)
 
     return update
+
+
+# ---------------------------------------------------------------- the update, for 1 or K GANs
+# One procedure for one GAN (ConditionalGAN: batches [n, ...], scalar losses) and for K stacked
+# GANs (lightning_modules/fused_gan.py: batches [K, n, ...], losses [K], G and D the stacked
+# networks): every loss reduces over the last (batch) dim only, so GAN k's loss, gradient and
+# step depend on its own slice alone, and the random draws come in before the compute
+# (StepNoise), so the two paths can be given the same ones (tests/test_fused_gan.py).
+class StepNoise(NamedTuple):
+    """Every random draw of one update: per D step the noise and both DiffAugment draws, then
+    the shuffle of the labels for the G step, its noise and its DiffAugment draw. Shapes
+    [*lead, n, ...]; GAN k of a stack has `noise[k]` (tree_map(lambda t: t[k], noise))."""
+
+    z_d: list[torch.Tensor]
+    aug_real: list[dict[str, torch.Tensor]]
+    aug_fake: list[dict[str, torch.Tensor]]
+    order: torch.Tensor
+    z_g: torch.Tensor
+    aug_g: dict[str, torch.Tensor]
+
+
+def draw_noise(
+    hp: Any,
+    lead: tuple[int, ...],
+    n: int,
+    image: tuple[int, int, int],
+    device: str | torch.device = "cpu",
+    generator: torch.Generator | None = None,
+) -> StepNoise:
+    """The draws of one update of batch size `n` for images `image` (C, H, W), with leading
+    dims `lead` (() for one GAN, (K,) for K): one call per kind, whatever K is."""
+    names = parse_policy(hp.diffaugment)
+
+    def aug(m):
+        return draw_augment(names, (*lead, m), image, device=device, generator=generator)
+
+    z_d, real, fake = [], [], []
+    for _ in range(hp.d_steps):
+        z_d.append(torch.randn(*lead, n, hp.z_dim, device=device, generator=generator))
+        real.append(aug(n))
+        fake.append(aug(n))
+    order = torch.rand(*lead, n, device=device, generator=generator).argsort(dim=-1)
+    m = 2 * (n // 2) if hp.mode_seeking > 0 and n >= 4 else n  # mode seeking: pairs
+    z_g = torch.randn(*lead, m, hp.z_dim, device=device, generator=generator)
+    return StepNoise(z_d, real, fake, order, z_g, aug(m))
+
+
+def d_loss(hp: Any, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's loss of each GAN (the mean over the last dim)."""
+    if hp.loss == "hinge":
+        return F.relu(1 - real_logits).mean(-1) + F.relu(1 + fake_logits).mean(-1)
+    target = torch.full_like(real_logits, 1.0 - hp.label_smoothing)
+    bce = F.binary_cross_entropy_with_logits
+    return bce(real_logits, target, reduction="none").mean(-1) + bce(
+        fake_logits, torch.zeros_like(fake_logits), reduction="none"
+    ).mean(-1)
+
+
+def g_loss(hp: Any, fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's loss of each GAN (the mean over the last dim)."""
+    if hp.loss == "hinge":
+        return -fake_logits.mean(-1)
+    return F.binary_cross_entropy_with_logits(
+        fake_logits, torch.ones_like(fake_logits), reduction="none"
+    ).mean(-1)
+
+
+def _requires_grad(params, flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _total(loss: torch.Tensor) -> torch.Tensor:
+    """K independent losses summed: the gradient of each GAN's parameters is its own loss's."""
+    return loss if loss.ndim == 0 else loss.sum()
+
+
+def gan_update(
+    G, D, g_params, d_params, x, y, noise: StepNoise, hp, opt_g, opt_d, backward, extra_g_loss=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hp.d_steps` D steps and one G step on real images `x` with labels `y` (no host state:
+    what gan.compile=step compiles). G(z, y) and D(x, y) are one GAN's networks or K stacked
+    ones; `g_params`/`d_params` are what the optimizers step. Returns (loss_d, loss_g)."""
+    names = parse_policy(hp.diffaugment)
+    n = y.shape[-1]
+    _requires_grad(g_params, False)  # D step: no weight gradients for G
+    for i in range(hp.d_steps):
+        with torch.no_grad():
+            fake = G(noise.z_d[i], y)
+        real_logits = D(apply_augment(x, names, noise.aug_real[i]), y)
+        loss_d = d_loss(hp, real_logits, D(apply_augment(fake, names, noise.aug_fake[i]), y))
+        opt_d.zero_grad(set_to_none=True)
+        backward(_total(loss_d))
+        opt_d.step()
+    _requires_grad(g_params, True)
+    _requires_grad(d_params, False)  # G step: gradients flow through D, D's weights stay
+    y_g = y.gather(-1, noise.order)
+    z = noise.z_g
+    if hp.mode_seeking > 0 and n >= 4:
+        # pairs (z1, y), (z2, y) in one batch: mode seeking (Mao et al. 2019) rewards G for
+        # sending different z of the same class to different images
+        half = n // 2
+        y_g = torch.cat([y_g[..., :half], y_g[..., :half]], dim=-1)
+        fake = G(z, y_g)
+        loss_g = g_loss(hp, D(apply_augment(fake, names, noise.aug_g), y_g))
+        d_img = (fake[..., :half, :, :, :] - fake[..., half:, :, :, :]).abs().mean(dim=(-3, -2, -1))
+        d_z = (z[..., :half, :] - z[..., half:, :]).abs().mean(dim=-1)
+        loss_g = loss_g + hp.mode_seeking / ((d_img / d_z).mean(dim=-1) + 1e-5)
+    else:
+        fake = G(z, y_g)
+        loss_g = g_loss(hp, D(apply_augment(fake, names, noise.aug_g), y_g))
+    if extra_g_loss is not None:  # a frozen teacher pulls each image toward its class
+        loss_g = loss_g + extra_g_loss(fake, y_g)
+    opt_g.zero_grad(set_to_none=True)
+    backward(_total(loss_g))
+    opt_g.step()
+    _requires_grad(d_params, True)
+    return loss_d, loss_g
+
+
+def ema_step_(ema: list[torch.Tensor], new: list[torch.Tensor], n_averaged: int, update) -> None:
+    """One EMA step over matching tensors (a generator's parameters then buffers, or K stacked
+    generators'): the first copies, later ones average the floating tensors with `update`
+    (ema_with_warmup) and copy the integer ones (one call each). Elementwise: a stack of K
+    EMAs steps exactly as K separate ones."""
+    with torch.no_grad():
+        if n_averaged == 0:
+            for e, p in zip(ema, new):
+                e.copy_(p)
+            return
+        groups: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+        for e, p in zip(ema, new):
+            group = groups[torch.is_floating_point(e)]
+            group[0].append(e)
+            group[1].append(p.detach())
+        for es, ps in groups.values():
+            if es:
+                update(es, ps, n_averaged)
 
 
 # torch.compile modes for G and D, and "step": the whole update compiled as one function
@@ -198,19 +338,8 @@ class ConditionalGAN(pl.LightningModule):
         decay from a tensor): the same arithmetic with the count kept on the host."""
         ema = list(self.ema.module.parameters()) + list(self.ema.module.buffers())
         new = list(self.G.parameters()) + list(self.G.buffers())
+        ema_step_(ema, new, self._ema_n, self._ema_update)
         with torch.no_grad():
-            if self._ema_n == 0:
-                for e, p in zip(ema, new):
-                    e.copy_(p)
-            else:  # floating tensors are averaged, integer buffers copied (one call each)
-                groups: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
-                for e, p in zip(ema, new):
-                    group = groups[torch.is_floating_point(e)]
-                    group[0].append(e)
-                    group[1].append(p.detach())
-                for es, ps in groups.values():
-                    if es:
-                        self._ema_update(es, ps, self._ema_n)
             self.ema.n_averaged += 1
         self._ema_n += 1
 
@@ -255,23 +384,10 @@ class ConditionalGAN(pl.LightningModule):
 
     # ---------------------------------------------------------------- losses
     def _d_loss(self, real_logits, fake_logits):
-        if self.hparams.loss == "hinge":
-            return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        target = torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
-        return F.binary_cross_entropy_with_logits(
-            real_logits, target
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        return d_loss(self.hparams, real_logits, fake_logits)
 
     def _g_loss(self, fake_logits):
-        if self.hparams.loss == "hinge":
-            return -fake_logits.mean()
-        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-
-    def _aug(self, x):
-        return diff_augment(x, self.augment) if self.augment else x
-
-    def _z(self, n):
-        return torch.randn(n, self.hparams.z_dim, device=self.device)
+        return g_loss(self.hparams, fake_logits)
 
     # ---------------------------------------------------------------- guidance
     def set_guidance(self, teacher, weight: float) -> None:
@@ -297,18 +413,19 @@ class ConditionalGAN(pl.LightningModule):
 
     # ---------------------------------------------------------------- training
     def gan_step(
-        self, x, y, opt_g, opt_d, backward=_plain_backward
+        self, x, y, opt_g, opt_d, backward=_plain_backward, noise: StepNoise | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole update for one batch: `d_steps` D steps, one G step, the EMA. Shared by the
         Lightning loop (training_step, Lightning's manual_backward) and plain loops
         (benchmarks/bench.py: loss.backward()). With
         gan.compile=step the D and G steps run as one compiled function on the optimizers
-        themselves (the same arithmetic: tests/test_gan.py compares the losses)."""
+        themselves (the same arithmetic: tests/test_gan.py compares the losses). `noise`: the
+        step's random draws (draw_noise), drawn here from the global generator when None."""
         if self._whole_step is not None:
             raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
-            loss_d, loss_g = self._whole_step(x, y, *raw)
+            loss_d, loss_g = self._whole_step(x, y, *raw, noise)
         else:
-            loss_d, loss_g = self._update(x, y, opt_g, opt_d, backward)
+            loss_d, loss_g = self._update(x, y, opt_g, opt_d, backward, noise)
         self.steps += 1
         self._steps += 1
         if self._steps >= self.hparams.ema_start_step:
@@ -317,44 +434,30 @@ class ConditionalGAN(pl.LightningModule):
             self.ema.module.load_state_dict(self.G.state_dict())
         return loss_d, loss_g
 
-    def _update_plain(self, x, y, opt_g, opt_d) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._update(x, y, opt_g, opt_d, _plain_backward)
+    def _update_plain(self, x, y, opt_g, opt_d, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._update(x, y, opt_g, opt_d, _plain_backward, noise)
 
-    def _update(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
-        """`d_steps` D steps and one G step (no host state: what gan.compile=step compiles)."""
-        n = len(y)
-        self.G.requires_grad_(False)  # D step: no weight gradients for G
-        for _ in range(self.hparams.d_steps):
-            with torch.no_grad():
-                fake = self.G(self._z(n), y)
-            loss_d = self._d_loss(self.D(self._aug(x), y), self.D(self._aug(fake), y))
-            opt_d.zero_grad(set_to_none=True)
-            backward(loss_d)
-            opt_d.step()
-        self.G.requires_grad_(True)
-        self.D.requires_grad_(False)  # G step: gradients flow through D, D's weights stay
-        y_g = y[torch.randperm(n, device=y.device)]
-        if self.hparams.mode_seeking > 0 and n >= 4:
-            # pairs (z1, y), (z2, y) in one batch: mode seeking (Mao et al. 2019) rewards G for
-            # sending different z of the same class to different images
-            half = n // 2
-            y_g = torch.cat([y_g[:half], y_g[:half]])
-            z = self._z(2 * half)
-            fake = fake_g = self.G(z, y_g)
-            loss_g = self._g_loss(self.D(self._aug(fake), y_g))
-            d_img = (fake[:half] - fake[half:]).abs().mean(dim=(1, 2, 3))
-            d_z = (z[:half] - z[half:]).abs().mean(dim=1)
-            loss_g = loss_g + self.hparams.mode_seeking / ((d_img / d_z).mean() + 1e-5)
-        else:
-            fake_g = self.G(self._z(n), y_g)
-            loss_g = self._g_loss(self.D(self._aug(fake_g), y_g))
-        if self._guide is not None:  # a frozen teacher pulls each image toward its class
-            loss_g = loss_g + self._guidance_loss(fake_g, y_g)
-        opt_g.zero_grad(set_to_none=True)
-        backward(loss_g)
-        opt_g.step()
-        self.D.requires_grad_(True)
-        return loss_d, loss_g
+    def _update(
+        self, x, y, opt_g, opt_d, backward, noise: StepNoise | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`d_steps` D steps and one G step (no host state: what gan.compile=step compiles): the
+        procedure K stacked GANs run too (gan_update)."""
+        if noise is None:
+            noise = draw_noise(self.hparams, (), len(y), tuple(x.shape[1:]), x.device)
+        return gan_update(
+            self.G,
+            self.D,
+            list(self.G.parameters()),
+            list(self.D.parameters()),
+            x,
+            y,
+            noise,
+            self.hparams,
+            opt_g,
+            opt_d,
+            backward,
+            self._guidance_loss if self._guide is not None else None,
+        )
 
     def training_step(self, batch, batch_idx):
         if self.hparams.compile == "reduce-overhead":

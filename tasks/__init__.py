@@ -16,6 +16,7 @@ from tasks import (
     dashboard,
     evaluate,
     gan,
+    gan_fused,
     inspect,
     pipeline,
     predict,
@@ -29,6 +30,7 @@ from xfergan.schema import enum_name
 TASKS = {
     "classify": classify.run,
     "gan": gan.run,
+    "gan_fused": gan_fused.run,
     "synthesize": synthesize.run,
     "pipeline": pipeline.run,
     "inspect": inspect.run,

@@ -27,6 +27,7 @@ class _NamedEnum(Enum):
 class Task(_NamedEnum):
     classify = "classify"
     gan = "gan"
+    gan_fused = "gan_fused"
     synthesize = "synthesize"
     pipeline = "pipeline"
     inspect = "inspect"
@@ -249,6 +250,14 @@ class ProjectedDiscriminatorConfig:
     width: int = 64  # each head's channels
 
 
+@dataclass
+class FusedGANsConfig:
+    """task=gan_fused: the GANs of several seeds (one dataset, n_per_class and `gan` config)
+    trained as one stacked model, each written as a complete GAN run dir (seed_<s>/)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
 # keys of GANConfig that are not arguments of the GAN module
 GAN_LOOP_KEYS = (
     "_target_",
@@ -418,6 +427,7 @@ class Config:
     dataset: Any = MISSING
     model: ClassifierConfig = MISSING
     gan: GANConfig = field(default_factory=GANConfig)
+    gan_fused: FusedGANsConfig = field(default_factory=FusedGANsConfig)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

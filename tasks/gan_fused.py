@@ -1,0 +1,137 @@
+"""task=gan_fused: the GANs of K seeds (one dataset, n_per_class and `gan` config: the grid
+points of a seed sweep) trained as one stacked model (lightning_modules/fused_gan.py), written
+as K complete GAN run dirs `seed_<s>/`, each as task=gan writes one: checkpoints/last.ckpt
+(its class and the provenance of its own seed's real subset, read by the same datamodule code
+as task=gan), metrics.json, samples/. `task=synthesize synthesize.checkpoint=<dir>/seed_<s>`
+and every provenance check take them like any GAN.
+
+Each GAN's batches come from its own datamodule's sampler, in equal epochs of full batches (the
+step budget as task=gan plans it); its random draws (noise, label shuffles, DiffAugment) come
+from one generator seeded by the first seed, each GAN its own slice of every draw."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torchvision.utils import save_image
+
+from lightning_modules.fused_gan import FusedGANs
+from tasks.gan import build_gan, evaluate_quality, gan_datamodule
+from xfergan.devices import job_device
+from xfergan.errors import UserError
+from xfergan.io import atomic_torch_save
+from xfergan.runtime import output_dir, write_metrics
+from xfergan.training import batch_limit, load_data, plan_steps
+
+log = logging.getLogger(__name__)
+
+
+def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The task=gan config of one grid point: this seed, its own run dir."""
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.task = "gan"
+        c.seed = int(seed)
+        c.paths.output_dir = str(output_dir(cfg) / f"seed_{seed}")
+    return c
+
+
+def check(cfg: DictConfig) -> list[int]:
+    seeds = [int(s) for s in cfg.gan_fused.seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"gan_fused.seeds={seeds}: give one or more different seeds")
+    if cfg.gan.guidance.teacher and float(cfg.gan.guidance.weight):
+        raise UserError("gan.guidance is not available with task=gan_fused; use task=gan")
+    if cfg.gan.compile:
+        raise UserError("gan.compile does not apply to task=gan_fused (its GANs are one network)")
+    if cfg.resume:
+        raise UserError("task=gan_fused does not resume yet; run it again without resume=true")
+    return seeds
+
+
+def save_gan(model, out, steps: int, epochs: int) -> None:
+    """A checkpoint load_gan (task=synthesize) reads: state, hyper-parameters, class, provenance."""
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    ckpt.update(epoch=epochs, global_step=2 * steps)  # as Lightning counts: G and D steps
+    model.on_save_checkpoint(ckpt)  # xfergan_class, xfergan_provenance
+    atomic_torch_save(ckpt, out / "checkpoints" / "last.ckpt")
+
+
+def run(cfg: DictConfig) -> dict:
+    out = output_dir(cfg)
+    seeds = check(cfg)
+    dev = job_device(cfg)
+    cfgs, dms, gans = [], [], []
+    for s in seeds:
+        c = seed_config(cfg, s)
+        d = output_dir(c)
+        (d / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(c, d / ".hydra" / "config.yaml")
+        dm = gan_datamodule(c)
+        load_data(dm, d)
+        torch.manual_seed(s)  # each GAN's initial weights from its own seed
+        model = build_gan(c, dm)
+        model.provenance = {**dm.provenance(), "train_uids": dm.real_train.uid}
+        if hasattr(model.D, "provenance_record"):  # outside knowledge: a pretrained D backbone
+            model.provenance["discriminator_backbone"] = model.D.provenance_record
+        cfgs.append(c), dms.append(dm), gans.append(model)
+    if len({len(dm.real_train) for dm in dms}) != 1:
+        raise UserError(
+            "task=gan_fused needs real subsets of one size for every seed (full batches of one "
+            f"shape): got {[len(dm.real_train) for dm in dms]}"
+        )
+    steps = int(cfg.gan.steps or 0) or int(cfg.gan.epochs) * dms[0].batches_per_epoch()
+    epochs = {plan_steps(c, dm, steps) for c, dm in zip(cfgs, dms)}.pop()  # one plan for all
+    limit = batch_limit(cfg, "train")  # debug=smoke: 2 batches per epoch
+    bpe = min(dms[0].batches_per_epoch(), limit) if limit else dms[0].batches_per_epoch()
+    fused = FusedGANs(gans).to(dev)
+    opt_g, opt_d = fused.configure_optimizers()
+    noise = torch.Generator(device=dev).manual_seed(seeds[0])
+    loaders = [dm.train_dataloader() for dm in dms]
+    t0 = time.time()
+    for epoch in range(epochs):
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+        for _, *batches in zip(range(bpe), *loaders):
+            x = torch.stack([dm.preprocess(b.x.to(dev), train=True) for dm, b in zip(dms, batches)])
+            y = torch.stack([b.y.to(dev) for b in batches])
+            loss_d, loss_g = fused.fused_step(
+                x, y, opt_g, opt_d, noise=fused.draw(y.shape[-1], tuple(x.shape[-3:]), noise)
+            )
+        bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))  # once an epoch: a host read
+        if bad.any():
+            which = [s for s, b in zip(seeds, bad.tolist()) if b]
+            raise UserError(f"GAN diverged (NaN/Inf losses) at step {fused.steps}, seeds {which}")
+    train_s = round(time.time() - t0, 3)
+    metrics = {"gan/steps": fused.steps, "gan/fused_k": len(seeds), "gan/train_s": train_s}
+    for i, (s, c, dm) in enumerate(zip(seeds, cfgs, dms)):
+        d = output_dir(c)
+        model = fused.gan(i)
+        save_gan(model, d, fused.steps, epochs)
+        grid = model.sample_grid_images()
+        (d / "samples").mkdir(exist_ok=True)
+        save_image(grid, d / "samples" / "final.png", nrow=len(grid) // dm.num_classes, padding=2)
+        (d / "samples_final.png").write_bytes((d / "samples" / "final.png").read_bytes())
+        last = d / "checkpoints" / "last.ckpt"
+        own = {
+            "gan/steps": fused.steps,
+            "gan/epochs": epochs,
+            "gan/checkpoint": str(last),
+            "gan/train_s": train_s,  # the fused run's time: all K GANs trained in it
+            "gan/fused_k": len(seeds),
+            "gan/fused_run": str(out),
+            "gan/train_ids_sha256": dm.provenance().get("train_ids_sha256"),
+            "gan/seen_ids_sha256": model.provenance.get("train_ids_sha256"),
+            "gan/loss_d": float(loss_d[i].detach()),
+            "gan/loss_g": float(loss_g[i].detach()),
+            **dm.sizes(),
+        }
+        own.update(evaluate_quality(c, model, dm))
+        write_metrics(d, own, c, status="ok")
+        metrics[f"gan/checkpoint_seed{s}"] = str(last)
+    log.info("trained %d GANs as one in %.1f s: %s", len(seeds), train_s, out)
+    return metrics

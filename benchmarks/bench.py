@@ -418,6 +418,58 @@ def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str) -> list[dict]:
     return out
 
 
+def _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup) -> tuple[float, float]:
+    """(K GANs one after another, K GANs as one): aggregate GAN steps/s, each on its own batch."""
+    from lightning_modules.fused_gan import FusedGANs
+
+    dev, batch = x_all.device, int(cfg.gan.batch_size)
+    gans = [build_gan(cfg, dm).to(dev) for _ in range(k)]
+    opts = [g.configure_optimizers() for g in gans]
+    fused = FusedGANs(gans).to(dev)
+    fopt = fused.configure_optimizers()
+
+    def batches():
+        idx = torch.randint(0, len(y_all), (k, batch), device=dev)
+        return x_all[idx], y_all[idx]
+
+    def separate():
+        x, y = batches()
+        for i, (g, (og, od)) in enumerate(zip(gans, opts)):
+            g.gan_step(x[i], y[i], og, od)
+
+    def one():
+        x, y = batches()
+        fused.fused_step(x, y, *fopt)
+
+    return k * steps / timed(separate, steps, warmup), k * steps / timed(one, steps, warmup)
+
+
+def bench_gan_fused(ks: list[int], steps: int, warmup: int, gpu: bool, tmp: Path) -> list[dict]:
+    """K GANs trained as one (lightning_modules/fused_gan.py) against the same K GANs stepped
+    one after another (each its own gan_step), paper_table3_full's G and D at its batch, each
+    GAN on its own batch: aggregate GAN steps per second (K x steps / time)."""
+    over = ["experiment=paper_table3_full", "task=gan"] + ([] if gpu else ["trainer=cpu"])
+    cfg = compose(over, tmp / "gan_fused")
+    dm = gan_datamodule(cfg)
+    dm.setup()
+    x_all = dm.preprocess(dm.splits.train.x.to(device()))
+    y_all = dm.splits.train.y.to(device())
+    out = []
+    for k in ks:
+        plain, ours = _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup)
+        out.append(
+            {
+                "case": f"gan_fused K={k} GANs as one vs one after another (paper_table3_full "
+                f"G/D, bs{cfg.gan.batch_size}; aggregate GAN steps/s)",
+                "unit": "steps/s",
+                "plain": plain,
+                "ours": ours,
+                "ratio": ours / plain,
+            }
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- MURA input
 def _mura_tree(root: Path, n: int) -> str:
     """n radiograph PNGs in the MURA-v1.1 layout, with its CSVs. Their content: the real MURA
@@ -578,7 +630,7 @@ def main():
     ap.add_argument(
         "--cases",
         default="classifier,gan,mura,jobs_per_gpu",
-        help="also: gan_speed (the GAN step's options)",
+        help="also: gan_speed (the GAN step's options), gan_fused (K GANs as one)",
     )
     ap.add_argument(
         "--jobs-per-gpu",
@@ -590,6 +642,9 @@ def main():
         default="eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16",
         help="gan_speed: <eager|compile|cudagraphs|step>_bs<batch>[_bf16][_projected], "
         "comma-separated (step: gan.compile=step, the whole update compiled)",
+    )
+    ap.add_argument(
+        "--fused-k", default=None, help="K values of the gan_fused case (GPU 1,5,25; CPU 4)"
     )
     ap.add_argument("--backbones", default=None)
     ap.add_argument("--size", type=int, default=None)
@@ -653,6 +708,9 @@ def main():
             if "jobs_per_gpu" in cases:
                 ks = [int(k) for k in (a.jobs_per_gpu or ("1,2,4,8" if gpu else "1,2")).split(",")]
                 add(*bench_jobs_per_device(ks, steps * (10 if gpu else 2), warm, gpu, tmp, pools))
+            if "gan_fused" in cases:
+                ks = [int(k) for k in (a.fused_k or ("1,5,25" if gpu else "4")).split(",")]
+                add(*bench_gan_fused(ks, steps * (10 if gpu else 1), warm, gpu, tmp))
             if "gan_speed" in cases:
                 add(*bench_gan_speed(steps * (10 if gpu else 2), warm, gpu, tmp, a.gan_variants))
         if "pool" in pools:

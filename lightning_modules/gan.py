@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from lightning_modules.diffaugment import diff_augment, parse_policy
+from lightning_modules.graph_step import adam_step, check_trainer, compile_whole, trainable
 from xfergan.schema import GANConfig
 
 _D = GANConfig()  # the schema is the one source of defaults
@@ -49,13 +50,20 @@ def truncated_normal(
     return z
 
 
+def warmup_decay(n, decay: float):
+    """The EMA's decay after `n` averages: (1+n)/(10+n) until it reaches `decay`. `n` a host
+    number, or a device tensor (gan.compile=graph: no host read)."""
+    d = (1.0 + n) / (10.0 + n)
+    return torch.clamp(d, max=decay) if isinstance(d, torch.Tensor) else min(decay, d)
+
+
 def ema_with_warmup(decay: float):
     """EMA update for AveragedModel(multi_avg_fn=...): decay ramps up as (1+n)/(10+n) until it
     reaches `decay`, so early sample grids show the generator, not its random init."""
 
     def update(ema_params, params, n_averaged):
         n = float(n_averaged)  # a host read when given a tensor: ConditionalGAN passes an int
-        d = min(decay, (1.0 + n) / (10.0 + n))
+        d = warmup_decay(n, decay)
         if torch.is_floating_point(ema_params[0]):
             torch._foreach_lerp_(ema_params, params, 1.0 - d)
         else:  # integer buffers (BatchNorm's step count): follow the generator
@@ -65,7 +73,9 @@ def ema_with_warmup(decay: float):
     return update
 
 
-# torch.compile modes for G and D, and "step": the whole update compiled as one function
+# torch.compile modes for G and D; "step": the whole update compiled as one function; "graph":
+# the whole update, EMA and step count included, traced as one graph (fullgraph=True; on CUDA
+# captured as a CUDA graph, mode="reduce-overhead")
 COMPILE_MODES = (
     None,
     "default",
@@ -73,6 +83,7 @@ COMPILE_MODES = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
     "step",
+    "graph",
 )
 
 
@@ -143,36 +154,28 @@ class ConditionalGAN(pl.LightningModule):
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
         self._guide = None  # (teacher, weight) from set_guidance
-        self._whole_step = None  # gan.compile=step: the compiled update
+        self._whole_step = None  # gan.compile=step|graph: the compiled update
+        self._graph_for: tuple[int, ...] = ()  # gan.compile=graph: the optimizers it steps
 
     def setup(self, stage: str) -> None:
         mode = self.hparams.compile
-        if mode == "step" and stage == "fit":
+        if stage != "fit" or not mode:
+            return
+        if mode in ("step", "graph"):
             self._check_whole_step()
+        if mode == "step":
             # D steps, G step and both Adam steps in one compiled function (graphs split only
             # where autograd runs backward); the EMA and the host counters stay outside it
             self._whole_step = torch.compile(self._update_plain)
-        elif mode and stage == "fit":  # compiled in place: the state_dict keys do not change
+        elif mode != "graph":  # compiled in place: the state_dict keys do not change
             self.G.compile(mode=mode)
             self.D.compile(mode=mode)
+        # graph: compiled at its first step (gan_step), where its device and optimizers are known
 
     def _check_whole_step(self) -> None:
-        """gan.compile=step calls backward and the optimizers itself (no loss scaling, no
-        strategy hooks): one device, no fp16 loss scaling."""
-        from xfergan.errors import UserError
-
-        trainer = self._trainer
-        if trainer is None:
-            return
-        if trainer.world_size > 1:
-            raise UserError(
-                "gan.compile=step trains on one device; with several use gan.compile=default"
-            )
-        if "16-mixed" == str(trainer.precision):
-            raise UserError(
-                "gan.compile=step has no fp16 loss scaling; use trainer.precision=bf16-mixed or "
-                "32-true"
-            )
+        """gan.compile=step|graph calls backward (graph: autograd.grad) and the optimizers
+        itself: one device, no fp16 loss scaling, no clipping."""
+        check_trainer(self._trainer, f"gan.compile={self.hparams.compile}", "gan.compile=default")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
@@ -213,6 +216,23 @@ class ConditionalGAN(pl.LightningModule):
                         self._ema_update(es, ps, self._ema_n)
             self.ema.n_averaged += 1
         self._ema_n += 1
+
+    @torch.no_grad()
+    def _ema_on_device(self) -> None:
+        """gan_step's EMA (update_ema from ema_start_step on, a copy of G before) with both
+        counts on the device, for the graph step: a copy is an average with weight 1 on G, so
+        every step runs the same operations and nothing is read back."""
+        n = self.ema.n_averaged
+        on = self.steps >= self.hparams.ema_start_step
+        w = torch.where(on & (n > 0), 1 - warmup_decay(n, self.hparams.ema_decay), 1.0)
+        ema = list(self.ema.module.parameters()) + list(self.ema.module.buffers())
+        new = list(self.G.parameters()) + list(self.G.buffers())
+        for e, p in zip(ema, new):
+            if torch.is_floating_point(e):
+                e.lerp_(p, w.to(e.dtype))
+            else:  # integer buffers (BatchNorm's step count): follow the generator
+                e.copy_(p)
+        n.add_(on.long())
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -303,9 +323,20 @@ class ConditionalGAN(pl.LightningModule):
         Lightning loop (training_step, Lightning's manual_backward) and plain loops
         (benchmarks/bench.py: loss.backward()). With
         gan.compile=step the D and G steps run as one compiled function on the optimizers
-        themselves (the same arithmetic: tests/test_gan.py compares the losses)."""
+        themselves (the same arithmetic: tests/test_gan.py compares the losses); with
+        gan.compile=graph the whole of it runs as one graph (`_graph_update`)."""
+        raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
+        if self.hparams.compile == "graph":
+            if self._graph_for != tuple(map(id, raw)):
+                self._whole_step = compile_whole(self._graph_update, self, raw)
+                self._graph_for = tuple(map(id, raw))
+            loss_d, loss_g = self._whole_step(x, y, *raw)
+            self._steps += 1  # the host mirrors of the counts it advanced on the device
+            self._ema_n += self._steps >= self.hparams.ema_start_step
+            # a CUDA graph's outputs are overwritten by its next replay: the logged losses
+            # and the divergence check outlive the step
+            return loss_d.clone(), loss_g.clone()
         if self._whole_step is not None:
-            raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
             loss_d, loss_g = self._whole_step(x, y, *raw)
         else:
             loss_d, loss_g = self._update(x, y, opt_g, opt_d, backward)
@@ -322,17 +353,49 @@ class ConditionalGAN(pl.LightningModule):
 
     def _update(self, x, y, opt_g, opt_d, backward) -> tuple[torch.Tensor, torch.Tensor]:
         """`d_steps` D steps and one G step (no host state: what gan.compile=step compiles)."""
-        n = len(y)
         self.G.requires_grad_(False)  # D step: no weight gradients for G
         for _ in range(self.hparams.d_steps):
-            with torch.no_grad():
-                fake = self.G(self._z(n), y)
-            loss_d = self._d_loss(self.D(self._aug(x), y), self.D(self._aug(fake), y))
+            loss_d = self._d_objective(x, y)
             opt_d.zero_grad(set_to_none=True)
             backward(loss_d)
             opt_d.step()
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)  # G step: gradients flow through D, D's weights stay
+        loss_g = self._g_objective(y)
+        opt_g.zero_grad(set_to_none=True)
+        backward(loss_g)
+        opt_g.step()
+        self.D.requires_grad_(True)
+        return loss_d, loss_g
+
+    def _graph_update(self, x, y, opt_g, opt_d) -> tuple[torch.Tensor, torch.Tensor]:
+        """gan_step as one function of tensors (gan.compile=graph): `_update`'s D steps and G
+        step (the same objectives, drawing the same random numbers in the same order) with the
+        gradients from torch.autograd.grad and Adam applied by `adam_step` (no .grad, no
+        requires_grad switches), then the step count and the EMA on the device. Nothing is read
+        back and no Python value changes between steps, so it traces as one graph
+        (fullgraph=True) and replays as one CUDA graph; tests/test_graph_step.py compares it
+        with the eager step."""
+        for _ in range(self.hparams.d_steps):
+            loss_d = self._d_objective(x, y)
+            adam_step(opt_d, torch.autograd.grad(loss_d, trainable(opt_d)))
+        loss_g = self._g_objective(y)
+        adam_step(opt_g, torch.autograd.grad(loss_g, trainable(opt_g)))
+        self.steps.add_(1)
+        self._ema_on_device()
+        return loss_d.detach(), loss_g.detach()
+
+    def _d_objective(self, x, y) -> torch.Tensor:
+        """D's loss on a batch: the real images against G's fakes (no gradient to G), both
+        augmented (DiffAugment)."""
+        with torch.no_grad():
+            fake = self.G(self._z(len(y)), y)
+        return self._d_loss(self.D(self._aug(x), y), self.D(self._aug(fake), y))
+
+    def _g_objective(self, y) -> torch.Tensor:
+        """G's loss on the batch's classes, shuffled: through D, plus mode seeking and the
+        teacher's guidance where set."""
+        n = len(y)
         y_g = y[torch.randperm(n, device=y.device)]
         if self.hparams.mode_seeking > 0 and n >= 4:
             # pairs (z1, y), (z2, y) in one batch: mode seeking (Mao et al. 2019) rewards G for
@@ -350,14 +413,10 @@ class ConditionalGAN(pl.LightningModule):
             loss_g = self._g_loss(self.D(self._aug(fake_g), y_g))
         if self._guide is not None:  # a frozen teacher pulls each image toward its class
             loss_g = loss_g + self._guidance_loss(fake_g, y_g)
-        opt_g.zero_grad(set_to_none=True)
-        backward(loss_g)
-        opt_g.step()
-        self.D.requires_grad_(True)
-        return loss_d, loss_g
+        return loss_g
 
     def training_step(self, batch, batch_idx):
-        if self.hparams.compile == "reduce-overhead":
+        if self.hparams.compile in ("reduce-overhead", "graph"):
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step's outputs
         opt_g, opt_d = self.optimizers()
         loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
@@ -405,7 +464,12 @@ class ConditionalGAN(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        fused = {"fused": True} if torch.cuda.is_available() else {}
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2), **fused)
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2), **fused)
+        if not torch.cuda.is_available():
+            kw = {}
+        elif h.compile == "graph":  # the step count on the device, as a CUDA graph needs
+            kw = {"capturable": True}
+        else:
+            kw = {"fused": True}
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2), **kw)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2), **kw)
         return [opt_g, opt_d]

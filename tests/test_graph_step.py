@@ -1,0 +1,113 @@
+"""gan.compile=graph: the GAN's whole step (D steps, G step, both Adams, the EMA, the step
+count) as one function of tensors, traced as one graph (fullgraph=True: a graph break is an
+error). On CUDA that graph is replayed as a CUDA graph, which needs a GPU; here the CPU checks
+that the function traces whole and equals the eager step. Compiled with the aot_eager backend
+(Dynamo's trace and AOTAutograd, no C++ code generation: inductor takes minutes on 2 cores),
+which draws random numbers as eager does, so both sides see the same noise, augmentations and
+class shuffles."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import types
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from tasks import run_task
+from tests.conftest import FAST, GAN_FAST, compose, small_gan
+from xfergan.errors import UserError
+
+_COMPILE = torch.compile  # (tests below replace torch.compile)
+
+
+def _aot_eager(monkeypatch) -> CompileCounterWithBackend:
+    """torch.compile as the module calls it, on the aot_eager backend; counts its graphs."""
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def compile(f, **kw):
+        assert kw.get("fullgraph") is True and kw.get("dynamic") is False, kw
+        return _COMPILE(f, backend=counter, fullgraph=True, dynamic=False)
+
+    monkeypatch.setattr(torch, "compile", compile)
+    return counter
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float rounding: within 1e-5 of the tensor's largest value (or 1e-4 of each)."""
+    return torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def _train(model, x, y, steps: int):
+    torch.manual_seed(1)
+    opt_g, opt_d = model.configure_optimizers()
+    losses = torch.stack([torch.stack(model.gan_step(x, y, opt_g, opt_d)) for _ in range(steps)])
+    return losses, (opt_g, opt_d)
+
+
+def test_the_graph_step_equals_the_eager_step_eagerly_and_traced_whole(monkeypatch):
+    """Four steps from the same weights and the same draws: the eager step (`_update`, Adam,
+    update_ema), the graph step's function run eagerly, and the same function compiled with
+    fullgraph=True (one graph for all four steps: no break, no recompile) give the same losses,
+    G, D, EMA (weights, BatchNorm statistics, spectral norm's vectors), Adam state and counts.
+    Two D steps, DiffAugment, mode seeking, minibatch-std; the EMA copies G before
+    ema_start_step, copies it at its first average, then averages."""
+    torch.manual_seed(0)
+    eager = small_gan(3, 28, d_steps=2, ema_start_step=2, ema_decay=0.9)
+    x, y = torch.rand(12, 1, 28, 28) * 2 - 1, torch.arange(12) % 3
+    graph = copy.deepcopy(eager)
+    graph.hparams.compile = "graph"
+    traced = copy.deepcopy(graph)
+    g0 = copy.deepcopy(eager.G.state_dict())
+
+    ref, ref_opts = _train(eager, x, y, 4)
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: f)  # the function itself, eagerly
+    runs = {"graph": (graph, *_train(graph, x, y, 4))}
+    counter = _aot_eager(monkeypatch)
+    runs["traced"] = (traced, *_train(traced, x, y, 4))
+    assert counter.frame_count == 1 and counter.op_count > 100, vars(counter)
+
+    assert any(not torch.equal(g0[k], v) for k, v in eager.G.state_dict().items())
+    for name, (m, losses, opts) in runs.items():
+        assert torch.allclose(losses, ref, rtol=1e-4, atol=1e-5), (name, losses, ref)
+        assert m._steps == int(m.steps) == 4 and m._ema_n == int(m.ema.n_averaged) == 3, name
+        for k, v in eager.state_dict().items():  # G, D, EMA: weights and buffers, the counts
+            assert _close(m.state_dict()[k], v), (name, k)
+        for opt, opt_ref in zip(opts, ref_opts):
+            for p, p_ref in zip(opt.param_groups[0]["params"], opt_ref.param_groups[0]["params"]):
+                for k, v in opt_ref.state[p_ref].items():
+                    assert _close(opt.state[p][k], v), (name, k)
+
+
+def test_the_graph_step_trains_through_the_task_as_the_eager_step(tmp_path, monkeypatch):
+    """task=gan with gan.compile=graph (Lightning, CSV logger): its three steps run as one
+    graph and log the same losses as the eager run's."""
+    args = FAST + GAN_FAST + ["task=gan", "gan.steps=3", "dataset.n_per_class=4"]
+    args += ["logger=csv", "trainer.log_every_n_steps=1", "gan.eval_n_per_class=0"]
+    losses = {}
+    for mode in ("null", "graph"):
+        counter = _aot_eager(monkeypatch)
+        m = run_task(compose(args + [f"gan.compile={mode}"], tmp_path / mode))
+        assert m["gan/steps"] == 3
+        rows = list(csv.DictReader(open(tmp_path / mode / "csv" / "metrics.csv")))
+        losses[mode] = torch.tensor(
+            [[float(r["gan/loss_d"]), float(r["gan/loss_g"])] for r in rows if r["gan/loss_d"]]
+        )
+    assert counter.frame_count == 1, vars(counter)  # the graph run's: one graph, 3 steps
+    assert losses["graph"].shape == (3, 2)
+    assert torch.allclose(losses["graph"], losses["null"], rtol=1e-4, atol=1e-5), losses
+
+
+def test_the_graph_step_refuses_several_devices_and_fp16_loss_scaling():
+    m = small_gan(3, 28, compile="graph")
+    m._trainer = types.SimpleNamespace(world_size=2, precision="32-true")
+    with pytest.raises(UserError, match="gan.compile=graph trains on one device"):
+        m.setup("fit")
+    m._trainer = types.SimpleNamespace(world_size=1, precision="16-mixed")
+    with pytest.raises(UserError, match="gan.compile=graph has no fp16 loss scaling"):
+        m.setup("fit")
+    with pytest.raises(UserError, match="gan.compile='graphs'"):
+        small_gan(3, 28, compile="graphs")

@@ -1,10 +1,11 @@
-"""gan.compile=graph: the GAN's whole step (D steps, G step, both Adams, the EMA, the step
-count) as one function of tensors, traced as one graph (fullgraph=True: a graph break is an
+"""gan.compile=graph and model.compile=graph: the GAN's whole step (D steps, G step, both
+Adams, the EMA, the step count) and the classifier's training step (forward, backward, AdamW)
+as one function of tensors each, traced as one graph (fullgraph=True: a graph break is an
 error). On CUDA that graph is replayed as a CUDA graph, which needs a GPU; here the CPU checks
-that the function traces whole and equals the eager step. Compiled with the aot_eager backend
+that each function traces whole and equals the eager step. Compiled with the aot_eager backend
 (Dynamo's trace and AOTAutograd, no C++ code generation: inductor takes minutes on 2 cores),
-which draws random numbers as eager does, so both sides see the same noise, augmentations and
-class shuffles."""
+which draws random numbers as eager does, so both sides see the same noise, augmentations,
+class shuffles and dropout masks."""
 
 from __future__ import annotations
 
@@ -111,3 +112,86 @@ def test_the_graph_step_refuses_several_devices_and_fp16_loss_scaling():
         m.setup("fit")
     with pytest.raises(UserError, match="gan.compile='graphs'"):
         small_gan(3, 28, compile="graphs")
+
+
+def _classifier(compile):
+    from lightning_modules.classifier import ClassifierModule
+
+    torch.manual_seed(0)
+    return ClassifierModule(
+        "small_cnn",
+        3,
+        in_channels=1,
+        init="scratch",
+        width=8,
+        dropout=0.3,
+        label_smoothing=0.1,
+        scheduler={"name": "none"},
+        compile=compile,
+    )
+
+
+def test_the_classifier_graph_step_equals_the_eager_step_eagerly_and_traced_whole(monkeypatch):
+    """model.compile=graph: three training steps (small CNN with BatchNorm and dropout, AdamW
+    with weight decay) as Lightning's eager step takes them (loss, backward, AdamW.step), as the
+    graph step's function run eagerly and compiled with fullgraph=True (one graph): the same
+    losses, weights, BatchNorm statistics, AdamW state and training metrics."""
+    batch = types.SimpleNamespace(
+        x=torch.randn(8, 1, 28, 28), y=torch.arange(8) % 3, soft=None, group=None
+    )
+    runs = {}
+    for name in ("eager", "graph", "traced"):
+        m = _classifier(False if name == "eager" else "graph")
+        opt = m.configure_optimizers()
+        if name == "graph":
+            monkeypatch.setattr(torch, "compile", lambda f, **kw: f)
+        if name == "traced":
+            counter = _aot_eager(monkeypatch)
+        torch.manual_seed(1)
+        losses = []
+        for _ in range(3):
+            if name == "eager":
+                loss = m._step(batch, "train")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                loss = m.graph_step(batch, opt)
+            losses.append(loss.detach())
+        runs[name] = (m, opt, torch.stack(losses), m.stage_metrics["train_metrics"].compute("t"))
+    assert counter.frame_count == 1 and counter.op_count > 20, vars(counter)
+
+    ref, ref_opt, ref_losses, ref_metrics = runs.pop("eager")
+    init = _classifier(False).state_dict()
+    assert not torch.equal(ref.state_dict()["net.head.1.weight"], init["net.head.1.weight"])
+    for name, (m, opt, losses, metrics) in runs.items():
+        assert torch.allclose(losses, ref_losses, rtol=1e-5, atol=1e-6), (name, losses)
+        for k, v in ref.state_dict().items():
+            assert _close(m.state_dict()[k], v), (name, k)
+        for p, p_ref in zip(opt.param_groups[0]["params"], ref_opt.param_groups[0]["params"]):
+            for k, v in ref_opt.state[p_ref].items():
+                assert _close(opt.state[p][k], v), (name, k)
+        assert metrics == pytest.approx(ref_metrics, rel=1e-5), name
+
+
+def test_the_classifier_graph_step_trains_through_the_task_as_the_eager_step(tmp_path, monkeypatch):
+    """task=classify with model.compile=graph (Lightning, manual optimization, the cosine
+    schedule filling the learning-rate tensor): three steps in one graph, the same losses and
+    the same test accuracy as the eager run's."""
+    args = FAST + ["dataset.n_per_class=8", "trainer.max_steps=3", "dataset.batch_size=16"]
+    args += ["dataset.val_per_class=2", "trainer.limit_test_batches=1"]  # 1,000 test images
+    args += ["logger=csv", "trainer.log_every_n_steps=1"]
+    runs = {}
+    for mode in ("false", "graph"):
+        counter = _aot_eager(monkeypatch)
+        m = run_task(compose(args + [f"model.compile={mode}"], tmp_path / mode))
+        rows = list(csv.DictReader(open(tmp_path / mode / "csv" / "metrics.csv")))
+        losses = torch.tensor([float(r["train/loss_step"]) for r in rows if r["train/loss_step"]])
+        runs[mode] = (losses, m)
+    assert counter.frame_count == 1, vars(counter)  # the graph run's
+    (ref, m_ref), (losses, m) = runs["false"], runs["graph"]
+    assert m["global_step"] == m_ref["global_step"] == 3 and losses.shape == (3,)
+    assert torch.allclose(losses, ref, rtol=1e-4, atol=1e-5), (losses, ref)
+    assert m["test/acc"] == pytest.approx(m_ref["test/acc"], abs=1e-3)
+    with pytest.raises(UserError, match="model.compile='graphs': use false, true or graph"):
+        _classifier("graphs")

@@ -164,7 +164,10 @@ class ClassifierConfig:
     # P(class 1) that maximizes balanced accuracy on val -- never on test)
     decision: str = "argmax"
     channels_last: bool = False
-    compile: bool = False
+    # false | true (torch.compile the network) | graph: the training step (forward, backward,
+    # Adam/AdamW) traced as one graph (fullgraph=True; on CUDA a CUDA graph, mode=reduce-overhead;
+    # torch >= 2.11, one device, no fp16 loss scaling, no gradient clipping)
+    compile: Any = False
 
 
 # ----------------------------------------------------------------------------- GAN

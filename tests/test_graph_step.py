@@ -131,34 +131,43 @@ def _classifier(compile):
     )
 
 
+def _batch(device):
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 3
+    return types.SimpleNamespace(x=x.to(device), y=y.to(device), soft=None, group=None)
+
+
+def _classifier_steps(m, batch, steps: int):
+    """`steps` training steps: Lightning's automatic ones (loss, backward, the optimizer's
+    step) or the graph step; the losses, the optimizer and the training metrics."""
+    opt = m.configure_optimizers()
+    torch.manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        if m.automatic_optimization:
+            loss = m._step(batch, "train")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            loss = m.graph_step(batch, opt)
+        losses.append(loss.detach())
+    return opt, torch.stack(losses), m.stage_metrics["train_metrics"].compute("t")
+
+
 def test_the_classifier_graph_step_equals_the_eager_step_eagerly_and_traced_whole(monkeypatch):
     """model.compile=graph: three training steps (small CNN with BatchNorm and dropout, AdamW
     with weight decay) as Lightning's eager step takes them (loss, backward, AdamW.step), as the
     graph step's function run eagerly and compiled with fullgraph=True (one graph): the same
     losses, weights, BatchNorm statistics, AdamW state and training metrics."""
-    batch = types.SimpleNamespace(
-        x=torch.randn(8, 1, 28, 28), y=torch.arange(8) % 3, soft=None, group=None
-    )
+    batch = _batch("cpu")
     runs = {}
     for name in ("eager", "graph", "traced"):
         m = _classifier(False if name == "eager" else "graph")
-        opt = m.configure_optimizers()
         if name == "graph":
             monkeypatch.setattr(torch, "compile", lambda f, **kw: f)
         if name == "traced":
             counter = _aot_eager(monkeypatch)
-        torch.manual_seed(1)
-        losses = []
-        for _ in range(3):
-            if name == "eager":
-                loss = m._step(batch, "train")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            else:
-                loss = m.graph_step(batch, opt)
-            losses.append(loss.detach())
-        runs[name] = (m, opt, torch.stack(losses), m.stage_metrics["train_metrics"].compute("t"))
+        runs[name] = (m, *_classifier_steps(m, batch, 3))
     assert counter.frame_count == 1 and counter.op_count > 20, vars(counter)
 
     ref, ref_opt, ref_losses, ref_metrics = runs.pop("eager")
@@ -195,3 +204,35 @@ def test_the_classifier_graph_step_trains_through_the_task_as_the_eager_step(tmp
     assert m["test/acc"] == pytest.approx(m_ref["test/acc"], abs=1e-3)
     with pytest.raises(UserError, match="model.compile='graphs': use false, true or graph"):
         _classifier("graphs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_a_gpu_both_graph_steps_replay_as_cuda_graphs_and_equal_the_eager_steps(monkeypatch):
+    """The GPU check (skipped on the CPU): each module compiles its step itself (inductor,
+    mode="reduce-overhead", fullgraph=True), no input keeps it off CUDA graphs, and its losses
+    and weights equal the eager step's (inductor's fallback_random: the same draws as eager)."""
+    import torch._inductor.config as inductor
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(inductor, "fallback_random", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as here
+    torch._dynamo.reset()
+    counters.clear()
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: calls.append(kw) or _COMPILE(f, **kw))
+    torch.manual_seed(0)
+    eager = small_gan(3, 28, d_steps=2, ema_start_step=2, ema_decay=0.9).cuda()
+    graph = copy.deepcopy(eager)
+    graph.hparams.compile = "graph"
+    x, y = (torch.rand(12, 1, 28, 28) * 2 - 1).cuda(), (torch.arange(12) % 3).cuda()
+    (ref, _), (losses, _) = _train(eager, x, y, 4), _train(graph, x, y, 4)
+    assert torch.allclose(losses, ref, rtol=1e-3, atol=1e-4), (losses, ref)
+    for k, v in eager.state_dict().items():
+        assert _close(graph.state_dict()[k], v), k
+    batch = _batch("cuda")
+    (_, ref, _), (_, losses, _) = [
+        _classifier_steps(_classifier(c).cuda(), batch, 3) for c in (False, "graph")
+    ]
+    assert torch.allclose(losses, ref, rtol=1e-3, atol=1e-4), (losses, ref)
+    assert calls == [{"fullgraph": True, "dynamic": False, "mode": "reduce-overhead"}] * 2, calls
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])

@@ -83,23 +83,45 @@ def test_the_graph_step_equals_the_eager_step_eagerly_and_traced_whole(monkeypat
                     assert _close(opt.state[p][k], v), (name, k)
 
 
-def test_the_graph_step_trains_through_the_task_as_the_eager_step(tmp_path, monkeypatch):
-    """task=gan with gan.compile=graph (Lightning, CSV logger): its three steps run as one
-    graph and log the same losses as the eager run's."""
-    args = FAST + GAN_FAST + ["task=gan", "gan.steps=3", "dataset.n_per_class=4"]
+def test_the_graph_step_trains_and_resumes_through_the_task_as_the_eager_step(
+    tmp_path, monkeypatch
+):
+    """task=gan with gan.compile=graph (Lightning, CSV logger), stopped after the first of two
+    epochs and resumed: each fit runs its steps as one graph, the resumed epoch logs the losses
+    of the uninterrupted eager run's second epoch, and ends where that run ends (weights,
+    buffers, EMA, Adam state: the state the graph step made is Adam's own)."""
+    import tasks.gan
+    from tests.test_gan import _StopAfter
+
+    args = FAST + GAN_FAST + ["task=gan", "gan.epochs=2", "dataset.n_per_class=4"]
     args += ["logger=csv", "trainer.log_every_n_steps=1", "gan.eval_n_per_class=0"]
+    run_task(compose(args, tmp_path / "eager"))
+    graph = args + ["gan.compile=graph"]
+    counter = _aot_eager(monkeypatch)
+    build = tasks.gan.build_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(tasks.gan, "build_callbacks", lambda *a: [*build(*a), _StopAfter(1)])
+        assert run_task(compose(graph, tmp_path / "graph"))["gan/steps"] == 2
+    assert run_task(compose(graph + ["resume=true"], tmp_path / "graph"))["gan/steps"] == 4
+    assert counter.frame_count == 2, vars(counter)  # one graph a fit: no break, no recompile
+
     losses = {}
-    for mode in ("null", "graph"):
-        counter = _aot_eager(monkeypatch)
-        m = run_task(compose(args + [f"gan.compile={mode}"], tmp_path / mode))
-        assert m["gan/steps"] == 3
-        rows = list(csv.DictReader(open(tmp_path / mode / "csv" / "metrics.csv")))
-        losses[mode] = torch.tensor(
+    for run in ("eager", "graph"):
+        rows = list(csv.DictReader(open(tmp_path / run / "csv" / "metrics.csv")))
+        losses[run] = torch.tensor(
             [[float(r["gan/loss_d"]), float(r["gan/loss_g"])] for r in rows if r["gan/loss_d"]]
         )
-    assert counter.frame_count == 1, vars(counter)  # the graph run's: one graph, 3 steps
-    assert losses["graph"].shape == (3, 2)
-    assert torch.allclose(losses["graph"], losses["null"], rtol=1e-4, atol=1e-5), losses
+    # the resumed fit's log (its own metrics.csv): the eager run's last two steps
+    assert losses["graph"].shape == (2, 2) and losses["eager"].shape == (4, 2)
+    assert torch.allclose(losses["graph"], losses["eager"][2:], rtol=1e-4, atol=1e-5), losses
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("eager", "graph"))
+    assert int(b["state_dict"]["steps"]) == 4
+    for k, v in a["state_dict"].items():
+        assert _close(b["state_dict"][k], v), k
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for i, state in opt_a["state"].items():
+            for k, v in state.items():
+                assert _close(opt_b["state"][i][k].cpu(), v.cpu()), (i, k)
 
 
 def test_the_graph_step_refuses_several_devices_and_fp16_loss_scaling():

@@ -354,9 +354,8 @@ def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
     """One option, e.g. eager_bs64, cudagraphs_bs256_bf16 or eager_bs64_projected (the
     discriminator on frozen ImageNet MobileNetV2 features): real images per second."""
     kind, bs, *rest = name.split("_")
-    mode = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead", "step": "step"}[
-        kind
-    ]
+    modes = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead", "step": "step"}
+    mode = {**modes, "graph": "graph"}[kind]
     batch, bf16, dev = int(bs.removeprefix("bs")), "bf16" in rest, device()
     over = ["experiment=paper_table3_full", "task=gan", f"gan.batch_size={batch}"]
     over += [f"gan.compile={mode}"] if mode else []
@@ -372,7 +371,7 @@ def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
     model.setup("fit")  # gan.compile, as the Trainer would
 
     def step():
-        if mode == "reduce-overhead":
+        if mode in ("reduce-overhead", "graph"):
             torch.compiler.cudagraph_mark_step_begin()
         idx = torch.randint(0, len(y_all), (batch,), device=dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -640,8 +639,9 @@ def main():
     ap.add_argument(
         "--gan-variants",
         default="eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16",
-        help="gan_speed: <eager|compile|cudagraphs|step>_bs<batch>[_bf16][_projected], "
-        "comma-separated (step: gan.compile=step, the whole update compiled)",
+        help="gan_speed: <eager|compile|cudagraphs|step|graph>_bs<batch>[_bf16][_projected], "
+        "comma-separated (step: gan.compile=step, the whole update compiled; graph: "
+        "gan.compile=graph, the whole step one graph, on CUDA a CUDA graph)",
     )
     ap.add_argument(
         "--fused-k", default=None, help="K values of the gan_fused case (GPU 1,5,25; CPU 4)"

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.graph_step import adam_step, check_trainer, compile_whole, trainable
 from lightning_modules.nets.backbones import apply_finetune, build_backbone, load_init_checkpoint
 from xfergan.evaluation.metrics import ClassificationMetrics
 from xfergan.schema import ClassifierConfig
@@ -51,11 +52,15 @@ class ClassifierModule(pl.LightningModule):
         label_smoothing: float = _D.label_smoothing,
         class_weights: list[float] | None = None,
         channels_last: bool = _D.channels_last,
-        compile: bool = _D.compile,
+        compile: bool | str = _D.compile,
         class_names: list[str] | None = None,
         input_spec: dict[str, Any] | None = None,
     ):
         super().__init__()
+        if compile not in (False, True, "graph"):
+            from xfergan.errors import UserError
+
+            raise UserError(f"model.compile={compile!r}: use false, true or graph")
         optimizer = dict(_D.optimizer if optimizer is None else optimizer)
         scheduler = dict(vars(_D.scheduler) if scheduler is None else scheduler)
         self.save_hyperparameters()
@@ -90,6 +95,14 @@ class ClassifierModule(pl.LightningModule):
         # which real images this model saw (datamodules.provenance.model_record), saved in every
         # checkpoint: what a run that uses the model as a teacher or init checks
         self.provenance: dict[str, Any] | None = None
+        # model.compile=graph: the training step (forward, backward, optimizer) is one graph
+        # that steps the optimizer itself (`_train_update`)
+        self.automatic_optimization = compile != "graph"
+        self._graph, self._graph_for = None, None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile == "graph" and stage == "fit":
+            check_trainer(self._trainer, "model.compile=graph", "model.compile=true")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["xfergan_provenance"] = self.provenance
@@ -98,7 +111,7 @@ class ClassifierModule(pl.LightningModule):
         self.provenance = checkpoint.get("xfergan_provenance", self.provenance)
 
     def configure_model(self) -> None:
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.hparams.compile is True and not getattr(self, "_compiled", False):
             self.net.compile()
             self._compiled = True
 
@@ -133,20 +146,32 @@ class ClassifierModule(pl.LightningModule):
             ) from None
         return model.eval()
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch.x, batch.y
-        logits = self(x)
-        # soft targets (teacher probabilities; one-hot for real images) where the batch has them
-        target = batch.soft if batch.soft is not None and stage == "train" else y
-        loss = F.cross_entropy(
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
             logits,
             target,
             weight=self.class_weights,
             label_smoothing=self.hparams.label_smoothing,
         )
-        probs = logits.detach().float().softmax(dim=1)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        logits = self(batch.x)
+        loss = self._loss(logits, self._target(batch, stage))
+        self._record(batch, stage, logits.detach(), loss.detach())
+        return loss
+
+    @staticmethod
+    def _target(batch, stage: str) -> torch.Tensor:
+        """Soft targets (teacher probabilities; one-hot for real images) where the batch has
+        them, in training; else the labels."""
+        return batch.soft if batch.soft is not None and stage == "train" else batch.y
+
+    def _record(self, batch, stage: str, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        """The step's metrics, accumulated on the device; val/test keep each image's output."""
+        y = batch.y
+        probs = logits.float().softmax(dim=1)
         metrics = self.stage_metrics[f"{stage}_metrics"]
-        metrics.update(probs, y, loss.detach().float(), len(y))
+        metrics.update(probs, y, loss.float(), len(y))
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         if stage in self.outputs:
@@ -155,10 +180,42 @@ class ClassifierModule(pl.LightningModule):
             o["labels"].append(y.cpu())
             if batch.group is not None:
                 o["groups"].append(batch.group.cpu())
-        return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        # Lightning's optimizer step counts the step (trainer.global_step: max_steps, the
+        # schedule); the graph step runs as its closure and applies the update itself, so the
+        # optimizer's own step finds no gradient left to apply
+        opt = self.optimizers()
+        opt.step(closure=lambda: self.graph_step(batch, opt.optimizer))
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # every batch, as configure_optimizers asks
+            scheduler.step()
+
+    def graph_step(self, batch, opt: torch.optim.Optimizer) -> torch.Tensor:
+        """model.compile=graph's training step: forward, backward and `opt`'s step as one
+        graph (`_train_update`, compiled at its first call), the metrics after it."""
+        if self._graph_for != id(opt):
+            self._graph, self._graph_for = compile_whole(self._train_update, self, [opt]), id(opt)
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step's outputs
+        loss, logits = self._graph(batch.x, self._target(batch, "train"), opt)
+        # a CUDA graph's outputs are overwritten by its next replay: the metrics and the
+        # logged loss outlive the step
+        loss, logits = loss.clone(), logits.clone()
+        self._record(batch, "train", logits, loss)
+        return loss
+
+    def _train_update(self, x, target, opt) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step as one function of tensors (model.compile=graph): `_step`'s forward
+        and loss, the gradients from torch.autograd.grad and the optimizer's step by adam_step
+        (Adam or AdamW; the learning rate a tensor the scheduler fills). Nothing is read back,
+        so it traces as one graph (fullgraph=True) and replays as one CUDA graph;
+        tests/test_graph_step.py compares it with Lightning's eager step."""
+        logits = self(x)
+        loss = self._loss(logits, target)
+        adam_step(opt, torch.autograd.grad(loss, trainable(opt)))
+        return loss.detach(), logits.detach()
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -209,6 +266,10 @@ class ClassifierModule(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         opt_cfg = dict(self.hparams.optimizer or _D.optimizer)  # the schema's defaults
         opt = hydra.utils.instantiate(opt_cfg, params=params)
+        if self.hparams.compile == "graph":  # one graph for every learning rate: a tensor that
+            for group in opt.param_groups:  # the scheduler fills (from a number: no host read)
+                group["initial_lr"] = group["lr"]
+                group["lr"] = torch.tensor(group["lr"], device=self.device)
         sch = {**vars(_D.scheduler), **(self.hparams.scheduler or {})}
         name = sch["name"]
         if name == "none":

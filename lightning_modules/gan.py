@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 from lightning_modules.diffaugment import apply as apply_augment
 from lightning_modules.diffaugment import draw as draw_augment
 from lightning_modules.diffaugment import parse_policy
+from lightning_modules.graph_step import adam_step, check_trainer, compile_whole, trainable
 from xfergan.schema import GANConfig
 
 _D = GANConfig()  # the schema is the one source of defaults
@@ -51,13 +52,20 @@ def truncated_normal(
     return z
 
 
+def warmup_decay(n, decay: float):
+    """The EMA's decay after `n` averages: (1+n)/(10+n) until it reaches `decay`. `n` a host
+    number, or a device tensor (gan.compile=graph: no host read)."""
+    d = (1.0 + n) / (10.0 + n)
+    return torch.clamp(d, max=decay) if isinstance(d, torch.Tensor) else min(decay, d)
+
+
 def ema_with_warmup(decay: float):
     """EMA update for AveragedModel(multi_avg_fn=...): decay ramps up as (1+n)/(10+n) until it
     reaches `decay`, so early sample grids show the generator, not its random init."""
 
     def update(ema_params, params, n_averaged):
         n = float(n_averaged)  # a host read when given a tensor: ConditionalGAN passes an int
-        d = min(decay, (1.0 + n) / (10.0 + n))
+        d = warmup_decay(n, decay)
         if torch.is_floating_point(ema_params[0]):
             torch._foreach_lerp_(ema_params, params, 1.0 - d)
         else:  # integer buffers (BatchNorm's step count): follow the generator
@@ -142,25 +150,52 @@ def _total(loss: torch.Tensor) -> torch.Tensor:
     return loss if loss.ndim == 0 else loss.sum()
 
 
+def _grad_step(opt, loss: torch.Tensor) -> None:
+    """One optimizer step from a loss without .grad or requires_grad switches (what a traced
+    graph can hold): the gradients by torch.autograd.grad, Adam applied by adam_step."""
+    adam_step(opt, torch.autograd.grad(loss, trainable(opt)))
+
+
 def gan_update(
-    G, D, g_params, d_params, x, y, noise: StepNoise, hp, opt_g, opt_d, backward, extra_g_loss=None
+    G,
+    D,
+    g_params,
+    d_params,
+    x,
+    y,
+    noise: StepNoise,
+    hp,
+    opt_g,
+    opt_d,
+    backward,
+    extra_g_loss=None,
+    step=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`hp.d_steps` D steps and one G step on real images `x` with labels `y` (no host state:
     what gan.compile=step compiles). G(z, y) and D(x, y) are one GAN's networks or K stacked
-    ones; `g_params`/`d_params` are what the optimizers step. Returns (loss_d, loss_g)."""
+    ones; `g_params`/`d_params` are what the optimizers step. `step(opt, loss)`: how a loss
+    moves its optimizer's parameters (gan.compile=graph: _grad_step); by default zero_grad,
+    `backward`, opt.step(), with the other network's weights frozen. Returns (loss_d, loss_g)."""
     names = parse_policy(hp.diffaugment)
     n = y.shape[-1]
-    _requires_grad(g_params, False)  # D step: no weight gradients for G
+    eager = step is None
+    if eager:
+
+        def step(opt, loss):
+            opt.zero_grad(set_to_none=True)
+            backward(loss)
+            opt.step()
+
+        _requires_grad(g_params, False)  # D step: no weight gradients for G
     for i in range(hp.d_steps):
         with torch.no_grad():
             fake = G(noise.z_d[i], y)
         real_logits = D(apply_augment(x, names, noise.aug_real[i]), y)
         loss_d = d_loss(hp, real_logits, D(apply_augment(fake, names, noise.aug_fake[i]), y))
-        opt_d.zero_grad(set_to_none=True)
-        backward(_total(loss_d))
-        opt_d.step()
-    _requires_grad(g_params, True)
-    _requires_grad(d_params, False)  # G step: gradients flow through D, D's weights stay
+        step(opt_d, _total(loss_d))
+    if eager:
+        _requires_grad(g_params, True)
+        _requires_grad(d_params, False)  # G step: gradients flow through D, D's weights stay
     y_g = y.gather(-1, noise.order)
     z = noise.z_g
     if hp.mode_seeking > 0 and n >= 4:
@@ -178,10 +213,9 @@ def gan_update(
         loss_g = g_loss(hp, D(apply_augment(fake, names, noise.aug_g), y_g))
     if extra_g_loss is not None:  # a frozen teacher pulls each image toward its class
         loss_g = loss_g + extra_g_loss(fake, y_g)
-    opt_g.zero_grad(set_to_none=True)
-    backward(_total(loss_g))
-    opt_g.step()
-    _requires_grad(d_params, True)
+    step(opt_g, _total(loss_g))
+    if eager:
+        _requires_grad(d_params, True)
     return loss_d, loss_g
 
 
@@ -205,7 +239,9 @@ def ema_step_(ema: list[torch.Tensor], new: list[torch.Tensor], n_averaged: int,
                 update(es, ps, n_averaged)
 
 
-# torch.compile modes for G and D, and "step": the whole update compiled as one function
+# torch.compile modes for G and D; "step": the whole update compiled as one function; "graph":
+# the whole update, EMA and step count included, traced as one graph (fullgraph=True; on CUDA
+# captured as a CUDA graph, mode="reduce-overhead")
 COMPILE_MODES = (
     None,
     "default",
@@ -213,6 +249,7 @@ COMPILE_MODES = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
     "step",
+    "graph",
 )
 
 
@@ -283,36 +320,28 @@ class ConditionalGAN(pl.LightningModule):
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
         self._guide = None  # (teacher, weight) from set_guidance
-        self._whole_step = None  # gan.compile=step: the compiled update
+        self._whole_step = None  # gan.compile=step|graph: the compiled update
+        self._graph_for: tuple[int, ...] = ()  # gan.compile=graph: the optimizers it steps
 
     def setup(self, stage: str) -> None:
         mode = self.hparams.compile
-        if mode == "step" and stage == "fit":
+        if stage != "fit" or not mode:
+            return
+        if mode in ("step", "graph"):
             self._check_whole_step()
+        if mode == "step":
             # D steps, G step and both Adam steps in one compiled function (graphs split only
             # where autograd runs backward); the EMA and the host counters stay outside it
             self._whole_step = torch.compile(self._update_plain)
-        elif mode and stage == "fit":  # compiled in place: the state_dict keys do not change
+        elif mode != "graph":  # compiled in place: the state_dict keys do not change
             self.G.compile(mode=mode)
             self.D.compile(mode=mode)
+        # graph: compiled at its first step (gan_step), where its device and optimizers are known
 
     def _check_whole_step(self) -> None:
-        """gan.compile=step calls backward and the optimizers itself (no loss scaling, no
-        strategy hooks): one device, no fp16 loss scaling."""
-        from xfergan.errors import UserError
-
-        trainer = self._trainer
-        if trainer is None:
-            return
-        if trainer.world_size > 1:
-            raise UserError(
-                "gan.compile=step trains on one device; with several use gan.compile=default"
-            )
-        if "16-mixed" == str(trainer.precision):
-            raise UserError(
-                "gan.compile=step has no fp16 loss scaling; use trainer.precision=bf16-mixed or "
-                "32-true"
-            )
+        """gan.compile=step|graph calls backward (graph: autograd.grad) and the optimizers
+        itself: one device, no fp16 loss scaling, no clipping."""
+        check_trainer(self._trainer, f"gan.compile={self.hparams.compile}", "gan.compile=default")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
@@ -342,6 +371,23 @@ class ConditionalGAN(pl.LightningModule):
         with torch.no_grad():
             self.ema.n_averaged += 1
         self._ema_n += 1
+
+    @torch.no_grad()
+    def _ema_on_device(self) -> None:
+        """gan_step's EMA (update_ema from ema_start_step on, a copy of G before) with both
+        counts on the device, for the graph step: a copy is an average with weight 1 on G, so
+        every step runs the same operations and nothing is read back."""
+        n = self.ema.n_averaged
+        on = self.steps >= self.hparams.ema_start_step
+        w = torch.where(on & (n > 0), 1 - warmup_decay(n, self.hparams.ema_decay), 1.0)
+        ema = list(self.ema.module.parameters()) + list(self.ema.module.buffers())
+        new = list(self.G.parameters()) + list(self.G.buffers())
+        for e, p in zip(ema, new):
+            if torch.is_floating_point(e):
+                e.lerp_(p, w.to(e.dtype))
+            else:  # integer buffers (BatchNorm's step count): follow the generator
+                e.copy_(p)
+        n.add_(on.long())
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -419,10 +465,21 @@ class ConditionalGAN(pl.LightningModule):
         Lightning loop (training_step, Lightning's manual_backward) and plain loops
         (benchmarks/bench.py: loss.backward()). With
         gan.compile=step the D and G steps run as one compiled function on the optimizers
-        themselves (the same arithmetic: tests/test_gan.py compares the losses). `noise`: the
+        themselves (the same arithmetic: tests/test_gan.py compares the losses); with
+        gan.compile=graph the whole of it runs as one graph (`_graph_update`). `noise`: the
         step's random draws (draw_noise), drawn here from the global generator when None."""
+        raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
+        if self.hparams.compile == "graph":
+            if self._graph_for != tuple(map(id, raw)):
+                self._whole_step = compile_whole(self._graph_update, self, raw)
+                self._graph_for = tuple(map(id, raw))
+            loss_d, loss_g = self._whole_step(x, y, *raw)
+            self._steps += 1  # the host mirrors of the counts it advanced on the device
+            self._ema_n += self._steps >= self.hparams.ema_start_step
+            # a CUDA graph's outputs are overwritten by its next replay: the logged losses
+            # and the divergence check outlive the step
+            return loss_d.clone(), loss_g.clone()
         if self._whole_step is not None:
-            raw = [getattr(o, "optimizer", o) for o in (opt_g, opt_d)]  # past Lightning's wrapper
             loss_d, loss_g = self._whole_step(x, y, *raw, noise)
         else:
             loss_d, loss_g = self._update(x, y, opt_g, opt_d, backward, noise)
@@ -459,8 +516,36 @@ class ConditionalGAN(pl.LightningModule):
             self._guidance_loss if self._guide is not None else None,
         )
 
+    def _graph_update(self, x, y, opt_g, opt_d) -> tuple[torch.Tensor, torch.Tensor]:
+        """gan_step as one function of tensors (gan.compile=graph): `_update`'s procedure
+        (gan_update: the same objectives, drawing the same random numbers in the same order)
+        with the gradients from torch.autograd.grad and Adam applied by `adam_step` (no .grad,
+        no requires_grad switches), then the step count and the EMA on the device. Nothing is
+        read back and no Python value changes between steps, so it traces as one graph
+        (fullgraph=True) and replays as one CUDA graph; tests/test_graph_step.py compares it
+        with the eager step."""
+        noise = draw_noise(self.hparams, (), len(y), tuple(x.shape[1:]), x.device)
+        loss_d, loss_g = gan_update(
+            self.G,
+            self.D,
+            list(self.G.parameters()),
+            list(self.D.parameters()),
+            x,
+            y,
+            noise,
+            self.hparams,
+            opt_g,
+            opt_d,
+            None,
+            self._guidance_loss if self._guide is not None else None,
+            step=_grad_step,
+        )
+        self.steps.add_(1)
+        self._ema_on_device()
+        return loss_d.detach(), loss_g.detach()
+
     def training_step(self, batch, batch_idx):
-        if self.hparams.compile == "reduce-overhead":
+        if self.hparams.compile in ("reduce-overhead", "graph"):
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step's outputs
         opt_g, opt_d = self.optimizers()
         loss_d, loss_g = self.gan_step(batch[0], batch[1], opt_g, opt_d, self.manual_backward)
@@ -508,7 +593,12 @@ class ConditionalGAN(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        fused = {"fused": True} if torch.cuda.is_available() else {}
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2), **fused)
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2), **fused)
+        if not torch.cuda.is_available():
+            kw = {}
+        elif h.compile == "graph":  # the step count on the device, as a CUDA graph needs
+            kw = {"capturable": True}
+        else:
+            kw = {"fused": True}
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=h.lr_g, betas=(h.beta1, h.beta2), **kw)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=h.lr_d, betas=(h.beta1, h.beta2), **kw)
         return [opt_g, opt_d]

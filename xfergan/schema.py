@@ -165,7 +165,10 @@ class ClassifierConfig:
     # P(class 1) that maximizes balanced accuracy on val -- never on test)
     decision: str = "argmax"
     channels_last: bool = False
-    compile: bool = False
+    # false | true (torch.compile the network) | graph: the training step (forward, backward,
+    # Adam/AdamW) traced as one graph (fullgraph=True; on CUDA a CUDA graph, mode=reduce-overhead;
+    # torch >= 2.11, one device, no fp16 loss scaling, no gradient clipping)
+    compile: Any = False
 
 
 # ----------------------------------------------------------------------------- GAN
@@ -201,7 +204,11 @@ class GANConfig:
     # torch.compile G and D: null (eager) | default | reduce-overhead (CUDA graphs: fewer kernel
     # launches, what a launch-bound 28 px GAN step needs) | max-autotune; or step: the whole
     # update (D steps, G step, both Adam steps) compiled as one function (one device, no fp16
-    # loss scaling). Not yet measured on a GPU (README, Speed); the first steps pay the compile.
+    # loss scaling); or graph: the whole step (D steps, G step, both Adams, the EMA, the step
+    # count) traced as one graph (fullgraph=True; on CUDA a CUDA graph, mode=reduce-overhead;
+    # torch >= 2.11, one device, no fp16 loss scaling; static shapes: a smaller last batch is a
+    # graph of its own, none with gan.steps). Not yet measured on a GPU (README, Speed); the
+    # first steps pay the compile.
     compile: str | None = None
     # ---- training loop (tasks/gan.py), not module arguments
     epochs: int = 3000  # passes over the real images; ignored when `steps` is set

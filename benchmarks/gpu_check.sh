@@ -13,7 +13,10 @@
 #   4. bench.py --cases gan_speed: the GAN step's options (batch, bf16, torch.compile, CUDA graphs)
 #   5. experiment=synthetic_ablation_full for n in {8, 32} x seeds 0-2, K jobs at once on the GPU
 #      (GPU_CHECK_K, default 4; XFERGAN_JOBS_PER_GPU), the report at the end
-# run in the order 1 4 2 3 5 (GPU_CHECK_STEPS). Every GAN budget is sized from the last measured
+#   6. bench.py --cases gan_fused: K = 1, 5, 25 GANs trained as one (task=gan_fused's model)
+#      against the same K stepped one after another, aggregate GAN steps/s
+# run in the order 1 4 6 2 3 5 (GPU_CHECK_STEPS). Step 4 includes gan.compile=graph (the whole
+# step as one CUDA graph). Every GAN budget is sized from the last measured
 # GAN speed (the newest-named benchmarks/results/*gpu*|*nvidia*.json; this run's step 1 once written) so
 # that the step can end inside its cap; sized.log says what was asked, what ran and why.
 # Everything it writes lands under benchmarks/results/ and results/ in the working tree, and is
@@ -34,6 +37,7 @@ DAY=$(date -u +%F)
 TAG=$([[ $SMOKE == 1 ]] && echo cpu-smoke || echo gpu)
 BENCH="benchmarks/results/${DAY}_${TAG}.json"
 SPEED="benchmarks/results/${DAY}_${TAG}_gan-speed.json"
+FUSED="benchmarks/results/${DAY}_${TAG}_gan-fused.json"
 python -c "import xfergan" 2>/dev/null || export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__)"
@@ -82,6 +86,7 @@ run_logged() {  # run_logged <log> <cap s> command...: time-limited, output to t
 if [[ $SMOKE == 1 ]]; then
   BENCH_ARGS=(--preset cpu --backbones mobilenet_v2 --size 32 --batch 8 --steps 3 --mura-images 24 --repeats 1)
   SPEED_ARGS=(--preset cpu --steps 2 --repeats 1 --gan-variants eager_bs64,eager_bs256_bf16)
+  FUSED_ARGS=(--preset cpu --steps 1 --repeats 1 --fused-k 1,2)
   RUN_ARGS=(trainer=cpu debug=smoke dataset.val_per_class=2)
   GAN256=(gan.steps=4)
   ABL_ARGS=(trainer=cpu debug=smoke)
@@ -93,7 +98,8 @@ else
   # since spectral norm became a parametrization (the hook version failed at the backward:
   # benchmarks/results/2026-11-28_cpu-x2_gan-compile.json)
   SPEED_ARGS=(--preset gpu --repeats 1
-    --gan-variants eager_bs64,eager_bs64_bf16,eager_bs256_bf16,cudagraphs_bs64_bf16,compile_bs64_bf16)
+    --gan-variants eager_bs64_bf16,step_bs64_bf16,graph_bs64_bf16)
+  FUSED_ARGS=(--preset gpu --repeats 1 --steps 10 --fused-k 1,5,25)
   RUN_ARGS=()
   GAN256=(gan.steps=3750)  # 3,000 passes over 320 images at batch 256
   ABL_ARGS=()
@@ -151,6 +157,12 @@ timeout "$(left 150)" python benchmarks/bench.py --cases gan_speed "${SPEED_ARGS
   grep -vE "Warning|warn\(|^\s*$" | tail -7
 }
 
+step6() {
+echo "== 6. K GANs trained as one vs one after another ($(left 90) s) =="
+timeout "$(left 90)" python benchmarks/bench.py --cases gan_fused "${FUSED_ARGS[@]}" --out "$FUSED" 2>&1 |
+  grep -vE "Warning|warn\(|^\s*$" | tail -5
+}
+
 step5() {
 K=${GPU_CHECK_K:-4}
 echo "== 5. experiment=synthetic_ablation_full, n 8,32 x seeds 0-2, $K jobs at once ($(left 300) s) =="
@@ -169,7 +181,7 @@ note="n 8,32 x seeds 0-2, $K jobs at once on one GPU; jobs without metrics.json 
 
 # the GAN's speed options (one minute) before the long pipeline: on the H200 the eager GAN step
 # ran 33.9 steps/s and paper_table3_full did not finish in 320 s (results/gpu_h200_2026-11-28)
-for n in ${GPU_CHECK_STEPS:-1 4 2 3 5}; do "step$n"; done
+for n in ${GPU_CHECK_STEPS:-1 4 6 2 3 5}; do "step$n"; done
 cp "$WORK/sized.log" "$OUT/" 2>/dev/null
 
 echo "== summary =="

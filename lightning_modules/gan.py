@@ -495,10 +495,10 @@ class ConditionalGAN(pl.LightningModule):
         return self._update(x, y, opt_g, opt_d, _plain_backward, noise)
 
     def _update(
-        self, x, y, opt_g, opt_d, backward, noise: StepNoise | None = None
+        self, x, y, opt_g, opt_d, backward, noise: StepNoise | None = None, step=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`d_steps` D steps and one G step (no host state: what gan.compile=step compiles): the
-        procedure K stacked GANs run too (gan_update)."""
+        procedure K stacked GANs run too (gan_update; `step`: how a loss moves its optimizer)."""
         if noise is None:
             noise = draw_noise(self.hparams, (), len(y), tuple(x.shape[1:]), x.device)
         return gan_update(
@@ -514,6 +514,7 @@ class ConditionalGAN(pl.LightningModule):
             opt_d,
             backward,
             self._guidance_loss if self._guide is not None else None,
+            step=step,
         )
 
     def _graph_update(self, x, y, opt_g, opt_d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,22 +525,7 @@ class ConditionalGAN(pl.LightningModule):
         read back and no Python value changes between steps, so it traces as one graph
         (fullgraph=True) and replays as one CUDA graph; tests/test_graph_step.py compares it
         with the eager step."""
-        noise = draw_noise(self.hparams, (), len(y), tuple(x.shape[1:]), x.device)
-        loss_d, loss_g = gan_update(
-            self.G,
-            self.D,
-            list(self.G.parameters()),
-            list(self.D.parameters()),
-            x,
-            y,
-            noise,
-            self.hparams,
-            opt_g,
-            opt_d,
-            None,
-            self._guidance_loss if self._guide is not None else None,
-            step=_grad_step,
-        )
+        loss_d, loss_g = self._update(x, y, opt_g, opt_d, None, step=_grad_step)
         self.steps.add_(1)
         self._ema_on_device()
         return loss_d.detach(), loss_g.detach()

@@ -229,14 +229,18 @@ def test_the_classifier_graph_step_trains_through_the_task_as_the_eager_step(tmp
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_on_a_gpu_both_graph_steps_replay_as_cuda_graphs_and_equal_the_eager_steps(monkeypatch):
+def test_on_a_gpu_both_graph_steps_replay_as_cuda_graphs_and_equal_the_eager_steps(
+    monkeypatch, request
+):
     """The GPU check (skipped on the CPU): each module compiles its step itself (inductor,
     mode="reduce-overhead", fullgraph=True), no input keeps it off CUDA graphs, and its losses
     and weights equal the eager step's (inductor's fallback_random: the same draws as eager)."""
     import torch._inductor.config as inductor
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(inductor, "fallback_random", True)
+    patch = inductor.patch(fallback_random=True)  # undone by itself (see tests/test_gan.py)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as here
     torch._dynamo.reset()
     counters.clear()

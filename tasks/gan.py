@@ -102,6 +102,14 @@ def set_guidance(cfg: DictConfig, dm, model) -> dict:
     return {**out, "guidance/teacher": str(path), "guidance/weight": weight}
 
 
+def eval_split(cfg: DictConfig) -> str:
+    """gan.eval_split: the real images GAN quality is measured against."""
+    split = str(cfg.gan.eval_split)
+    if split not in ("val", "test"):
+        raise UserError(f"gan.eval_split={split!r}: use val (choosable) or test (reported only)")
+    return split
+
+
 def check_feature_net(cfg: DictConfig, dm) -> dict:
     """gan.feature_ckpt measures the GAN against gan.eval_split's images: it must not have seen
     them, nor the test images (datamodules.provenance.check_instrument). Returns the
@@ -113,9 +121,7 @@ def check_feature_net(cfg: DictConfig, dm) -> dict:
     path = cfg.gan.feature_ckpt
     if not path:
         return {}
-    split = str(cfg.gan.eval_split)
-    if split not in ("val", "test"):
-        raise UserError(f"gan.eval_split={split!r}: use val (choosable) or test (reported only)")
+    split = eval_split(cfg)
     rec = (safe_torch_load(path, "gan.feature_ckpt") or {}).get("xfergan_provenance") or {}
     res = check_instrument(
         rec.get("seen_uids"),
@@ -253,9 +259,7 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
             "seed and val settings: its val split is then this run's)"
         )
         return {}
-    split = str(cfg.gan.eval_split)
-    if split not in ("val", "test"):
-        raise UserError(f"gan.eval_split={split!r}: use val (choosable) or test (reported only)")
+    split = eval_split(cfg)
     ref = getattr(dm.splits, split)
     if len(ref) == 0:
         log.warning("gan.eval_split=%s is empty: no FID/KID/precision/recall", split)

@@ -119,8 +119,6 @@ def input_file(spec: str) -> Path | None:
     """The file a stage reads for an input path: a synthetic set's manifest.json (it holds its
     data file's sha256), a run dir's tested checkpoint (a GAN run: checkpoints/last.ckpt), or the
     file itself. None when there is nothing there (the stage then says so itself)."""
-    import json
-
     p = Path(spec)
     if p.is_file() and (p.parent / "manifest.json").is_file() and p.suffix == ".pt":
         p = p.parent
@@ -128,16 +126,11 @@ def input_file(spec: str) -> Path | None:
         return p if p.is_file() else None
     if (p / "manifest.json").is_file():
         return p / "manifest.json"
-    try:
-        tested = json.loads((p / METRICS_FILE).read_text()).get("tested_checkpoint")
-    except (OSError, ValueError, AttributeError):
-        tested = None
-    if tested and not Path(tested).is_absolute():
-        tested = p / "checkpoints" / Path(tested).name
-    for f in (tested, p / "checkpoints" / "last.ckpt"):
-        if f and Path(f).is_file():
-            return Path(f)
-    return None
+    try:  # a classify run: the checkpoint teachers and inits read (find_checkpoint)
+        return find_checkpoint(p, "tested")[0]
+    except UserError:  # a GAN run (no tested checkpoint), or one not finished
+        last = p / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
 
 
 def input_digests(cfg: DictConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -11,7 +11,7 @@
 #   3. the same GAN at batch 256 (same 3,000 passes in a quarter of the steps, learning rates x2),
 #      with FID/KID/precision/recall from the same feature net: is the faster setting as good?
 #   4. bench.py --cases gan_speed: the GAN step's options (batch, bf16, torch.compile, CUDA graphs)
-#   5. experiment=synthetic_ablation_full for n in {8, 32} x seeds 0-2, K jobs at once on the GPU
+#   5. experiment=synthetic_ablation_full for n in {8, 32} x seeds 0-2 (GANs fused per n), K jobs at once on the GPU
 #      (GPU_CHECK_K, default 4; XFERGAN_JOBS_PER_GPU), the report at the end
 #   6. bench.py --cases gan_fused: K = 1, 5, 25 GANs trained as one (task=gan_fused's model)
 #      against the same K stepped one after another, aggregate GAN steps/s
@@ -168,7 +168,7 @@ K=${GPU_CHECK_K:-4}
 echo "== 5. experiment=synthetic_ablation_full, n 8,32 x seeds 0-2, $K jobs at once ($(left 300) s) =="
 ABL_STEPS=()
 [[ $SMOKE == 0 ]] && ABL_STEPS=(gan.epochs=null "gan.steps=$(sized ablation_gan 15000 "$(left 300)" 150 "$K")")
-cmd=(python run.py experiment=synthetic_ablation_full hydra/launcher=local_parallel logger=csv
+cmd=(python run.py experiment=synthetic_ablation_full pipeline.fused_gans=true hydra/launcher=local_parallel logger=csv
   dataset.n_per_class=8,32 seed=0,1,2 "hydra.sweep.dir=$WORK/ablation_full" "${ABL_STEPS[@]}"
   "${ABL_ARGS[@]}")
 XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/ablation_full.log" 300 "${cmd[@]}"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -30,14 +32,112 @@ from xfergan.training import batch_limit, load_data, plan_steps
 log = logging.getLogger(__name__)
 
 
-def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
-    """The task=gan config of one grid point: this seed, its own run dir."""
+def seed_config(cfg: DictConfig, seed: int, over: dict[str, Any] | None = None) -> DictConfig:
+    """The task=gan config of one grid point: this seed, its own run dir (and `over`: this
+    seed's own inputs, e.g. the gan.feature_ckpt its pipeline measures GANs with)."""
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.task = "gan"
         c.seed = int(seed)
         c.paths.output_dir = str(output_dir(cfg) / f"seed_{seed}")
+        for k, v in (over or {}).items():
+            OmegaConf.update(c, k, v, merge=False)
     return c
+
+
+# what a GAN run may differ in from the GAN a pipeline asks for: how its quality is measured
+# and how fast it ran, never what it learned from or how long
+NOT_IDENTITY = (
+    "feature_ckpt",
+    "compile",
+    "eval_n_per_class",
+    "eval_split",
+    "sample_every_n_steps",
+    "checkpoint_every_n_steps",
+)
+
+
+def gan_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What decides a GAN: its seed, the real data it reads and its `gan` settings."""
+    data = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for k in ("cache_dir", "num_workers", "eval_batch_size"):
+        data.pop(k, None)
+    gan = OmegaConf.to_container(cfg.gan, resolve=True)
+    for k in NOT_IDENTITY:
+        gan.pop(k, None)
+    return {"seed": int(cfg.seed), "body_part": str(cfg.body_part), "dataset": data, "gan": gan}
+
+
+def _differs(a: Any, b: Any, at: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d for k in sorted(set(a) | set(b)) for d in _differs(a.get(k), b.get(k), f"{at}{k}.")
+        ]
+    return [] if a == b else [f"{at.rstrip('.')}={b!r} (asked: {a!r})"]
+
+
+def find_gan_run(cfg: DictConfig, where: str | Path) -> Path:
+    """The finished GAN run dir at or below `where` (a task=gan run dir, a task=gan_fused dir, a
+    sweep's fused_gans/ folder) whose seed, real data and gan settings are the ones `cfg` asks
+    for; a one-line error naming what is there otherwise. Its provenance is checked downstream
+    like any GAN's (the synthetic set's manifest against each reader's real subset)."""
+    from xfergan.io import read_json
+
+    root = Path(where)
+    if not root.exists():
+        raise UserError(
+            f"pipeline.gan_from: {root} does not exist (a GAN run dir, or a task=gan_fused dir)"
+        )
+    files = sorted(root.rglob("metrics.json"))  # the dir itself first, then what is below
+    want, near = gan_identity(cfg), []
+    hits = []
+    for f in files:
+        try:
+            m = read_json(f)
+            if m.get("task") != "gan" or m.get("status") != "ok":
+                continue
+            have = gan_identity(OmegaConf.load(f.parent / ".hydra" / "config.yaml"))
+        except (UserError, OSError, ValueError):
+            continue
+        diff = _differs(want, have)
+        if not diff:
+            hits.append(f.parent)
+        elif have["seed"] == want["seed"]:
+            near.append(f"{f.parent.name}: {diff[0]}")
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise UserError(
+            f"pipeline.gan_from: {len(hits)} GAN runs under {root} fit seed {want['seed']}: {[str(h) for h in hits]}; point at one"
+        )
+    why = f" (same seed, other settings: {'; '.join(near[:3])})" if near else ""
+    raise UserError(
+        f"pipeline.gan_from: no finished GAN run under {root} for seed {want['seed']} with this "
+        f"run's real data and gan settings{why}; train it there (task=gan_fused) or drop gan_from"
+    )
+
+
+def reusable(cfg: DictConfig, seeds: list[int], per_seed: dict[int, dict]) -> dict | None:
+    """resume=true: the stage's metrics when every seed's run finished with the settings and
+    inputs asked for now (their config_sha256), else None (train all K again)."""
+    from xfergan.io import read_json
+    from xfergan.runtime import config_digest
+
+    done = {}
+    for s in seeds:
+        c = seed_config(cfg, s, per_seed.get(s))
+        f = output_dir(c) / "metrics.json"
+        try:
+            m = read_json(f) if f.is_file() else {}
+        except UserError:
+            m = {}
+        if m.get("status") != "ok" or m.get("config_sha256") != config_digest(c):
+            return None
+        done[s] = m
+    first = done[seeds[0]]
+    out = {"gan/steps": first["gan/steps"], "gan/fused_k": len(seeds), "gan/reused": True}
+    out.update({f"gan/checkpoint_seed{s}": m["gan/checkpoint"] for s, m in done.items()})
+    return out
 
 
 def check(cfg: DictConfig) -> list[int]:
@@ -48,8 +148,6 @@ def check(cfg: DictConfig) -> list[int]:
         raise UserError("gan.guidance is not available with task=gan_fused; use task=gan")
     if cfg.gan.compile:
         raise UserError("gan.compile does not apply to task=gan_fused (its GANs are one network)")
-    if cfg.resume:
-        raise UserError("task=gan_fused does not resume yet; run it again without resume=true")
     return seeds
 
 
@@ -61,13 +159,19 @@ def save_gan(model, out, steps: int, epochs: int) -> None:
     atomic_torch_save(ckpt, out / "checkpoints" / "last.ckpt")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     out = output_dir(cfg)
     seeds = check(cfg)
+    per_seed = per_seed or {}
+    if cfg.resume and (done := reusable(cfg, seeds, per_seed)) is not None:
+        log.info(
+            "resume: the %d GANs in %s finished with these settings: reusing them", len(seeds), out
+        )
+        return done
     dev = job_device(cfg)
     cfgs, dms, gans = [], [], []
     for s in seeds:
-        c = seed_config(cfg, s)
+        c = seed_config(cfg, s, per_seed.get(s))
         d = output_dir(c)
         (d / ".hydra").mkdir(exist_ok=True)
         OmegaConf.save(c, d / ".hydra" / "config.yaml")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tasks import classify, pseudolabel, synthesize
@@ -28,7 +29,7 @@ from tasks import gan as gan_task
 from xfergan.errors import SelectionError, UserError
 from xfergan.evaluation.table3 import write_table3
 from xfergan.runtime import output_dir, run_job
-from xfergan.schema import enum_name
+from xfergan.schema import FUSED_GANS_DIR, enum_name
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def planned_stages(cfg: DictConfig) -> list[str]:
             guide = gan_spec(cfg, gan)[1]
             if guide:
                 arm_needs(guide)
-            need(gan_stage(gan))
+            if gan is not None or not gan_source(cfg):
+                need(gan_stage(gan))
             need("synthesize" + suffix(gan))
         if base == "finetune":
             arm_needs(synthetic_arm(cfg, gan))
@@ -173,11 +175,21 @@ class Context:
         """The images of the run's GAN (None) or of a pipeline.gan_variants entry."""
         if gan not in self._synthetic:
             over, guide = gan_spec(self.cfg, gan)
-            if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
-                over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
-            if guide:  # the guiding classifier: an arm of this run (its own real subset)
-                over["gan.guidance.teacher"] = self.arm_dir(guide)
-            gm = self.stage(gan_stage(gan), "gan", over)
+            source = gan_source(self.cfg) if gan is None else None
+            if source:  # trained elsewhere (a fused stage): this run's own, or an error
+                from tasks.gan_fused import find_gan_run
+                from xfergan.io import read_json
+
+                found = find_gan_run(self.cfg, source)
+                gm = read_json(found / "metrics.json")
+                self.results["gan/from"] = str(found)
+                log.info("pipeline: GAN from %s (%s)", found, headline(gm))
+            else:
+                if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
+                    over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
+                if guide:  # the guiding classifier: an arm of this run (its own real subset)
+                    over["gan.guidance.teacher"] = self.arm_dir(guide)
+                gm = self.stage(gan_stage(gan), "gan", over)
             self.gans[gan_stage(gan)] = suffix(gan)
             self.results["gan/wall_s" + suffix(gan)] = gm.get("wall_s")
             self.results.update(
@@ -312,6 +324,20 @@ def arm_gan(cfg: DictConfig, name: str) -> str | None:
 
 def suffix(gan: str | None) -> str:
     return f"_{gan}" if gan else ""
+
+
+def gan_source(cfg: DictConfig) -> str | None:
+    """Where the run's own GAN comes from when no gan stage trains it: pipeline.gan_from, or
+    with pipeline.fused_gans the sweep's fused_gans/ folder (FusedGANsFirst trained it there)."""
+    if cfg.pipeline.gan_from:
+        return str(cfg.pipeline.gan_from)
+    if not cfg.pipeline.fused_gans:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        raise UserError("pipeline.fused_gans=true trains a multirun's GANs first: run it with -m")
+    return str(Path(HydraConfig.get().sweep.dir) / FUSED_GANS_DIR)
 
 
 def gan_stage(gan: str | None) -> str:
@@ -528,3 +554,89 @@ def _pipeline(cfg: DictConfig) -> dict:
     ctx.results["gans"] = ctx.gans  # GAN stage -> the suffix of its gan/, val/gan_ ... keys
     write_table3(out, cfg.dataset.name, cfg.dataset.n_per_class, cfg.seed, table, ctx.results)
     return ctx.results
+
+
+class FusedGANsFirst(Callback):
+    """pipeline.fused_gans=true: before a multirun's pipelines start, their GANs train as one
+    task=gan_fused stage per group of grid points that differ only in the seed (e.g. one per
+    n_per_class), into <sweep dir>/fused_gans/<group>/seed_<s>/, each seed's GAN measured with
+    that seed's own feature net as its pipeline would; every pipeline then takes its own
+    (gan_source, find_gan_run) instead of training it. Sweeps over config groups (dataset=...)
+    are refused: one multirun per group."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not OmegaConf.select(config, "pipeline.fused_gans", default=False):
+            return
+        import sys
+
+        try:
+            self._train(config)
+        except UserError as e:
+            print(f"xfergan: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def _train(self, config: DictConfig) -> None:
+        import functools
+
+        from tasks import gan_fused
+
+        seeds, groups = sweep_groups(config)
+        root = Path(config.hydra.sweep.dir) / FUSED_GANS_DIR
+        for name, values in groups:
+            c = copy.deepcopy(config)
+            with open_dict(c):
+                del c["hydra"]
+                for k, v in values.items():
+                    OmegaConf.update(c, k, v, merge=False)
+                c.task = "gan_fused"
+                c.gan_fused.seeds = seeds
+                c.paths.output_dir = str(root / name)
+            Path(c.paths.output_dir).mkdir(parents=True, exist_ok=True)
+            per_seed: dict[int, dict] = {}
+            if c.pipeline.feature_net and not c.gan.feature_ckpt:
+                for s in seeds:  # the instrument each seed's pipeline measures its GAN with
+                    sc = copy.deepcopy(c)
+                    with open_dict(sc):
+                        sc.seed = s
+                    per_seed[s] = {"gan.feature_ckpt": feature_net(sc, {})}
+            log.info("fused_gans: training the GANs of seeds %s (%s) as one", seeds, name)
+            run_job(c, functools.partial(gan_fused.run, per_seed=per_seed))
+
+
+def sweep_groups(config: DictConfig) -> tuple[list[int], list[tuple[str, dict[str, Any]]]]:
+    """A multirun's seeds, and its other swept keys' value combinations (name, {key: value}),
+    from hydra.sweeper.params and the command line's sweep overrides (the latter win), as
+    Hydra's basic sweeper reads them."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()]
+    lines += list(config.hydra.overrides.task)
+    swept: dict[str, list[Any]] = {}
+    for o in parser.parse_overrides(lines):
+        if o.is_sweep_override() or o.key_or_group in params:
+            items = (
+                list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_string()]
+            )
+            key = o.key_or_group
+            if key != "seed" and (
+                o.is_add()
+                or OmegaConf.select(config, key, default=None) is None
+                or OmegaConf.is_config(OmegaConf.select(config, key))
+            ):
+                raise UserError(
+                    f"pipeline.fused_gans: the sweep over {key} is not a plain setting (a config "
+                    f"group or a new key): run one multirun per {key}"
+                )
+            swept[key] = [parser.parse_override(f"{key}={i}").value() for i in items]
+    seeds = [int(s) for s in swept.pop("seed", [config.seed])]
+    keys = sorted(swept)
+    groups = []
+    for combo in itertools.product(*(swept[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        name = ",".join(f"{k}={v}" for k, v in values.items()).replace("/", "_") or "all"
+        groups.append((name, values))
+    return seeds, groups

@@ -1,6 +1,8 @@
 """K GANs trained as one (issue 28.3): K stacked GANs step exactly as K separate ConditionalGANs
 given the same batches and random draws; one fused step of 8 GANs dispatches about the ops of
-one; task=gan_fused writes K GAN run dirs that synthesize and the provenance checks take."""
+one; task=gan_fused writes K GAN run dirs that synthesize and the provenance checks take; a
+multirun with pipeline.fused_gans trains its pipelines' GANs as one first and each pipeline takes
+its own (issue 28.3's "its pipelines take theirs from there")."""
 
 import copy
 import json
@@ -12,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from lightning_modules.fused_gan import FusedGANs
-from tests.conftest import FAST, GAN_FAST, compose, small_gan
+from tests.conftest import FAST, GAN_FAST, compose, run_py, small_gan
 
 
 def _gans(k: int, **kw):
@@ -160,3 +162,77 @@ def test_gan_fused_writes_k_gan_run_dirs_that_synthesize_and_provenance_take(tmp
     dm = build_datamodule(compose(FAST + own_data + ["seed=1"], tmp_path / "c1"))
     with pytest.raises(UserError, match="trained on"):
         dm.setup()
+    # a pipeline takes the GAN of its own seed, real data and gan settings from the fused dir,
+    # and nothing else
+    from tasks.gan_fused import find_gan_run
+
+    want = base + ["gan.steps=2"]
+    assert find_gan_run(compose(want + ["seed=1"], tmp_path / "p1"), out) == out / "seed_1"
+    assert (
+        find_gan_run(compose(want + ["seed=0"], tmp_path / "p0"), out / "seed_0") == out / "seed_0"
+    )
+    with pytest.raises(UserError, match="no finished GAN run .* for seed 2"):
+        find_gan_run(compose(want + ["seed=2"], tmp_path / "p2"), out)
+    with pytest.raises(
+        UserError, match=r"for seed 0 .*other settings: seed_0: gan.steps=2 \(asked: 3\)"
+    ):
+        find_gan_run(compose(base + ["gan.steps=3", "seed=0"], tmp_path / "p3"), out)
+    with pytest.raises(UserError, match="dataset.n_per_class=4 \\(asked: 5\\)"):
+        find_gan_run(
+            compose(
+                FAST + GAN_FAST + ["dataset.n_per_class=5", "logger=none", "gan.steps=2"],
+                tmp_path / "p4",
+            ),
+            out,
+        )
+
+
+SMOKE_GRID = [
+    "experiment=synthetic_ablation",
+    "debug=smoke",
+    "pipeline.fused_gans=true",
+    "pipeline.arms=[real,synthetic]",
+    "pipeline.primary=[[synthetic,real]]",
+    "pipeline.unequal_budgets=[]",
+    "dataset.n_per_class=4",
+    "seed=0,1",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
+
+
+def test_a_multirun_with_fused_gans_trains_them_first_and_each_pipeline_takes_its_own(tmp_path):
+    """pipeline.fused_gans=true: the sweep's GANs (seeds 0 and 1) train as one stage into
+    <sweep>/fused_gans/<group>/seed_<s> before the pipelines, each pipeline runs no gan stage,
+    takes its own seed's GAN (whose images its classifier's provenance check accepts), the
+    report counts the pipelines only, and resume=true reuses the fused stage."""
+    sweep = tmp_path / "sweep"
+    args = SMOKE_GRID + [f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    r = run_py(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    group = sweep / "fused_gans" / "dataset.n_per_class=4"
+    assert json.loads((group / "metrics.json").read_text())["gan/fused_k"] == 2
+    for job in (sweep / "0", sweep / "1"):
+        m = json.loads((job / "metrics.json").read_text())
+        mine = group / f"seed_{m['seed']}"
+        gm = json.loads((mine / "metrics.json").read_text())
+        assert m["gan/from"] == str(mine) and m["gan/checkpoint"] == gm["gan/checkpoint"]
+        assert m["gan/seen_ids_sha256"] == gm["gan/train_ids_sha256"]
+        assert (
+            not (job / "gan").exists() and (job / "classify_synthetic" / "metrics.json").is_file()
+        )
+        manifest = json.loads((job / "synthesize" / "manifest.json").read_text())
+        assert str(manifest["checkpoint"]).startswith(str(mine))
+    rep = json.loads((sweep / "report.json").read_text())
+    assert len(rep["rows"]) == 1 and rep["rows"][0]["n"] == 2, rep["rows"]  # GANs: stages
+    r = run_py(args + ["resume=true"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "finished with these settings: reusing them" in r.stdout + r.stderr
+
+
+def test_fused_gans_refuse_a_sweep_over_a_config_group(tmp_path):
+    r = run_py(SMOKE_GRID + ["dataset=mnist,pneumoniamnist", f"hydra.sweep.dir={tmp_path}"])
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("xfergan: error: pipeline.fused_gans: the sweep over dataset")
+    assert not (tmp_path / "0").exists()

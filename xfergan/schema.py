@@ -341,6 +341,16 @@ class PipelineConfig:
     # arms allowed a different step budget from their baseline (e.g. a teacher with another
     # model): their comparisons are shown with both budgets, never silently
     unequal_budgets: list[str] = field(default_factory=list)
+    # the run's own GAN from elsewhere instead of its gan stage: a GAN run dir or a folder of
+    # them (a task=gan_fused dir), of which the one with this run's seed, real data and gan
+    # settings is taken (tasks.gan_fused.find_gan_run)
+    gan_from: str | None = None
+    # a multirun trains all its pipelines' GANs first, as one task=gan_fused stage per group of
+    # seeds (<sweep dir>/fused_gans/), and each pipeline takes its own from there
+    fused_gans: bool = False
+
+
+FUSED_GANS_DIR = "fused_gans"  # <sweep dir>/fused_gans/<group>/seed_<s>: pipeline.fused_gans
 
 
 # ----------------------------------------------------------------------------- trainer, logger

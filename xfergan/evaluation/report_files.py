@@ -24,6 +24,7 @@ from xfergan.evaluation.arms import (
     paired_rows,
 )
 from xfergan.io import atomic_write_text
+from xfergan.schema import FUSED_GANS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 def collect(root: Path) -> tuple[list[dict], list[dict]]:
     """(runs with metrics.json, job dirs without one). A pipeline's stage dirs are skipped: its
     own metrics.json summarizes them (one still running is a job without one, whatever stages
-    it has finished)."""
+    it has finished); so are the GANs a multirun's pipelines took from its fused_gans/ folder
+    (pipeline.fused_gans: each pipeline's metrics.json carries its GAN's numbers)."""
     runs, missing = [], []
     job_dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
     if (root / "metrics.json").is_file():
@@ -67,6 +69,8 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
     pipelines = {j for j in job_dirs if _task(j) == "pipeline"}  # each job's task read once
     for d in sorted(job_dirs | {p.parent for p in root.rglob("metrics.json")}):
         if any(parent in pipelines for parent in d.parents):
+            continue
+        if pipelines and FUSED_GANS_DIR in d.relative_to(root).parts:
             continue
         mf = d / "metrics.json"
         if not mf.is_file():

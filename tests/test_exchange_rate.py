@@ -1,13 +1,17 @@
 """Issue 30, point 2: every arm's worth in real labelled images per class (the exchange rate):
-the statistic (xfergan/stats.py)."""
+the statistic (xfergan/stats.py) and what task=report writes from it."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+import yaml
 
+from tasks import run_task
+from tests.conftest import compose
 from xfergan.stats import _pava, exchange_rate, exchange_text, isotonic
 
 NS = (4, 8, 16, 32, 64)
@@ -103,3 +107,82 @@ def test_seeds_are_paired_and_bad_input_is_one_line():
     one = exchange_rate({0: {4: 0.6, 8: 0.7}}, {0: 0.65})  # one seed: no interval
     assert one["point"] == pytest.approx(2**2.5) and math.isnan(one["low"])
     assert exchange_text(one) == "5.66"
+
+
+# ----------------------------------------------------------------------- through task=report
+PRIMARY = [["distill_gan", "real"], ["synthetic", "real"], ["mixed", "real"]]
+PRIMARY += [["distill_gan", "distill_real"]]
+DELTA = (-0.02, -0.01, 0.0, 0.01, 0.02)  # each seed's offset of the real curve (sum 0)
+NOISE = (0.01, -0.01, 0.02, -0.02, 0.0)  # the arms' own seed noise (sum 0)
+
+
+def _acc(n: float) -> float:
+    return 0.4 + 0.08 * math.log2(n)  # 0.56 at n = 4 ... 0.88 at 64
+
+
+def _job(d, seed, n, accs, overrides=(), extra=None):
+    """A pipeline job dir as a sweep writes it (tests/test_report.py's, plus overrides)."""
+    d.mkdir(parents=True)
+    (d / ".hydra").mkdir()
+    ov = [f"dataset.n_per_class={n}", f"seed={seed}", *overrides]
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(ov))
+    m = {"task": "pipeline", "status": "ok", "seed": seed, "arms": list(accs)}
+    m |= {"primary_metric": "test/acc", "n_per_class": n}
+    for a, v in accs.items():
+        m[f"test/acc_{a}"] = v
+        m[f"steps_{a}"] = 600
+        m[f"data/train_ids_sha256_{a}"] = f"subset-{seed}"
+        m[f"data/test_ids_sha256_{a}"] = "test"
+    m.update(extra or {})
+    (d / "metrics.json").write_text(json.dumps(m))
+
+
+def _main(sweep):
+    """Every arm at n = 8, seeds 200-204, the primaries declared: distill_gan at 0.4 + 0.08
+    log2 12 (worth 12), distill_real at 0.70 (worth 2^3.75), synthetic 0.50 (below 4), mixed
+    0.95 (above 64)."""
+    for j, s in enumerate(range(200, 205)):
+        e = NOISE[j]
+        accs = {
+            "real": _acc(8) + DELTA[j],
+            "synthetic": 0.50 + e,
+            "mixed": 0.95 + e,
+            "distill_real": 0.70 + NOISE[-1 - j],  # not a constant away from distill_gan
+            "distill_gan": _acc(12) + e,
+        }
+        _job(sweep / str(j), s, 8, accs, extra={"primary": PRIMARY})
+
+
+def _curve(sweep):
+    """`real` alone at n = 4, 16, 32, 64, the same seeds, nothing declared."""
+    job = 0
+    for n in (4, 16, 32, 64):
+        for j, s in enumerate(range(200, 205)):
+            ov = ["pipeline.arms=[real]", "pipeline.primary=[]"]
+            _job(sweep / str(job), s, n, {"real": _acc(n) + DELTA[j]}, ov, {"primary": []})
+            job += 1
+
+
+def test_curve_only_n_values_leave_holms_family_alone(tmp_path):
+    """The curve's groups (`real` alone, pipeline.primary=[]) declare nothing: the primaries are
+    main/'s 4 at n = 8 with the same Holm p as main/ reported alone (before, each of the 4
+    curve n added 4 "not compared" primaries, p = 1: a family of 20)."""
+    parent = tmp_path / "study"
+    _main(parent / "main")
+    _curve(parent / "curve")
+    alone = tmp_path / "alone"
+    _main(alone / "main")
+    for d in (parent, alone):
+        run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    md = (parent / "report.md").read_text()
+    rep = json.loads((parent / "report.json").read_text())
+    a, b = rep["arms"], json.loads((alone / "report.json").read_text())["arms"]
+    prim = [d for g in a["groups"] for d in g["paired"] if d["kind"] == "primary"]
+    want = [d for g in b["groups"] for d in g["paired"] if d["kind"] == "primary"]
+    assert a["family_size"] == b["family_size"] == len(prim) == 4
+    assert [(d["arm"], d["baseline"]) for d in prim] == [(d["arm"], d["baseline"]) for d in want]
+    assert [d["p_holm"] for d in prim] == pytest.approx([d["p_holm"] for d in want])
+    assert all(math.isfinite(d["p_holm"]) for d in prim)
+    assert "Holm-corrected over 4 comparisons" in md and "| not compared |" not in md
+    # the curve's groups compare nothing (only real ran there)
+    assert all(not g["paired"] for g in a["groups"] if g["group"]["dataset.n_per_class"] != "8")

@@ -3,6 +3,7 @@ the statistic (xfergan/stats.py) and what task=report writes from it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -186,3 +187,55 @@ def test_curve_only_n_values_leave_holms_family_alone(tmp_path):
     assert "Holm-corrected over 4 comparisons" in md and "| not compared |" not in md
     # the curve's groups compare nothing (only real ran there)
     assert all(not g["paired"] for g in a["groups"] if g["group"]["dataset.n_per_class"] != "8")
+
+
+def test_the_report_says_what_each_arm_is_worth_in_real_images(tmp_path):
+    """main/ (every arm at n = 8, primaries declared) beside curve/ (`real` at 4, 16, 32, 64,
+    pipeline.primary=[]), reported on their parent: exchange rates in report.json, .md, .csv
+    and a plot, `real` itself worth its own n = 8; main/ alone (no curve) has none."""
+    parent = tmp_path / "study"
+    _main(parent / "main")
+    _curve(parent / "curve")
+    alone = tmp_path / "alone"
+    _main(alone / "main")
+    for d in (parent, alone):
+        run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    rep = json.loads((parent / "report.json").read_text())
+    x = rep["exchange_rates"]
+    assert x["metric"] == "test/acc" and x["n_boot"] >= 2000
+    (c,) = x["compared"]
+    assert c["n"] == 8 and c["group"]["dataset.n_per_class"] == "8"
+    assert x["curves"][c["curve"]]["anchors"] == [4, 8, 16, 32, 64]
+    r = c["arms"]
+    assert set(r) == {"real", "synthetic", "mixed", "distill_real", "distill_gan"}
+    assert r["real"]["point"] == pytest.approx(8) and r["real"]["point_censored"] is None
+    assert r["distill_gan"]["point"] == pytest.approx(12)
+    assert r["distill_gan"]["low"] < 12 < r["distill_gan"]["high"]
+    assert r["distill_gan"]["n_seeds"] == 5 and r["distill_gan"]["anchors"] == [4, 8, 16, 32, 64]
+    assert r["distill_real"]["point"] == pytest.approx(2**3.75)
+    assert (r["synthetic"]["point"], r["synthetic"]["point_censored"]) == (4, "below 4")
+    assert (r["mixed"]["point"], r["mixed"]["point_censored"]) == (64, "above 64")
+    assert r["mixed"]["by_seed"]["200"] == {"rate": 64, "censored": "above 64"}
+
+    md = (parent / "report.md").read_text()
+    assert "## Worth in real labelled images per class (test/acc)" in md
+    assert "isotonic fit" in md and "percentile bootstrap over seeds" in md
+    dg = r["distill_gan"]
+    text = f"12 [{dg['low']:.3g}, {dg['high']:.3g}]"
+    assert f"| distill_gan | {_acc(12):.4f} | {text} | 5 | none |" in md
+    assert "| synthetic | 0.5000 | below 4 [below 4, below 4] | 5 | 5 below 4 |" in md
+    assert "| mixed | 0.9500 | above 64 [above 64, above 64] | 5 | 5 above 64 |" in md
+    assert "| real | 0.6400 | 8 [8, 8] | 5 | none |" in md
+    assert (parent / "plot_exchange_rates.png").stat().st_size > 5000
+    with open(parent / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    ex = {row["arm"]: row for row in rows if row["kind"] == "exchange_rate"}
+    assert set(ex) == set(r) and {row["kind"] for row in rows} == {"aggregate", "exchange_rate"}
+    assert float(ex["distill_gan"]["exchange_rate"]) == pytest.approx(12, rel=1e-5)
+    assert ex["distill_gan"]["n"] == "5" and ex["synthetic"]["exchange_rate_censored"] == "below 4"
+    assert ex["distill_gan"]["dataset.n_per_class"] == "8"
+
+    # main/ alone has no curve: no exchange rates, report.csv as before
+    assert json.loads((alone / "report.json").read_text())["exchange_rates"] == {}
+    assert "kind" not in (alone / "report.csv").read_text().splitlines()[0].split(",")
+    assert not (alone / "plot_exchange_rates.png").exists()

@@ -258,3 +258,156 @@ def t_interval(mean: float, se: float, df: int, level: float) -> tuple[float, fl
     """mean -/+ t(df) quantile x se at `level` (e.g. 1 - 0.05 / m for Bonferroni)."""
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     return mean - half, mean + half
+
+
+# ------------------------------------------------------------------------------ exchange rate
+# "arm A at n = 8 is worth 9.1 [8.3, 10.2] real labelled images per class": the n at which the
+# `real` arm's accuracy curve reaches A's accuracy. The curve is made monotone (isotonic fit) and
+# read linearly in log n between the n it ran at; outside them it is censored, never
+# extrapolated.
+def isotonic(y: Sequence[float]) -> np.ndarray:
+    """The non-decreasing least-squares fit to y (equal weights): scipy's isotonic_regression
+    (scipy >= 1.12), else pool adjacent violators."""
+    y = np.asarray(y, dtype=np.float64)
+    try:
+        from scipy.optimize import isotonic_regression
+    except ImportError:
+        return _pava(y)
+    return np.asarray(isotonic_regression(y, increasing=True).x, dtype=np.float64)
+
+
+def _pava(y: np.ndarray) -> np.ndarray:
+    """Pool adjacent violators: merge neighbouring blocks while a block's mean exceeds the
+    next one's."""
+    means, sizes = [], []
+    for v in np.asarray(y, dtype=np.float64):
+        means.append(float(v))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            n = sizes[-2] + sizes[-1]
+            means[-2] = (means[-2] * sizes[-2] + means[-1] * sizes[-1]) / n
+            sizes[-2] = n
+            del means[-1], sizes[-1]
+    return np.repeat(means, sizes)
+
+
+def invert_curve(log_n: np.ndarray, fit: np.ndarray, value: float) -> float:
+    """log n at which a non-decreasing curve (fit at log_n, ascending) first reaches `value`,
+    linear between anchors (on a flat stretch: its smallest n); -inf below the curve's first
+    value, +inf above its last (censored: the caller says "below"/"above", never extrapolates)."""
+    if value < fit[0]:
+        return -math.inf
+    if value > fit[-1]:
+        return math.inf
+    j = int(np.argmax(fit >= value))  # the first anchor that reaches it
+    if j == 0 or fit[j] == value:
+        return float(log_n[j])
+    t = (value - fit[j - 1]) / (fit[j] - fit[j - 1])
+    return float(log_n[j - 1] + t * (log_n[j] - log_n[j - 1]))
+
+
+def _censored(x: float, anchors: Sequence[float]) -> tuple[float, str | None]:
+    """A log2 n from invert_curve -> (n, None), or (the range end, "below 4" / "above 64")."""
+    if x == -math.inf:
+        return float(anchors[0]), f"below {anchors[0]:g}"
+    if x == math.inf:
+        return float(anchors[-1]), f"above {anchors[-1]:g}"
+    return float(2.0**x), None
+
+
+def exchange_rate(
+    curves: Mapping[int, Mapping[float, float]],
+    values: Mapping[int, float],
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """What an arm's metric is worth in real labelled images per class.
+
+    curves: seed -> {n_per_class: the `real` arm's metric}; values: seed -> the arm's metric at
+    the compared n. Paired by seed: only seeds in both count, and of those only seeds whose
+    curve has every anchor (every n any of them has); the others are listed in `left_out`.
+    Point: the seed-mean curve, made monotone (isotonic), inverted at the seed-mean value
+    (linear in log n; a flat stretch gives its smallest n). Interval: percentile bootstrap over
+    seeds (`n_boot` resamples of the seeds with replacement, curve and value together, RNG
+    `seed`), the resampled rates' quantiles taken as observed values ('inverted_cdf') so that a
+    censored resample stays censored. A rate outside the curve's n is its range end with
+    `*_censored` "below 4" / "above 64" (else None). Also each seed's own rate (`by_seed`).
+    Fewer than two seeds leave the interval undefined (nan)."""
+    if not 0 < level < 1:
+        raise ValueError(f"exchange_rate: level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"exchange_rate: n_boot must be at least 1, got {n_boot}")
+    paired_seeds = sorted(set(curves) & set(values))
+    if not paired_seeds:
+        raise ValueError(
+            "exchange_rate: no seed has both a real curve and an arm value "
+            f"(curve seeds {sorted(curves)}, arm seeds {sorted(values)})"
+        )
+    anchors = sorted({float(n) for s in paired_seeds for n in curves[s]})
+    if len(anchors) < 2:
+        raise ValueError(
+            f"exchange_rate: the real curve needs at least 2 n_per_class anchors, got {anchors}"
+        )
+    if anchors[0] <= 0 or not all(math.isfinite(n) for n in anchors):
+        raise ValueError(f"exchange_rate: n_per_class anchors must be positive, got {anchors}")
+    seeds = [s for s in paired_seeds if {float(n) for n in curves[s]} == set(anchors)]
+    left_out = [s for s in paired_seeds if s not in seeds]
+    if not seeds:
+        raise ValueError(
+            f"exchange_rate: no seed has the real arm at every anchor n {anchors} "
+            f"(seeds {paired_seeds})"
+        )
+    by_n = [{float(n): v for n, v in curves[s].items()} for s in seeds]
+    y = np.array([[float(c[a]) for a in anchors] for c in by_n])
+    v = np.array([float(values[s]) for s in seeds])
+    if not (np.isfinite(y).all() and np.isfinite(v).all()):
+        raise ValueError("exchange_rate: a curve or arm value is not a finite number")
+    log_n = np.log2(anchors)
+
+    def rate(curve: np.ndarray, value: float) -> float:
+        return invert_curve(log_n, isotonic(curve), value)
+
+    mean_curve = y.mean(0)
+    point = rate(mean_curve, float(v.mean()))
+    by_seed = {s: _censored(rate(y[i], v[i]), anchors) for i, s in enumerate(seeds)}
+    lo = hi = math.nan
+    lo_c = hi_c = None
+    if len(seeds) >= 2:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(seeds), (n_boot, len(seeds)))
+        reps = np.array([rate(y[i].mean(0), float(v[i].mean())) for i in idx])
+        q = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+        (lo, lo_c), (hi, hi_c) = _censored(q[0], anchors), _censored(q[1], anchors)
+    pt, pt_c = _censored(point, anchors)
+    return {
+        "point": pt,
+        "point_censored": pt_c,
+        "low": lo,
+        "low_censored": lo_c,
+        "high": hi,
+        "high_censored": hi_c,
+        "value": float(v.mean()),
+        "anchors": anchors,
+        "curve": mean_curve.tolist(),
+        "curve_fit": isotonic(mean_curve).tolist(),
+        "n_seeds": len(seeds),
+        "seeds": seeds,
+        "left_out": left_out,
+        "by_seed": {s: {"rate": r, "censored": c} for s, (r, c) in by_seed.items()},
+        "level": level,
+        "n_boot": n_boot,
+        "boot_seed": seed,
+    }
+
+
+def exchange_text(d: Mapping) -> str:
+    """'9.1 [8.3, 10.2]', 'below 4 [below 4, 5.2]', or '9.1' with no interval."""
+
+    def one(x: float, censored: str | None) -> str:
+        return censored or f"{x:.3g}"
+
+    text = one(d["point"], d["point_censored"])
+    if not math.isfinite(d["low"]):
+        return text
+    return f"{text} [{one(d['low'], d['low_censored'])}, {one(d['high'], d['high_censored'])}]"

@@ -18,7 +18,9 @@ markdown lines of report.md. Rules (the rules of evidence, made mechanical):
   - the comparisons the pipeline declared primary (`pipeline.primary`, judged on
     `pipeline.primary_metric`) are corrected together (Holm across the whole report, with
     Bonferroni simultaneous intervals), every declared one counting in the family (one not
-    compared or undefined as p = 1); every other comparison is exploratory;
+    compared or undefined as p = 1) in each group whose runs declared it (a group of runs that
+    declared none, e.g. `real` alone at more n_per_class for the exchange rate, adds none);
+    every other comparison is exploratory;
   - an undefined number (null, NaN) is a missing value, counted and shown.
 """
 
@@ -226,7 +228,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
     metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
     primary_metric = next((r.get("primary_metric") for r in pipes if r.get("primary_metric")), None)
     unequal = {a for r in pipes for a in r.get("unequal_budgets") or []}
-    pairs, primary = comparisons(pipes, arms)
+    _, primary = comparisons(pipes, arms)  # every pair declared anywhere: report.json's list
     out: dict = {
         "keys": keys,
         "arms": arms,
@@ -240,6 +242,9 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
     family = []  # the primary comparisons, corrected together
     for gkey, rs in sorted(groups.items(), key=lambda kv: [_num(v) for v in kv[0]]):
         rs, notes = one_per_seed(rs)
+        # a group's primaries are the ones its own runs declared: a group where only `real` ran
+        # (an anchor of the exchange-rate curve, pipeline.primary=[]) adds nothing to the family
+        pairs, declared = comparisons(rs, arms)
         g: dict = {
             "group": dict(zip(keys, gkey)),
             "seeds": [r.get("seed") for r in rs],
@@ -250,6 +255,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "steps": {a: sorted(_budget(rs, a)) for a in arms},
             "steps_pre": {a: sorted(_budget(rs, f"pre_{a}")) for a in arms},  # finetune's
             "labelled": labelled_budget(rs, arms),
+            "n_per_class": sorted({r["n_per_class"] for r in rs if r.get("n_per_class")}, key=str),
             "foreign": {
                 f"seed {r.get('seed')}: {stage}": why
                 for r in rs
@@ -263,7 +269,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         # every declared primary is judged (and counted in the family), even on a metric no arm
         # recorded
         judged = metrics + [primary_metric] * bool(
-            primary and primary_metric not in [None, *metrics]
+            declared and primary_metric not in [None, *metrics]
         )
         for m in judged:
             by_arm, missing = {}, {}
@@ -284,7 +290,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             if m in stats.BOOTSTRAP_METRICS and have:
                 boot = stats.bootstrap_table(have, m, n_boot=n_boot)
             for a, b in pairs:
-                kind = "primary" if (a, b) in primary and m == primary_metric else "exploratory"
+                kind = "primary" if (a, b) in declared and m == primary_metric else "exploratory"
                 if kind == "exploratory" and not (by_arm.get(a) and by_arm.get(b)):
                     continue  # an arm without this metric: nothing declared, nothing to show
                 d = compare(rs, m, a, b, by_arm, boot, unusable, unequal)

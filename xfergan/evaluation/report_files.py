@@ -1,8 +1,9 @@
 """The files a report writes from the runs below a dir: every metrics.json -> grouped by the
 swept keys, aggregated over seeds (mean ± std, n), the arm comparisons (xfergan/evaluation/arms.py)
 -> report.md, report.json, report.csv (the aggregate), report_paired.csv (every comparison with
-its kind, method and Holm p) and PNG plots. Plain data in, files out; task=report
-(tasks/report.py) and the sweep's ReportWhenDone call it."""
+its kind, method and Holm p) and PNG plots; with `real` at several n_per_class, each arm's
+worth in real labelled images per class (xfergan/evaluation/exchange.py). Plain data in, files
+out; task=report (tasks/report.py) and the sweep's ReportWhenDone call it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from xfergan.evaluation.arms import (
     arm_lines,
     one_per_seed,
     paired_rows,
+)
+from xfergan.evaluation.exchange import (
+    CSV_COLUMNS,
+    exchange_analysis,
+    exchange_csv_rows,
+    exchange_lines,
+    exchange_plot,
 )
 from xfergan.io import atomic_write_text
 from xfergan.schema import FUSED_GANS_DIR
@@ -201,6 +209,8 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             lines.append(f"- {where}: {n}")
     arms = arm_analysis(runs, keys)
     lines += arm_lines(arms, _row, _head)
+    rates = exchange_analysis(arms)
+    lines += exchange_lines(rates, _row, _head)
     foreign = [r for r in runs if r.get("synthetic_foreign")]
     if foreign:
         lines += [
@@ -221,13 +231,17 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
     buf = io.StringIO()
     metric_names = sorted({m for row in rows for m in row["metrics"]})
     w = csv.writer(buf)
-    w.writerow(keys + ["n"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")])
+    # with exchange rates: a `kind` column (aggregate / exchange_rate) and theirs at the end
+    extra = CSV_COLUMNS if rates else []
+    w.writerow(keys + ["n"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")] + extra)
     for row in rows:
         vals = []
         for m in metric_names:
             v = row["metrics"].get(m)
             vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
-        w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals)
+        kind = ["aggregate"] + [""] * (len(extra) - 1) if extra else []
+        w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals + kind)
+    w.writerows(exchange_csv_rows(rates, keys, 2 * len(metric_names)))
     atomic_write_text(root / "report.csv", buf.getvalue())
     if arms:  # every comparison, its method and kind: what report.md's tables say, as rows
         buf = io.StringIO()
@@ -239,11 +253,20 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
 
     atomic_write_json(
         root / "report.json",
-        {"keys": keys, "rows": rows, "arms": arms, "failed": len(failed), "missing": len(missing)},
+        {
+            "keys": keys,
+            "rows": rows,
+            "arms": arms,
+            "exchange_rates": rates,
+            "failed": len(failed),
+            "missing": len(missing),
+        },
     )
     plots = make_plots(root, rows, keys, present)
     if arms:
         plots.append(arms_plot(root, arms))
+    if rates:
+        plots.append(exchange_plot(root, rates))
     return {
         "report/runs": len(runs),
         "report/failed": len(failed),

@@ -1,0 +1,276 @@
+"""Each arm's worth in real labelled images per class (the exchange rate) for task=report.
+
+The `real` arm run at several n_per_class for the same seeds is a curve: metric against n. Every
+arm's metric at a compared n (a group where arms besides `real` ran) is read off that curve as
+"the real labelled images per class that reach the same metric" (xfergan/stats.exchange_rate:
+isotonic curve, linear in log n, censored outside the curve, bootstrap over seeds). `real` at its
+own n is a sanity row. Input: arm_analysis's groups (one run per seed already chosen, undefined
+values already out); output: report.json's `exchange_rates`, report.md's lines, report.csv's
+rows and plot_exchange_rates.png.
+
+Runs belong to one curve when their group keys agree except n_per_class and the keys that only
+choose arms or declare comparisons (CHOICE_KEYS): a sweep of `real` alone at more n (e.g.
+pipeline.arms=[real] pipeline.primary=[]) beside the sweep of every arm at n = 8 is one curve.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from xfergan import stats
+
+REAL = "real"
+# keys that choose which arms run or what is declared, not how `real` trains
+CHOICE_KEYS = (
+    "pipeline.arms",
+    "pipeline.primary",
+    "pipeline.primary_metric",
+    "pipeline.unequal_budgets",
+)
+N_BOOT = 2000
+BOOT_SEED = 0
+LEVEL = 0.95
+CSV_COLUMNS = [
+    "kind",
+    "arm",
+    "exchange_metric",
+    "exchange_rate",
+    "exchange_rate_censored",
+    "exchange_low",
+    "exchange_low_censored",
+    "exchange_high",
+    "exchange_high_censored",
+]
+
+
+def _n_of(g: dict, npc: str | None) -> float | None:
+    """A group's n_per_class (its group key, else the one its runs recorded); None when it has
+    no positive number (n_per_class=null: every image)."""
+    v = g["group"].get(npc) if npc else None
+    if v in (None, "") and len(g.get("n_per_class") or []) == 1:
+        v = g["n_per_class"][0]
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        return None
+    return n if math.isfinite(n) and n > 0 else None
+
+
+def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
+    """report.json's `exchange_rates` from arm_analysis's output; {} without a curve (the real arm
+    at fewer than two n, or no other arm to read off it)."""
+    if not a or not a.get("metrics"):
+        return {}
+    pm = a.get("primary_metric")
+    metric = pm if pm in a["metrics"] else a["metrics"][0]
+    npc = next((k for k in a["keys"] if k.endswith("n_per_class")), None)
+    ctx_keys = [k for k in a["keys"] if k != npc and k not in CHOICE_KEYS]
+    contexts: dict[tuple, list[tuple[float, dict]]] = {}
+    for g in a["groups"]:
+        n = _n_of(g, npc)
+        if n is not None:
+            contexts.setdefault(tuple(g["group"][k] for k in ctx_keys), []).append((n, g))
+    curves, compared = [], []
+    for ctx, gs in contexts.items():
+        curve: dict = {}  # seed -> {n: real's metric}
+        steps: dict[float, list] = {}
+        for n, g in gs:
+            real = g["arms"].get(metric, {}).get(REAL)
+            if real and real["by_seed"]:
+                for s, v in real["by_seed"].items():
+                    curve.setdefault(s, {})[n] = v
+                steps[n] = g["steps"].get(REAL) or []
+        anchors = sorted({n for c in curve.values() for n in c})
+        others = [
+            (n, g)
+            for n, g in gs
+            if any(x != REAL and v["by_seed"] for x, v in g["arms"].get(metric, {}).items())
+        ]
+        if len(anchors) < 2 or not others:
+            continue
+        notes = []
+        if len({tuple(s) for s in steps.values()}) > 1:
+            notes.append(
+                "the real arm ran different step budgets along the curve: "
+                + ", ".join(f"n={n:g}: {'/'.join(map(str, s)) or '?'}" for n, s in steps.items())
+            )
+        context = dict(zip(ctx_keys, ctx))
+        # the plotted mean: every seed's value at each n (a rate uses the seeds with all of them)
+        mean = [stats.mean_ci([c[n] for c in curve.values() if n in c])[0] for n in anchors]
+        curves.append(
+            {
+                "context": context,
+                "anchors": anchors,
+                "by_seed": {
+                    s: {f"{n:g}": v for n, v in sorted(c.items())} for s, c in curve.items()
+                },
+                "mean": mean,
+                "notes": notes,
+            }
+        )
+        for n, g in others:
+            rates = {}
+            for arm, v in g["arms"][metric].items():
+                if not v["by_seed"]:
+                    continue
+                try:
+                    rates[arm] = stats.exchange_rate(
+                        curve, v["by_seed"], LEVEL, n_boot=n_boot, seed=BOOT_SEED
+                    )
+                except ValueError as e:  # e.g. no seed in both: said, not a crash
+                    rates[arm] = {"not_computed": str(e).removeprefix("exchange_rate: ")}
+                    continue
+                rates[arm]["metric"] = metric
+            compared.append(
+                {
+                    "group": g["group"],
+                    "context": context,
+                    "n": n,
+                    "curve": len(curves) - 1,
+                    "arms": rates,
+                }
+            )
+    if not compared:
+        return {}
+    return {
+        "metric": metric,
+        "n_key": npc,
+        "level": LEVEL,
+        "n_boot": n_boot,
+        "boot_seed": BOOT_SEED,
+        "keys": a["keys"],
+        "curves": curves,
+        "compared": compared,
+    }
+
+
+def exchange_lines(x: dict, row, head) -> list[str]:
+    """report.md's section "Worth in real labelled images per class"."""
+    if not x:
+        return []
+    m, keys = x["metric"], x["keys"]
+    anchors = sorted({n for c in x["curves"] for n in c["anchors"]})
+    lines = [
+        "",
+        f"## Worth in real labelled images per class ({m})",
+        "",
+        f"Each arm's {m} at the compared n_per_class, read off the `real` arm's curve: the real "
+        "labelled images per class at which `real` reaches the same value. The curve is the "
+        f"mean over seeds of `real`'s {m} at n_per_class "
+        f"{', '.join(f'{n:g}' for n in anchors)}, made non-decreasing (isotonic fit) and read "
+        "linearly in log n (on a flat stretch: its smallest n); a value outside it is "
+        f'"below {anchors[0]:g}" / "above {anchors[-1]:g}", never extrapolated. Paired by '
+        f"seed (a seed counts with its whole curve and the arm's value); the interval is a "
+        f"{x['level']:.0%} percentile bootstrap over seeds ({x['n_boot']} resamples of the "
+        f"seeds, curve and value together, RNG seed {x['boot_seed']}). `real` at its own n is "
+        "the sanity row: worth its own n (unless the isotonic fit pooled that n with a "
+        "neighbour).",
+        "",
+        *head(keys + ["arm", f"{m} (mean)", "worth [95% interval]", "seeds", "seeds outside"]),
+    ]
+    notes = []
+    for c in x["compared"]:
+        cells = [c["group"][k] for k in keys]
+        for arm, d in c["arms"].items():
+            if "not_computed" in d:
+                lines.append(row(cells + [arm, "—", "not computed", 0, "—"]))
+                notes.append(f"{arm} at n={c['n']:g}: not computed: {d['not_computed']}")
+                continue
+            out = [v["censored"] for v in d["by_seed"].values() if v["censored"]]
+            lines.append(
+                row(
+                    cells
+                    + [
+                        arm,
+                        f"{d['value']:.4f}",
+                        stats.exchange_text(d),
+                        d["n_seeds"],
+                        ", ".join(f"{out.count(o)} {o}" for o in dict.fromkeys(out)) or "none",
+                    ]
+                )
+            )
+            if d["left_out"]:
+                notes.append(
+                    f"{arm} at n={c['n']:g}: left out seeds {', '.join(map(str, d['left_out']))}"
+                    " (no real run at every n of the curve)"
+                )
+    notes += [n for c in x["curves"] for n in c["notes"]]
+    if notes:
+        lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]
+    return lines
+
+
+def exchange_csv_rows(x: dict, keys: list[str], width: int) -> list[list]:
+    """report.csv's rows of kind `exchange_rate`: the group's keys, n = the seeds used, `width`
+    empty metric cells, then CSV_COLUMNS."""
+    rows = []
+    for c in x.get("compared") or []:
+        for arm, d in c["arms"].items():
+            if "not_computed" in d:
+                continue
+            rows.append(
+                [c["group"].get(k, "") for k in keys]
+                + [d["n_seeds"]]
+                + [""] * width
+                + ["exchange_rate", arm, d["metric"]]
+                + [
+                    v
+                    for part in ("point", "low", "high")
+                    for v in (
+                        "" if not math.isfinite(d[part]) else f"{d[part]:.6g}",
+                        d[f"{part}_censored"] or "",
+                    )
+                ]
+            )
+    return rows
+
+
+def exchange_plot(root: Path, x: dict) -> Path:
+    """plot_exchange_rates.png: per compared group, `real`'s curve against n (log axis; every
+    seed's faint, their mean bold), each other arm's mean as a horizontal line and its worth
+    marked on the curve (an arrow-head at the range end when censored)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xfergan.evaluation.plots import _save
+
+    k = len(x["compared"])
+    fig, axes = plt.subplots(1, k, figsize=(6.0 * k, 4.2), squeeze=False)
+    for ax, c in zip(axes[0], x["compared"]):
+        curve = x["curves"][c["curve"]]
+        for by_n in curve["by_seed"].values():
+            pts = sorted((float(n), v) for n, v in by_n.items())
+            ax.plot(*zip(*pts), color="0.6", lw=0.7, alpha=0.35)
+        ax.plot(curve["anchors"], curve["mean"], "k-o", lw=2, label="real (mean over seeds)")
+        arms = [(a, d) for a, d in c["arms"].items() if a != REAL and "point" in d]
+        for i, (arm, d) in enumerate(arms):
+            col = f"C{i}"
+            ax.axhline(d["value"], color=col, lw=1, ls="--")
+            marker = "o"  # censored: an arrow-head at the range end, pointing out of it
+            if d["point_censored"]:
+                marker = "<" if d["point_censored"].startswith("below") else ">"
+            err = None
+            if math.isfinite(d["low"]):
+                err = [[d["point"] - d["low"]], [d["high"] - d["point"]]]
+            ax.errorbar(
+                [d["point"]],
+                [d["value"]],
+                xerr=err,
+                fmt=marker,
+                color=col,
+                capsize=3,
+                ms=7,
+                label=f"{arm}: {stats.exchange_text(d)}",
+            )
+            ax.axvline(d["point"], color=col, lw=0.6, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(curve["anchors"], [f"{n:g}" for n in curve["anchors"]])
+        ax.set_xlabel("real labelled images per class (n_per_class)")
+        ax.set_ylabel(f"{x['metric']} (real test set)")
+        where = [f"n_per_class={c['n']:g}"] + [f"{k}={v}" for k, v in c["context"].items() if v]
+        ax.set_title(f"worth in real images per class: {', '.join(where)}", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, root / "plot_exchange_rates.png")

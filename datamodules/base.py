@@ -49,6 +49,8 @@ class ImageDataModule(pl.LightningDataModule):
         synthetic_provenance: str = _D.synthetic_provenance,
         model_provenance: str = _D.model_provenance,
         mix_balance: float | None = _D.mix_balance,
+        unlabelled_cap: int | None = _D.unlabelled_cap,
+        use_unlabelled: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -69,6 +71,11 @@ class ImageDataModule(pl.LightningDataModule):
         ):
             if value not in ("check", "ignore"):
                 raise UserError(f"dataset.{key}={value!r}: use check or ignore")
+        if unlabelled_cap is not None and int(unlabelled_cap) <= 0:
+            raise UserError(
+                f"dataset.unlabelled_cap={unlabelled_cap}: a positive number of images, or null "
+                "for the whole pool"
+            )
         if normalize not in ("imagenet", "half", "none"):
             raise UserError(f"dataset.normalize={normalize!r}: use imagenet, half or none")
         self.name = name
@@ -88,6 +95,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.synthetic_provenance = synthetic_provenance
         self.model_provenance = model_provenance  # teachers and init checkpoints (the tasks')
         self.mix_balance = mix_balance
+        self.unlabelled_cap = None if unlabelled_cap is None else int(unlabelled_cap)
+        # a semi-supervised run: its unlabelled pool is loaded, recorded and counted as seen
+        self.use_unlabelled = bool(use_unlabelled)
+        self.unlabelled: Split | None = None
         self.seed = int(seed)
         self.splits: Splits | None = None
         self.problems: list[dict] = []  # skipped inputs: {"split", "path", "reason"}
@@ -164,10 +175,40 @@ class ImageDataModule(pl.LightningDataModule):
                 splits.train = syn
             else:
                 splits.train = concat(splits.train, syn, len(splits.class_names))
+        pool, splits.unlabelled = splits.unlabelled, None  # kept on the datamodule only
+        if self.use_unlabelled:
+            self.unlabelled = self._unlabelled_pool(pool, splits)
         self.splits = splits
         if len(splits.train) == 0:
             raise UserError(f"{self.name}: the training set is empty; check n_per_class / source")
         log.info("dataset %s: %s", self.name, self.sizes())
+
+    def _unlabelled_pool(self, pool: Split | None, splits: Splits) -> Split:
+        """The pool capped at unlabelled_cap (a seeded draw), after checking that it holds no
+        labelled, val or test image."""
+        if pool is None or len(pool) == 0:
+            raise UserError(
+                f"{self.name}: no unlabelled images (a semi-supervised arm needs a few-shot run, "
+                "dataset.n_per_class, whose training split has images outside the labelled subset)"
+            )
+        if pool.uid is not None:
+            for name in ("train", "val", "test"):
+                uid = getattr(splits, name).uid
+                if uid is not None and bool(torch.isin(pool.uid, uid).any()):
+                    raise UserError(f"{self.name}: the unlabelled pool holds {name} images")
+        if self.unlabelled_cap is not None and self.unlabelled_cap < len(pool):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 20_000)
+            idx = torch.randperm(len(pool), generator=g)[: self.unlabelled_cap]
+            pool = pool.subset(torch.sort(idx).values)
+        return pool
+
+    def unlabelled_images(self) -> torch.Tensor:
+        """The unlabelled pool's images (uint8 [N, C, H, W]): what a semi-supervised module gets;
+        their labels never leave the datamodule."""
+        self._ensure_loaded()
+        if self.unlabelled is None:
+            raise UserError("this run has no unlabelled pool (dataset use_unlabelled is off)")
+        return self.unlabelled.x
 
     def provenance(self) -> dict[str, Any]:
         """The identity of this run's real training images: what a GAN trained on them records
@@ -175,12 +216,17 @@ class ImageDataModule(pl.LightningDataModule):
         if self.real_train is None:
             self._ensure_loaded()
         uid = self.real_train.uid
-        return {
+        rec = {
             **self.identity(),
             "seed": self.seed,
             "n_images": len(self.real_train),
             "train_ids_sha256": uids_digest(uid) if uid is not None else None,
         }
+        if self.unlabelled is not None:
+            u = self.unlabelled.uid
+            rec["n_unlabelled"] = len(self.unlabelled)
+            rec["unlabelled_ids_sha256"] = uids_digest(u) if u is not None else None
+        return rec
 
     def seen_uids(self) -> torch.Tensor | None:
         """Ids of every real image a model trained here sees: the real training images and
@@ -191,6 +237,8 @@ class ImageDataModule(pl.LightningDataModule):
             parts.append(self.real_train.uid)
         if self.source != "real":
             parts.append(self.synthetic_real_uids)
+        if self.unlabelled is not None:  # seen without their labels, but seen
+            parts.append(self.unlabelled.uid)
         if any(p is None for p in parts):
             return None
         return union(*parts)
@@ -254,6 +302,8 @@ class ImageDataModule(pl.LightningDataModule):
             "n_train_real": len(self.real_train) if self.source != "synthetic" else 0,
             "n_train_synthetic": len(self.synthetic_train) if self.source != "real" else 0,
         }
+        if self.unlabelled is not None:
+            out["n_unlabelled"] = len(self.unlabelled)
         out.update(self.synthetic_info)
         return out
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.base import ImageDataModule, Split, Splits, uids_of
-from datamodules.sampling import stratified_sample
+from datamodules.sampling import rest_of, stratified_sample
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save, atomic_write_json
 from xfergan.schema import FilesConfig
@@ -361,11 +361,11 @@ class FileImageDataModule(ImageDataModule):
             g = torch.tensor([group_ids[r.group or r.path] for r in rs], dtype=torch.long)
             return Split(x, y, g if has_groups else None, uids_of([r.path for r in rs]))
 
-        train = as_split(*decoded["train"])
+        pool = as_split(*decoded["train"])
+        train, rest = pool, None
         if self.n_per_class is not None:
-            train = train.subset(
-                stratified_sample(train.y, self.n_per_class, self.seed, len(names))
-            )
+            idx = stratified_sample(pool.y, self.n_per_class, self.seed, len(names))
+            train, rest = pool.subset(idx), pool.subset(rest_of(len(pool), idx))
         self.summary = summarize(
             {s: decoded[s][0] for s in ("train", "val", "test")}, self.problems, names
         )
@@ -378,6 +378,7 @@ class FileImageDataModule(ImageDataModule):
                 f"{s}_groups": sorted({r.split_group or r.group or r.path for r in decoded[s][0]})
                 for s in ("train", "val", "test")
             },
+            unlabelled=rest,
         )
 
     def _assign_splits(self, rows: list[ImageRow]) -> dict[str, list[ImageRow]]:

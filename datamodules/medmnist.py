@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from datamodules.base import ImageDataModule, Split, Splits, uids_of
-from datamodules.sampling import stratified_sample
+from datamodules.sampling import rest_of, stratified_sample
 from xfergan.errors import UserError
 
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
@@ -69,4 +69,7 @@ class MedMNISTDataModule(ImageDataModule):
                 f"dataset.class_names has {len(names)} names but the data has {k} classes"
             )
         idx = stratified_sample(train.y, self.n_per_class, self.seed, k)
-        return Splits(train.subset(idx), val, test, names, info={"train_indices": idx})
+        rest = rest_of(len(train), idx)  # val is its own official split
+        return Splits(
+            train.subset(idx), val, test, names, {"train_indices": idx}, train.subset(rest)
+        )

@@ -8,7 +8,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from datamodules.base import ImageDataModule, Split, Splits, uids_of
-from datamodules.sampling import few_shot_split
+from datamodules.sampling import few_shot_split, rest_of
 from xfergan.errors import UserError
 from xfergan.schema import MnistConfig
 
@@ -48,6 +48,7 @@ class MNISTDataModule(ImageDataModule):
         x, y = arrays["train"]
         train_idx, val_idx = few_shot_split(y, self.n_per_class, self.val_per_class, self.seed, 10)
         xt, yt = arrays["test"]
+        rest = rest_of(len(y), train_idx, val_idx)
 
         def ids(split, idx):
             return uids_of([f"mnist/{split}/{i}" for i in idx.tolist()])
@@ -58,4 +59,5 @@ class MNISTDataModule(ImageDataModule):
             test=Split(xt, yt, uid=ids("test", torch.arange(len(yt)))),
             class_names=[str(i) for i in range(10)],
             info={"train_indices": train_idx},
+            unlabelled=Split(x[rest], y[rest], uid=ids("train", rest)),
         )

@@ -58,7 +58,8 @@ def describe(p: dict | None) -> str:
     head = p.get("dataset", "?")
     parts = [f"{k}={p[k]}" for k in keys if k != "dataset"]
     ids = str(p.get("train_ids_sha256") or "none")[:8]
-    return f"{head} {' '.join(parts)} ({p.get('n_images', '?')} images, ids {ids})"
+    pool = f" + {p['n_unlabelled']} unlabelled" if p.get("n_unlabelled") else ""
+    return f"{head} {' '.join(parts)} ({p.get('n_images', '?')} images{pool}, ids {ids})"
 
 
 def check_seen(
@@ -160,4 +161,6 @@ def model_record(dm, seen: torch.Tensor | None) -> dict[str, Any]:
 def flat(rec: dict[str, Any]) -> dict[str, Any]:
     """The record's digests as flat metrics.json keys (data/train_ids_sha256, ...)."""
     keys = ("train_ids_sha256", "val_ids_sha256", "test_ids_sha256", "seen_ids_sha256")
+    if "unlabelled_ids_sha256" in rec:  # a semi-supervised model's pool
+        keys += ("unlabelled_ids_sha256",)
     return {f"data/{k}": rec.get(k) for k in keys}

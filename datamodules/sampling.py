@@ -47,6 +47,15 @@ def stratified_sample(
     return torch.sort(torch.cat(chosen)).values
 
 
+def rest_of(n: int, *taken: torch.Tensor) -> torch.Tensor:
+    """Indices 0..n-1 outside every `taken` index set (the unlabelled pool of a training split:
+    neither the labelled subset nor val), sorted."""
+    keep = torch.ones(n, dtype=torch.bool)
+    for t in taken:
+        keep[t] = False
+    return torch.nonzero(keep).flatten()
+
+
 def few_shot_split(
     labels: torch.Tensor, n_per_class: int | None, val_per_class: int, seed: int, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,6 +81,9 @@ class Splits:
     test: Split
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)  # extra metadata (e.g. study -> body part)
+    # the training split's images outside the labelled subset and val (semi-supervised arms):
+    # their labels stay here, never in a batch (ImageDataModule.unlabelled_images)
+    unlabelled: Split | None = None
 
 
 class Batch(NamedTuple):

@@ -135,11 +135,18 @@ class ClassifierModule(pl.LightningModule):
         if "backbone" not in hp or "state_dict" not in blob:
             raise UserError(f"{path} is not a classifier checkpoint written by task=classify")
         hp.update(init="scratch", compile=False)
-        model = cls(**hp)
+        # a semi-supervised classifier's checkpoint: its classifier (not its pool's sampler,
+        # a generator it trained alongside)
+        import inspect
+
+        known = inspect.signature(ClassifierModule.__init__).parameters
+        model = ClassifierModule(**{k: v for k, v in hp.items() if k in known})
         model.provenance = blob.get("xfergan_provenance")
         model.decision = blob.get("xfergan_decision")
+        own = model.state_dict()
+        state = {k: v for k, v in blob["state_dict"].items() if k in own}
         try:
-            model.load_state_dict(blob["state_dict"])
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise UserError(
                 f"checkpoint {path} does not fit its own model: {str(e)[:200]}"
@@ -262,8 +269,12 @@ class ClassifierModule(pl.LightningModule):
     def collected_outputs(self, stage: str) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self.outputs[stage].items() if v}
 
+    def classifier_steps(self, trainer) -> int:
+        """The classifier's optimizer steps so far (a module with other optimizers says)."""
+        return trainer.global_step
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
         opt_cfg = dict(self.hparams.optimizer or _D.optimizer)  # the schema's defaults
         opt = hydra.utils.instantiate(opt_cfg, params=params)
         if self.hparams.compile == "graph":  # one graph for every learning rate: a tensor that

@@ -11,6 +11,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
+from lightning_modules.semi import FixMatch
+from lightning_modules.semi_gan import SemiGAN
 from xfergan.errors import UserError
 from xfergan.evaluation import outputs as evaluation
 from xfergan.ranks import is_global_zero
@@ -30,6 +32,10 @@ from xfergan.training import (
 
 log = logging.getLogger(__name__)
 
+# semi.method -> the module that learns from the unlabelled pool (a new method: its class, its
+# settings in xfergan/schema.py's SemiConfig, an entry here)
+SEMI_METHODS: dict[str, type[ClassifierModule]] = {"fixmatch": FixMatch, "semi_gan": SemiGAN}
+
 
 def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
     mc = cfg.model
@@ -39,12 +45,20 @@ def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
             f"dataset.image_size={dm.image_size} is too small for {mc.backbone} (needs >= "
             f"{min_size}); raise dataset.image_size"
         )
+    method = cfg.semi.method
+    if method and mc.compile == "graph":
+        raise UserError(f"semi.method={method} has no model.compile=graph; use true or false")
     class_weights = None
     if mc.class_weighted_loss:
         counts = dm.class_counts("train")
         total = sum(counts)
         class_weights = [total / (len(counts) * max(1, c)) for c in counts]
-    return ClassifierModule(
+    extra = dict(cfg.semi[method]) if method else {}
+    if method == "semi_gan":  # its generator draws images like the pool's (before resizing)
+        pool = dm.unlabelled_images()
+        extra["pool_shape"] = (int(pool.shape[1]), int(pool.shape[-1]))
+    return SEMI_METHODS.get(method, ClassifierModule)(
+        **extra,
         backbone=mc.backbone,
         num_classes=dm.num_classes,
         in_channels=dm.channels,
@@ -193,7 +207,7 @@ def run(cfg: DictConfig) -> dict:
     from xfergan.tracking import update_axes
 
     out = output_dir(cfg)
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(cfg, use_unlabelled=bool(cfg.semi.method))
     loggers = build_loggers(cfg, out)  # before the data loads: its failures reach the trackers
     load_data(dm, out)
     sizes = dm.sizes()
@@ -202,6 +216,8 @@ def run(cfg: DictConfig) -> dict:
         sizes["n_skipped"] = len(dm.problems)
     update_axes(loggers, cfg, sizes)
     model = build_classifier(cfg, dm)  # a checkpoint that does not fit is named first
+    if cfg.semi.method:  # the pool's images only: their labels stay in the datamodule
+        model.attach_unlabelled(dm.unlabelled_images(), dm.preprocess, int(cfg.seed))
     init_seen, init_info = init_provenance(cfg, dm)
     seen = dm.seen_uids()
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
@@ -241,7 +257,9 @@ def run(cfg: DictConfig) -> dict:
     metrics["last_checkpoint"] = last or None
     metrics["class_names"] = list(dm.class_names)
     metrics["epochs"] = trainer.current_epoch
-    metrics["global_step"] = trainer.global_step
+    metrics["global_step"] = model.classifier_steps(trainer)
+    if cfg.semi.method:
+        metrics["semi/method"] = str(cfg.semi.method)
     metrics["step_budget"] = budget
     metrics.update(sizes)
     metrics.update(evaluation.tested_sizes(model, sizes["n_test"]))

@@ -281,6 +281,16 @@ ARMS: dict[str, tuple[str, Callable[[Context, str | None], dict]]] = {
     ),
     "distill_real": ("real + teacher soft labels on augmented real", _distill("real")),
     "distill_gan": ("real + teacher soft labels on filtered GAN images", _distill("synthetic")),
+    # the unlabelled pool (dataset.unlabelled_cap): FixMatch, and the GAN whose discriminator is
+    # the classifier (their settings: semi.fixmatch / semi.semi_gan)
+    "semi": (
+        "real + unlabelled pool (FixMatch)",
+        lambda ctx, gan: {"dataset.source": "real", "semi.method": "fixmatch"},
+    ),
+    "semi_gan": (
+        "real + unlabelled pool + its own G (semi-supervised GAN)",
+        lambda ctx, gan: {"dataset.source": "real", "semi.method": "semi_gan"},
+    ),
 }
 
 

@@ -94,6 +94,10 @@ class DatasetConfig:
     model_provenance: str = "check"
     # mixed: fraction of every batch drawn from the synthetic part (null: in proportion to sizes)
     mix_balance: float | None = None
+    # the unlabelled pool a semi-supervised arm (semi.method) learns from: the training split's
+    # images outside the labelled subset and val, labels never read; at most this many (a
+    # seeded draw), null = all of them
+    unlabelled_cap: int | None = None
     # your own datamodule class's extra constructor arguments (a yaml starting from schema_image)
     args: dict[str, Any] = field(default_factory=dict)
 
@@ -292,6 +296,43 @@ class SynthesizeConfig:
 
 
 @dataclass
+class FixMatchConfig:
+    """semi.method=fixmatch (Sohn et al. 2020): pseudo-labels from a weak view of unlabelled
+    images above `threshold` train the strong view (RandAugment + cutout)."""
+
+    mu: int = 3  # unlabelled images per labelled one in a step
+    threshold: float = 0.95  # confidence a weak view's prediction needs to become a label
+    weight: float = 1.0  # lambda_u: the unlabelled loss's weight
+    strong_ops: int = 2  # RandAugment: operations per image
+    strong_magnitude: int = 10  # RandAugment: magnitude (0-30)
+    cutout: float = 0.5  # cutout square side, a fraction of the image side (0: none)
+
+
+@dataclass
+class SemiGANConfig:
+    """semi.method=semi_gan (Salimans et al. 2016): the classifier is the discriminator (K
+    logits, "fake" implied), trained on labelled cross-entropy + real-vs-fake on unlabelled and
+    generated images; the generator by feature matching on the classifier's features."""
+
+    mu: int = 1  # unlabelled (and generated) images per labelled one in a step
+    weight: float = 1.0  # the unsupervised real-vs-fake loss's weight
+    z_dim: int = 64
+    g_width: int = 32  # the generator's base channels (lightning_modules.nets.gan_nets)
+    lr_g: float = 2.0e-4
+    beta1: float = 0.5
+
+
+@dataclass
+class SemiConfig:
+    """A semi-supervised classifier (arms semi and semi_gan): besides its labelled subset it
+    learns from the unlabelled pool (dataset.unlabelled_cap), whose labels it never reads."""
+
+    method: str | None = None  # null (supervised) | fixmatch | semi_gan
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
+    semi_gan: SemiGANConfig = field(default_factory=SemiGANConfig)
+
+
+@dataclass
 class DistillConfig:
     """task=pseudolabel: a teacher classifier labels extra training images with its soft
     predictions (knowledge distillation); classify then trains on real + these."""
@@ -447,6 +488,7 @@ class Config:
     gan_fused: FusedGANsConfig = field(default_factory=FusedGANsConfig)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -471,6 +513,7 @@ CHOICES = {
     "checkpoint.mode": ("max", "min"),
     "checkpoint.test": ("best", "last"),
     "model.decision": ("argmax", "val_balanced_acc"),
+    "semi.method": ("fixmatch", "semi_gan"),
 }
 
 

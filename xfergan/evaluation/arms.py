@@ -146,9 +146,19 @@ def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
         return None
     main = "real" if "real" in by_arm else next(iter(by_arm))
     other = [f"{a}: {b}" for a, b in by_arm.items() if b != by_arm[main]]
-    if not other:
-        return by_arm[main]
-    return f"{by_arm[main]} ({main}); arms disagree: " + "; ".join(other)
+    text = (
+        by_arm[main]
+        if not other
+        else f"{by_arm[main]} ({main}); arms disagree: " + "; ".join(other)
+    )
+    pools = {}  # semi-supervised arms: the unlabelled images they learned from besides
+    for a in arms:
+        n = _stage(rs[0], a).get("n_unlabelled")
+        if n:
+            pools.setdefault(int(n), []).append(a)
+    for n, names in pools.items():
+        text += f"; plus {n:,} unlabelled images ({', '.join(names)}: labels never read)"
+    return text
 
 
 def _budget(rs: list[dict], arm: str) -> set:

@@ -116,7 +116,9 @@ def axes(cfg: DictConfig, sizes: dict | None = None) -> dict[str, Any]:
         "body_part": str(enum_name(cfg.body_part)),
         "arm": cfg.get("arm"),
     }
-    for k in ("n_train_real", "n_train_synthetic"):
+    if cfg.get("semi") is not None and cfg.semi.method:
+        out["semi_method"] = str(cfg.semi.method)
+    for k in ("n_train_real", "n_train_synthetic", "n_unlabelled"):
         if sizes and k in sizes:
             out[k] = sizes[k]
     return out
@@ -140,8 +142,9 @@ def register(kind: str, logger: Any) -> None:
 
 
 def update_axes(loggers: list, cfg: DictConfig, sizes: dict) -> None:
-    """Once the data is loaded: n_train_real / n_train_synthetic join the flat config."""
-    extra = {k: v for k, v in axes(cfg, sizes).items() if k.startswith("n_train")}
+    """Once the data is loaded: n_train_real / n_train_synthetic / n_unlabelled (the unlabelled
+    pool's size) join the flat config."""
+    extra = {k: v for k, v in axes(cfg, sizes).items() if k.startswith(("n_train", "n_unlabelled"))}
     from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
     for lg in loggers:

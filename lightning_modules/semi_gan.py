@@ -1,0 +1,107 @@
+"""The semi-supervised GAN of Salimans et al. 2016 ("Improved Techniques for Training GANs"):
+the classifier is the discriminator. Its K logits score the K real classes and "fake" is
+implied (D(x) = Z / (Z + 1), Z = sum exp(logits)), so one network learns from the labelled
+images (cross-entropy), the unlabelled pool (real) and the generator's images (fake); the
+generator matches the mean of the classifier's features on unlabelled images (feature matching).
+The tested model is the classifier; the generator is trained alongside it and kept in its
+checkpoint (inference loads the classifier alone: ClassifierModule.load_safely)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.nets.gan_nets import Generator
+from lightning_modules.semi import SemiModule
+from xfergan.schema import SemiGANConfig
+
+_S = SemiGANConfig()
+
+
+class SemiGAN(SemiModule):
+    def __init__(
+        self,
+        *args: Any,
+        mu: int = _S.mu,
+        weight: float = _S.weight,
+        z_dim: int = _S.z_dim,
+        g_width: int = _S.g_width,
+        lr_g: float = _S.lr_g,
+        beta1: float = _S.beta1,
+        pool_shape: tuple[int, int] = (1, 28),  # (channels, side) of the pool's images
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # a D (classifier) step, then a G step, per batch
+        channels, side = pool_shape
+        # unconditional: one "class" for the conditional DCGAN generator
+        self.G = Generator(1, int(side), int(channels), z_dim, g_width, embed_dim=8)
+
+    def classifier_steps(self, trainer) -> int:
+        return trainer.global_step // 2  # Lightning counts both optimizers' steps
+
+    def generate(self, n: int) -> torch.Tensor:
+        """n generated images as the classifier sees them (the datamodule's preprocessing)."""
+        z = torch.randn(n, self.hparams.z_dim, device=self.device)
+        g = self.G(z, torch.zeros(n, dtype=torch.long, device=self.device))
+        return self._view((g + 1) / 2, False)
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        opt_d, opt_g = self.optimizers()
+        x, target = self._labelled(batch)
+        n = hp.mu * len(x)
+        u = self._view(self.unlabelled_batch(n), False)
+        fake = self.generate(n)
+        logits = self(torch.cat([x, u, fake.detach()]))
+        lx, lu, lf = logits[: len(x)], *logits[len(x) :].chunk(2)
+        loss_x = self._loss(lx, target)
+        lse_u, lse_f = lu.float().logsumexp(1), lf.float().logsumexp(1)
+        # -log D(u) - log(1 - D(g)) with D = Z / (Z + 1): softplus(lse) - lse, softplus(lse)
+        loss_unsup = 0.5 * ((F.softplus(lse_u) - lse_u).mean() + F.softplus(lse_f).mean())
+        loss_d = loss_x + hp.weight * loss_unsup
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        # G: the mean feature of its images -> the mean feature of unlabelled real ones
+        with torch.no_grad():
+            target_f = self.features(u).float().mean(0)
+        loss_g = F.mse_loss(self.features(fake).float().mean(0), target_f)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self._record(batch, "train", lx.detach(), loss_x.detach())
+        self.log("train/unsup_loss", loss_unsup.detach(), on_step=True, on_epoch=False)
+        self.log("train/g_loss", loss_g.detach(), on_step=True, on_epoch=False)
+        self.log("train/d_real", torch.sigmoid(lse_u).mean().detach(), on_step=True, on_epoch=False)
+        self.log("train/d_fake", torch.sigmoid(lse_f).mean().detach(), on_step=True, on_epoch=False)
+
+    def on_train_end(self) -> None:
+        """The generator's images after training (samples_final.png in the run dir)."""
+        from pathlib import Path
+
+        from torchvision.utils import save_image
+
+        root = self.trainer.default_root_dir if self.trainer is not None else None
+        if not root or not self.trainer.is_global_zero:
+            return
+        was = self.G.training
+        self.G.eval()
+        with torch.no_grad():
+            z = torch.randn(64, self.hparams.z_dim, device=self.device)
+            g = self.G(z, torch.zeros(64, dtype=torch.long, device=self.device))
+        self.G.train(was)
+        save_image((g.float() + 1) / 2, Path(root) / "samples_final.png", nrow=8, padding=2)
+
+    def configure_optimizers(self):
+        d = super().configure_optimizers()
+        d = d if isinstance(d, dict) else {"optimizer": d}
+        hp = self.hparams
+        g = torch.optim.Adam(self.G.parameters(), lr=hp.lr_g, betas=(hp.beta1, 0.999))
+        return [d, {"optimizer": g}]

@@ -1,0 +1,169 @@
+"""The unlabelled pool and the semi-supervised arms (issue 29): the pool is the training split
+outside the labelled subset and val, never a val/test image, its labels never read (a run is
+the same when they are permuted), its ids recorded; FixMatch (`semi`) and the semi-supervised GAN
+(`semi_gan`) train from it in a pipeline beside `real`; a model whose pool held this run's val
+images is refused like a foreign synthetic set."""
+
+import json
+
+import pytest
+import torch
+
+from tasks import run_task
+from tests.conftest import FAST, compose
+from tests.mura_tree import build_tree
+from xfergan.errors import UserError
+from xfergan.training import build_datamodule
+
+MNIST = FAST + ["dataset=mnist", "dataset.n_per_class=4", "dataset.val_per_class=3", "logger=none"]
+
+
+def _dm(overrides, tmp_path, name="dm"):
+    dm = build_datamodule(compose(overrides, tmp_path / name), use_unlabelled=True)
+    dm.setup()
+    return dm
+
+
+def _disjoint(dm) -> None:
+    pool = dm.unlabelled.uid
+    for split in ("train", "val", "test"):
+        assert not torch.isin(pool, getattr(dm.splits, split).uid).any(), split
+
+
+def test_the_pool_is_the_rest_of_the_training_split_and_nothing_else(tmp_path):
+    dm = _dm(MNIST, tmp_path)
+    _disjoint(dm)
+    assert len(dm.unlabelled) == 60_000 - 40 - 30  # every other training image, once
+    assert len(torch.unique(dm.unlabelled.uid)) == len(dm.unlabelled)
+    rec = dm.provenance()
+    assert rec["n_unlabelled"] == 59_930 and len(rec["unlabelled_ids_sha256"]) == 64
+    assert dm.sizes()["n_unlabelled"] == 59_930
+    # the cap: a seeded draw of the pool, another seed another draw
+    a = _dm(MNIST + ["dataset.unlabelled_cap=100"], tmp_path, "a")
+    b = _dm(MNIST + ["dataset.unlabelled_cap=100", "seed=1"], tmp_path, "b")
+    assert len(a.unlabelled) == 100 and torch.isin(a.unlabelled.uid, dm.unlabelled.uid).all()
+    assert a.provenance()["unlabelled_ids_sha256"] != b.provenance()["unlabelled_ids_sha256"]
+    _disjoint(b)
+    # a run without a semi-supervised arm loads no pool and records none
+    plain = build_datamodule(compose(MNIST, tmp_path / "plain"))
+    plain.setup()
+    assert plain.unlabelled is None and "unlabelled_ids_sha256" not in plain.provenance()
+
+
+def test_pneumoniamnist_and_mura_trees_give_a_pool_too(tmp_path):
+    pn = _dm(FAST + ["dataset=pneumoniamnist", "dataset.n_per_class=5", "logger=none"], tmp_path)
+    _disjoint(pn)
+    assert len(pn.unlabelled) == 3882 - 10  # the shared copy: 3,882 training images
+    build_tree(tmp_path / "data" / "mura")
+    mura = [
+        "dataset=mura",
+        "dataset.image_size=32",
+        "dataset.decode_workers=1",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "dataset.n_per_class=2",
+        "logger=none",
+    ]
+    dm = _dm(mura, tmp_path, "mura")
+    _disjoint(dm)
+    full = build_datamodule(compose(mura[:-2] + ["logger=none"], tmp_path / "full"))
+    full.setup()
+    assert len(dm.unlabelled) == len(full.splits.train) - 4
+
+
+def test_a_semi_run_needs_images_outside_its_labelled_subset(tmp_path):
+    cfg = compose(FAST + ["dataset=pneumoniamnist", "semi.method=fixmatch"], tmp_path / "r")
+    with pytest.raises(UserError, match="no unlabelled images"):
+        run_task(cfg)
+    with pytest.raises(UserError, match="semi.method='bogus'"):
+        run_task(compose(MNIST + ["semi.method=bogus"], tmp_path / "s"))
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "semi_gan"])
+def test_the_pools_labels_are_never_read(method, tmp_path, monkeypatch):
+    """The same run twice, the second with the pool's labels permuted inside the datamodule:
+    the same weights after training, the same test predictions."""
+    from datamodules.base import ImageDataModule
+
+    args = MNIST + [
+        f"semi.method={method}",
+        "dataset.unlabelled_cap=500",
+        "trainer.max_steps=3",
+        "dataset.batch_size=8",
+        "trainer.deterministic=true",
+    ]
+    first = run_task(compose(args, tmp_path / "a"))
+    orig = ImageDataModule._unlabelled_pool
+
+    def permuted(self, pool, splits):
+        out = orig(self, pool, splits)
+        out.y = out.y[torch.randperm(len(out.y), generator=torch.Generator().manual_seed(1))]
+        assert (out.y != orig(self, pool, splits).y).any()
+        return out
+
+    monkeypatch.setattr(ImageDataModule, "_unlabelled_pool", permuted)
+    second = run_task(compose(args, tmp_path / "b"))
+    assert first["n_unlabelled"] == second["n_unlabelled"] == 500
+    assert first["global_step"] == second["global_step"] == 3
+    wa = torch.load(first["last_checkpoint"], weights_only=False)["state_dict"]
+    wb = torch.load(second["last_checkpoint"], weights_only=False)["state_dict"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert first["test/acc"] == second["test/acc"]
+
+
+def test_a_model_that_saw_another_seeds_pool_is_refused(tmp_path):
+    """A seed-0 FixMatch model's pool holds seed 1's val images: as seed 1's model.init it is
+    refused like a foreign synthetic set (and flagged with model_provenance=ignore)."""
+    m = run_task(
+        compose(
+            MNIST + ["semi.method=fixmatch", "trainer.max_steps=2", "dataset.unlabelled_cap=30000"],
+            tmp_path / "s0",
+        )
+    )
+    assert m["data/unlabelled_ids_sha256"] and m["n_unlabelled"] == 30_000
+    ckpt = m["last_checkpoint"]
+    rec = torch.load(ckpt, weights_only=False)["xfergan_provenance"]
+    assert rec["unlabelled_ids_sha256"] == m["data/unlabelled_ids_sha256"]
+    assert len(rec["seen_uids"]) == 40 + 30_000  # labelled + pool: both seen
+    other = MNIST + ["seed=1", f"model.init={ckpt}", "trainer.max_steps=1"]
+    with pytest.raises(UserError, match="images of this run's val split"):
+        run_task(compose(other, tmp_path / "s1"))
+    flagged = run_task(compose(other + ["dataset.model_provenance=ignore"], tmp_path / "s1i"))
+    assert flagged["init_foreign"] is True
+
+
+def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_path):
+    args = MNIST + [
+        "task=pipeline",
+        "pipeline.arms=[real,semi,semi_gan]",
+        "pipeline.primary=[[semi_gan,real],[semi_gan,semi],[semi,real]]",
+        "pipeline.feature_net=false",
+        "dataset.unlabelled_cap=200",
+        "trainer.max_steps=4",
+        "dataset.batch_size=8",
+    ]
+    out = tmp_path / "p"
+    m = run_task(compose(args, out))
+    for arm, method in (("semi", "fixmatch"), ("semi_gan", "semi_gan")):
+        st = json.loads((out / f"classify_{arm}" / "metrics.json").read_text())
+        assert st["status"] == "ok" and st["semi/method"] == method and st["n_unlabelled"] == 200
+        assert st["global_step"] == st["step_budget"] == 4  # classifier steps, G's not counted
+        assert (
+            st["data/train_ids_sha256"] == m["data/train_ids_sha256_real"]
+            if "data/train_ids_sha256_real" in m
+            else True
+        )
+        assert (out / f"classify_{arm}" / "checkpoints" / "last.ckpt").is_file()
+        assert m[f"steps_{arm}"] == 4
+    assert (out / "classify_semi_gan" / "samples_final.png").stat().st_size > 500
+    real = json.loads((out / "classify_real" / "metrics.json").read_text())
+    semi = json.loads((out / "classify_semi" / "metrics.json").read_text())
+    assert semi["data/train_ids_sha256"] == real["data/train_ids_sha256"]  # one labelled subset
+    assert "data/unlabelled_ids_sha256" not in real
+    rep = run_task(compose(["task=report", f"dir={out}"], tmp_path / "rep"))
+    assert rep["report/runs"] == 1
+    md = (out / "report.md").read_text()
+    assert "plus 200 unlabelled images (semi, semi_gan: labels never read)" in md
+    for a, b in (("semi_gan", "real"), ("semi_gan", "semi"), ("semi", "real")):
+        assert f"{a} − {b}" in md

@@ -142,6 +142,8 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
         "dataset.unlabelled_cap=200",
         "trainer.max_steps=4",
         "dataset.batch_size=8",
+        "logger=csv",  # the val curve per stage (csv/metrics.csv)
+        "trainer.check_val_every_n_epoch=1",
     ]
     out = tmp_path / "p"
     m = run_task(compose(args, out))
@@ -167,3 +169,14 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
     assert "plus 200 unlabelled images (semi, semi_gan: labels never read)" in md
     for a, b in (("semi_gan", "real"), ("semi_gan", "semi"), ("semi", "real")):
         assert f"{a} − {b}" in md
+    # where each method is heading: val accuracy against the classifier's steps (the semi GAN's
+    # generator steps not counted), every arm, in a file and a plot
+    import csv
+
+    rows = list(csv.DictReader((out / "report_curves.csv").open()))
+    by_arm = {}
+    for r in rows:
+        by_arm.setdefault(r["arm"], []).append(int(r["step"]))
+    assert set(by_arm) == {"real", "semi", "semi_gan"}
+    assert max(by_arm["semi_gan"]) == max(by_arm["real"]) == 4
+    assert (out / "plot_val_curves.png").stat().st_size > 1000

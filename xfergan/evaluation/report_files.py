@@ -24,6 +24,7 @@ from xfergan.evaluation.arms import (
     one_per_seed,
     paired_rows,
 )
+from xfergan.evaluation.curves import write_curves
 from xfergan.evaluation.exchange import (
     CSV_COLUMNS,
     exchange_analysis,
@@ -267,6 +268,8 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
         plots.append(arms_plot(root, arms))
     if rates:
         plots.append(exchange_plot(root, rates))
+    if curve := write_curves(root, [r for r in runs if r.get("status") == "ok"]):
+        plots.append(curve)
     return {
         "report/runs": len(runs),
         "report/failed": len(failed),

@@ -37,8 +37,9 @@ class SemiModule(ClassifierModule):
         pool = self._pool
         if pool.device != self.device and pool.numel() < (2 << 30):
             self._pool = pool = pool.to(self.device)  # small pools live on the device
-        if self._gen is None:
-            self._gen = torch.Generator(device=pool.device).manual_seed(self._pool_seed)
+        if self._gen is None:  # each DDP rank its own draws; a resumed run draws afresh
+            seed = self._pool_seed * 1_000 + self.global_rank
+            self._gen = torch.Generator(device=pool.device).manual_seed(seed)
         idx = torch.randint(len(pool), (n,), generator=self._gen, device=pool.device)
         return pool[idx].to(self.device, non_blocking=True)
 

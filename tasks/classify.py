@@ -83,19 +83,34 @@ def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
     )
 
 
-def checkpoint_callback(cfg: DictConfig, out: Path, has_val: bool) -> ModelCheckpoint:
+def checkpoint_callbacks(
+    cfg: DictConfig, out: Path, has_val: bool
+) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """(best, last): the best checkpoint by checkpoint.monitor on val (no val: the latest
+    epoch's), and checkpoints/last.ckpt, the weights at the end of every training epoch -- what
+    checkpoint.test=last tests and resume=true continues. Lightning's own save_last writes
+    last.ckpt only when a top-k checkpoint was saved at that step, so with a monitor it held the
+    last improvement on val, not the last weights: a callback of its own saves it every epoch."""
     cc = cfg.checkpoint  # monitor: a val/ or train/ metric (tasks.check_selection)
     monitor = cc.monitor if has_val else None
-    return ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
         filename="best-{epoch:03d}" if monitor else "epoch-{epoch:03d}",
         monitor=monitor,
         mode=cc.mode,
         save_top_k=1,
-        save_last=True,
         every_n_epochs=cc.every_n_epochs,
         auto_insert_metric_name=False,
     )
+    last = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+        save_top_k=1,  # no monitor: the latest epoch's, overwritten in place
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return best, last
 
 
 def step_budget(cfg: DictConfig, dm) -> dict:
@@ -223,8 +238,8 @@ def run(cfg: DictConfig) -> dict:
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)
-    ckpt = checkpoint_callback(cfg, out, has_val=sizes["n_val"] > 0)
-    callbacks = [ckpt, *build_callbacks(cfg, "classify", loggers)]
+    ckpt, last_ckpt = checkpoint_callbacks(cfg, out, has_val=sizes["n_val"] > 0)
+    callbacks = [ckpt, last_ckpt, *build_callbacks(cfg, "classify", loggers)]
     if cfg.dataset.source != "real":
         from xfergan.tracking.wandb_backend import artifact_name, record_lineage
 
@@ -235,7 +250,7 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, out, loggers, callbacks, **plan)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
     metrics: dict = fit_time(trainer)  # fit seconds over every resume (before test restores)
-    best, last = ckpt.best_model_path, ckpt.last_model_path  # test() restores callback state
+    best, last = ckpt.best_model_path, last_ckpt.best_model_path  # test() restores their state
     which = cfg.checkpoint.test if best else "last"
     ckpt_path = (best if which == "best" else last) or None  # chosen on val only
     if sizes["n_val"] > 0:  # the val numbers of exactly the model that is tested

@@ -81,3 +81,29 @@ def test_wandb_offline_run_files_written(out):
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb"))
     assert (out / "metrics.json").is_file()
+
+
+def test_last_ckpt_holds_the_final_weights_whatever_val_did(tmp_path):
+    """checkpoints/last.ckpt (what checkpoint.test=last tests and resume=true continues) is the
+    end of training. Lightning's save_last wrote it only when a top-k checkpoint was saved at
+    that step: with val every 2 epochs of 3, the model of step 10 of 15 was tested as "last"."""
+    from xfergan.io import safe_torch_load
+
+    args = FAST + [
+        "dataset=mnist",
+        "dataset.n_per_class=4",
+        "dataset.val_per_class=3",
+        "dataset.batch_size=8",  # 40 images: 5 steps an epoch
+        "trainer.max_epochs=3",
+        "trainer.max_steps=-1",
+        "trainer.check_val_every_n_epoch=2",
+        "checkpoint.test=last",
+        "logger=none",
+    ]
+    m = run_task(compose(args, tmp_path / "r"))
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert m["last_checkpoint"] == str(last) and m["tested_checkpoint"] == str(last)
+    blob = safe_torch_load(last, "last")
+    assert blob["global_step"] == m["global_step"] == 15
+    best = safe_torch_load(m["best_checkpoint"], "best")
+    assert best["global_step"] == 10  # the best by val: the one epoch val ran after

@@ -55,6 +55,14 @@ def panels() -> list[dict[str, Any]]:
             "groupby": "config.arm",
             "question": "Do synthetic-data arms converge differently on the real val set?",
         },
+        {  # semi and semi_gan runs carry the pool's size (config.n_unlabelled, config.semi_method)
+            "section": "Unlabelled images",
+            "kind": "scatter",
+            "title": "test/acc vs the unlabelled pool's size (semi, semi_gan; 0: labelled only)",
+            "x": "config.n_unlabelled",
+            "y": "test/acc",
+            "question": "Do the unlabelled images beat the labelled ones alone (semi - real)?",
+        },
         {
             "section": "MURA",
             "kind": "bar",

@@ -632,11 +632,9 @@ def sweep_groups(config: DictConfig) -> tuple[list[int], list[tuple[str, dict[st
                 list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_string()]
             )
             key = o.key_or_group
-            if key != "seed" and (
-                o.is_add()
-                or OmegaConf.select(config, key, default=None) is None
-                or OmegaConf.is_config(OmegaConf.select(config, key))
-            ):
+            missing = object()  # a key that is not in the config (null is a plain value)
+            value = OmegaConf.select(config, key, default=missing)
+            if key != "seed" and (o.is_add() or value is missing or OmegaConf.is_config(value)):
                 raise UserError(
                     f"pipeline.fused_gans: the sweep over {key} is not a plain setting (a config "
                     f"group or a new key): run one multirun per {key}"

@@ -236,3 +236,31 @@ def test_fused_gans_refuse_a_sweep_over_a_config_group(tmp_path):
     err = r.stderr.strip().splitlines()
     assert err[-1].startswith("xfergan: error: pipeline.fused_gans: the sweep over dataset")
     assert not (tmp_path / "0").exists()
+
+
+def test_fused_gans_group_the_sweep_by_everything_but_the_seed():
+    """A sweep over plain settings (a null default too) gives one fused stage per combination;
+    the experiment's sweeper params count, the command line's sweeps replace them."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from tasks.pipeline import sweep_groups
+    from tests.conftest import ROOT
+    from xfergan.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        c = hcompose("config", ["experiment=synthetic_ablation"], return_hydra_config=True)
+    with open_dict(c):
+        c.hydra.overrides.task = ["dataset.unlabelled_cap=100,200", "seed=1,2"]
+    seeds, groups = sweep_groups(c)
+    assert seeds == [1, 2]
+    assert [v for _, v in groups] == [
+        {"dataset.n_per_class": n, "dataset.unlabelled_cap": cap}
+        for n in (8, 32)
+        for cap in (100, 200)
+    ]
+    assert groups[0][0] == "dataset.n_per_class=8,dataset.unlabelled_cap=100"

@@ -281,7 +281,11 @@ class FileImageDataModule(ImageDataModule):
         by_split = self._assign_splits(rows)
         decoded: dict[str, tuple[list[ImageRow], torch.Tensor]] = {}
         total = len(rows) + len(problems)
-        for split in ("train", "val", "test"):
+        # images without labels (an unlabelled/ folder): read only for a semi-supervised run
+        extra = ("unlabelled",) if self.use_unlabelled and by_split["unlabelled"] else ()
+        if not self.use_unlabelled:
+            total -= len(by_split["unlabelled"])
+        for split in ("train", "val", "test", *extra):
             rs = by_split[split]
             if not rs:
                 decoded[split] = (
@@ -366,6 +370,18 @@ class FileImageDataModule(ImageDataModule):
         if self.n_per_class is not None:
             idx = stratified_sample(pool.y, self.n_per_class, self.seed, len(names))
             train, rest = pool.subset(idx), pool.subset(rest_of(len(pool), idx))
+        if "unlabelled" in decoded:  # the unlabelled/ folder joins the rest of train
+            rs, x = decoded["unlabelled"]
+            own = Split(x, torch.full((len(rs),), -1), uid=uids_of([r.path for r in rs]))
+            rest = (
+                own
+                if rest is None
+                else Split(
+                    torch.cat([rest.x, own.x]),
+                    torch.cat([rest.y, own.y]),
+                    uid=torch.cat([rest.uid, own.uid]),
+                )
+            )
         self.summary = summarize(
             {s: decoded[s][0] for s in ("train", "val", "test")}, self.problems, names
         )
@@ -385,8 +401,8 @@ class FileImageDataModule(ImageDataModule):
         """Rows with a split keep it; train is split into train/val by group (val_fraction of
         the groups) when no row says val; rows without a split are split into train/val/test
         by group."""
-        out = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test")}
-        free = [r for r in rows if r.split not in ("train", "val", "test")]
+        out = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "unlabelled")}
+        free = [r for r in rows if r.split not in ("train", "val", "test", "unlabelled")]
         if free:
             key = [r.split_group or r.group or r.path for r in free]
             val, test = group_split(key, (self.val_fraction, self.test_fraction), self.seed)

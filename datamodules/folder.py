@@ -5,7 +5,9 @@
   or root/train/<class>/..., root/test/<class>/... [root/val/<class>/...]: the given splits;
   or dataset.csv=<file.csv> with columns path,label[,group][,split]: paths relative to the CSV's
       folder (a path that leaves it is refused), group = patient or study (splits never cut a
-      group; group-level metrics), split = train | val | test.
+      group; group-level metrics), split = train | val | test | unlabelled (no label needed).
+  Images without a label for the semi-supervised arms: root/unlabelled/**/<image> (or CSV rows
+  with split=unlabelled) join the unlabelled pool; they are read only when an arm uses the pool.
 
 Any format PIL reads (png, jpg, jpeg, bmp, tif, tiff, gif, webp, ppm, pgm). Class names come from
 the folders or the labels (sorted; dataset.class_names fixes the order) and are recorded in
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
+UNLABELLED = "unlabelled"  # a folder (or a CSV split) of images without labels: the pool
 
 
 class FolderDataModule(FileImageDataModule):
@@ -61,7 +64,11 @@ class FolderDataModule(FileImageDataModule):
         found: list[tuple[str, str, str]] = []  # (split, class, relative path)
         ignored = 0
         for split, base in plan:
-            classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name[0] != ".")
+            classes = sorted(
+                d.name
+                for d in base.iterdir()
+                if d.is_dir() and d.name[0] != "." and not (split == "" and d.name == UNLABELLED)
+            )
             for c in classes:
                 for f in sorted((base / c).rglob("*")):
                     if not f.is_file() or f.name.startswith("."):
@@ -78,6 +85,13 @@ class FolderDataModule(FileImageDataModule):
             )
         index = self._class_index([c for _, c, _ in found])
         rows = [ImageRow(p, index[c], s) for s, c, p in found]
+        pool = root / UNLABELLED
+        if pool.is_dir():
+            rows += [
+                ImageRow(f.relative_to(root).as_posix(), -1, UNLABELLED)
+                for f in sorted(pool.rglob("*"))
+                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
+            ]
         return root, rows, list(self._names), []
 
     def _csv_rows(self, path: Path):
@@ -88,11 +102,14 @@ class FolderDataModule(FileImageDataModule):
         problems, kept = [], []
         for i, r in enumerate(raw):
             split = r.get("split", "").lower()
-            if split and split not in SPLITS:
+            if split and split not in (*SPLITS, UNLABELLED):
                 raise UserError(
-                    f"{path} line {i + 2}: split={split!r}; use train, val or test (or leave it "
-                    "empty)"
+                    f"{path} line {i + 2}: split={split!r}; use train, val, test or unlabelled "
+                    "(or leave it empty)"
                 )
+            if split == UNLABELLED and r["path"] and inside(root, r["path"]):
+                kept.append({**r, "label": ""})
+                continue
             if not r["path"] or not r["label"]:
                 problems.append(
                     {"split": split, "path": r["path"], "reason": "empty path or label"}
@@ -104,9 +121,14 @@ class FolderDataModule(FileImageDataModule):
                 )
                 continue
             kept.append(r)
-        index = self._class_index([r["label"] for r in kept])
+        index = self._class_index([r["label"] for r in kept if r["label"]])
         rows = [
-            ImageRow(r["path"], index[r["label"]], r.get("split", "").lower(), r.get("group", ""))
+            ImageRow(
+                r["path"],
+                index[r["label"]] if r["label"] else -1,
+                r.get("split", "").lower(),
+                r.get("group", ""),
+            )
             for r in kept
         ]
         return root, rows, list(self._names), problems

@@ -180,3 +180,45 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
     assert set(by_arm) == {"real", "semi", "semi_gan"}
     assert max(by_arm["semi_gan"]) == max(by_arm["real"]) == 4
     assert (out / "plot_val_curves.png").stat().st_size > 1000
+
+
+def test_your_own_folder_gives_its_unlabelled_folder_to_the_pool(tmp_path):
+    """root/unlabelled/ (images without a label) joins the rest of the training split in the
+    pool; it is no class, and a run without a semi-supervised arm does not read it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def img(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(path)
+
+    root = tmp_path / "own"
+    for c in ("cat", "dog"):
+        for i in range(6):
+            img(root / "train" / c / f"{i}.png")
+        for i in range(2):
+            img(root / "val" / c / f"{i}.png")
+            img(root / "test" / c / f"{i}.png")
+    for i in range(5):
+        img(root / "unlabelled" / "batch1" / f"u{i}.png")
+    args = FAST + ["dataset=folder", f"dataset.root={root}", "dataset.n_per_class=2"]
+    dm = _dm(args + ["logger=none"], tmp_path)
+    assert dm.class_names == ["cat", "dog"] and len(dm.splits.train) == 4
+    assert len(dm.unlabelled) == (12 - 4) + 5
+    _disjoint(dm)
+    plain = build_datamodule(compose(args + ["logger=none"], tmp_path / "plain"))
+    plain.setup()
+    assert plain.unlabelled is None and plain.class_names == ["cat", "dog"]
+    assert plain.sizes()["n_train"] == 4 and not plain.problems
+    # one folder per class, no splits: unlabelled/ is still no class
+    flat = tmp_path / "flat"
+    for c in ("cat", "dog"):
+        for i in range(8):
+            img(flat / c / f"{i}.png")
+    for i in range(3):
+        img(flat / "unlabelled" / f"u{i}.png")
+    dm = _dm(FAST + ["dataset=folder", f"dataset.root={flat}", "logger=none"], tmp_path, "flat")
+    assert dm.class_names == ["cat", "dog"]
+    assert len(dm.unlabelled) == 3  # every labelled image is used (no n_per_class): the folder

@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
-import yaml
 
 from tasks import run_task
 from tests.conftest import compose
+from tests.test_report import _pipeline_run
 from xfergan.stats import _pava, exchange_rate, exchange_text, isotonic
 
 NS = (4, 8, 16, 32, 64)
@@ -122,20 +122,9 @@ def _acc(n: float) -> float:
 
 
 def _job(d, seed, n, accs, overrides=(), extra=None):
-    """A pipeline job dir as a sweep writes it (tests/test_report.py's, plus overrides)."""
-    d.mkdir(parents=True)
-    (d / ".hydra").mkdir()
-    ov = [f"dataset.n_per_class={n}", f"seed={seed}", *overrides]
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(ov))
-    m = {"task": "pipeline", "status": "ok", "seed": seed, "arms": list(accs)}
-    m |= {"primary_metric": "test/acc", "n_per_class": n}
-    for a, v in accs.items():
-        m[f"test/acc_{a}"] = v
-        m[f"steps_{a}"] = 600
-        m[f"data/train_ids_sha256_{a}"] = f"subset-{seed}"
-        m[f"data/test_ids_sha256_{a}"] = "test"
-    m.update(extra or {})
-    (d / "metrics.json").write_text(json.dumps(m))
+    """A pipeline job dir as a sweep writes it (tests/test_report.py's), with its overrides."""
+    meta = {"primary_metric": "test/acc", "n_per_class": n, **(extra or {})}
+    _pipeline_run(d, seed, n, accs, meta, overrides)
 
 
 def _main(sweep):
@@ -164,17 +153,22 @@ def _curve(sweep):
             job += 1
 
 
+def _reported_study(tmp_path):
+    """main/ beside curve/ under one parent, and main/ alone, each reported: (parent, alone)."""
+    parent, alone = tmp_path / "study", tmp_path / "alone"
+    _main(parent / "main")
+    _curve(parent / "curve")
+    _main(alone / "main")
+    for d in (parent, alone):
+        run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    return parent, alone
+
+
 def test_curve_only_n_values_leave_holms_family_alone(tmp_path):
     """The curve's groups (`real` alone, pipeline.primary=[]) declare nothing: the primaries are
     main/'s 4 at n = 8 with the same Holm p as main/ reported alone (before, each of the 4
     curve n added 4 "not compared" primaries, p = 1: a family of 20)."""
-    parent = tmp_path / "study"
-    _main(parent / "main")
-    _curve(parent / "curve")
-    alone = tmp_path / "alone"
-    _main(alone / "main")
-    for d in (parent, alone):
-        run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    parent, alone = _reported_study(tmp_path)
     md = (parent / "report.md").read_text()
     rep = json.loads((parent / "report.json").read_text())
     a, b = rep["arms"], json.loads((alone / "report.json").read_text())["arms"]
@@ -193,13 +187,7 @@ def test_the_report_says_what_each_arm_is_worth_in_real_images(tmp_path):
     """main/ (every arm at n = 8, primaries declared) beside curve/ (`real` at 4, 16, 32, 64,
     pipeline.primary=[]), reported on their parent: exchange rates in report.json, .md, .csv
     and a plot, `real` itself worth its own n = 8; main/ alone (no curve) has none."""
-    parent = tmp_path / "study"
-    _main(parent / "main")
-    _curve(parent / "curve")
-    alone = tmp_path / "alone"
-    _main(alone / "main")
-    for d in (parent, alone):
-        run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    parent, alone = _reported_study(tmp_path)
     rep = json.loads((parent / "report.json").read_text())
     x = rep["exchange_rates"]
     assert x["metric"] == "test/acc" and x["n_boot"] >= 2000

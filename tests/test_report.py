@@ -11,11 +11,11 @@ from tasks import run_task
 from tests.conftest import compose
 
 
-def _pipeline_run(d, seed, n, accs: dict, extra=None):
+def _pipeline_run(d, seed, n, accs: dict, extra=None, overrides=()):
     d.mkdir(parents=True)
     (d / ".hydra").mkdir()
     (d / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump([f"dataset.n_per_class={n}", f"seed={seed}"])
+        yaml.safe_dump([f"dataset.n_per_class={n}", f"seed={seed}", *overrides])
     )
     m = {"task": "pipeline", "status": "ok", "seed": seed, "arms": list(accs)}
     for a, v in accs.items():  # what a comparison needs recorded: steps, real and test images

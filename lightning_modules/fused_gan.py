@@ -32,7 +32,7 @@ class FusedGANs(nn.Module):
     """K ConditionalGANs of one configuration (each its own values) as one training procedure;
     `gan(i)` gives GAN i back as a ConditionalGAN (its checkpoint is an ordinary GAN's)."""
 
-    def __init__(self, gans: list[ConditionalGAN]):
+    def __init__(self, gans: list[ConditionalGAN], lowering: str = "auto"):
         super().__init__()
         from xfergan.errors import UserError
 
@@ -47,9 +47,10 @@ class FusedGANs(nn.Module):
             raise ValueError("fused GANs must start at the same step")
         self.k = len(gans)
         self.hparams = gans[0].hparams  # what gan_update reads (attribute access)
-        self.G = Stacked([g.G for g in gans])
-        self.D = Stacked([g.D for g in gans])
-        self.ema = Stacked([g.ema.module for g in gans]).requires_grad_(False)
+        # vmap on a GPU, one network after another on the CPU (nets/stacked.py's lowerings)
+        self.G = Stacked([g.G for g in gans], lowering)
+        self.D = Stacked([g.D for g in gans], lowering)
+        self.ema = Stacked([g.ema.module for g in gans], lowering).requires_grad_(False)
         self._ema_update = ema_with_warmup(hp["ema_decay"])
         self.steps = gans[0].steps_done  # G+D steps of every GAN (host counts)
         self._ema_n = gans[0]._ema_n

@@ -7,7 +7,12 @@ and every provenance check take them like any GAN.
 
 Each GAN's batches come from its own datamodule's sampler, in equal epochs of full batches (the
 step budget as task=gan plans it); its random draws (noise, label shuffles, DiffAugment) come
-from one generator seeded by the first seed, each GAN its own slice of every draw."""
+from one generator seeded by the first seed, each GAN its own slice of every draw.
+
+Each GAN's run dir gets its own tracker runs as task=gan's (CSV, W&B, MLflow as configured;
+job_type gan, tag fused): its losses every trainer.log_every_n_steps G+D steps (kept on the
+device while training, written after it), its sample grid, its checkpoint's lineage and its
+metrics.json as the run summary."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save
 from xfergan.runtime import output_dir, write_metrics
-from xfergan.training import batch_limit, load_data, plan_steps
+from xfergan.training import batch_limit, build_loggers, load_data, plan_steps
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +164,36 @@ def save_gan(model, out, steps: int, epochs: int) -> None:
     atomic_torch_save(ckpt, out / "checkpoints" / "last.ckpt")
 
 
+def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> dict:
+    """GAN `out`'s metrics.json and its own tracker runs, as task=gan's: `history` (step, loss_d,
+    loss_g) on Lightning's step axis (2 per G+D step), the sample grid, the checkpoint's lineage,
+    metrics.json as the summary. Returns the payload written."""
+    from xfergan import tracking
+    from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
+
+    tracking.start_job()
+    loggers, payload, failed = [], None, True
+    try:
+        loggers = build_loggers(cfg, out, job_type="gan", tags=["gan", "fused"], sizes=dm.sizes())
+        if history:
+            steps = [t for t, _, _ in history]
+            loss_d = torch.stack([d for _, d, _ in history]).tolist()  # one host read
+            loss_g = torch.stack([g for _, _, g in history]).tolist()
+            for t, d, g in zip(steps, loss_d, loss_g):
+                for lg in loggers:
+                    lg.log_metrics({"gan/loss_d": d, "gan/loss_g": g}, step=2 * t)
+        log_image(loggers, "gan/samples", out / "samples" / "final.png", caption="final")
+        last = Path(metrics["gan/checkpoint"])
+        record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
+        payload = write_metrics(out, metrics, cfg, status="ok")
+        failed = False
+        return payload
+    finally:
+        for lg in loggers:
+            lg.save()
+        tracking.finish_job(payload, failed, out)
+
+
 def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     out = output_dir(cfg)
     seeds = check(cfg)
@@ -196,6 +231,8 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     opt_g, opt_d = fused.configure_optimizers()
     noise = torch.Generator(device=dev).manual_seed(seeds[0])
     loaders = [dm.train_dataloader() for dm in dms]
+    every = max(1, int(cfg.trainer.get("log_every_n_steps") or 50))
+    history: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss_d [K], loss_g [K])
     t0 = time.time()
     for epoch in range(epochs):
         for loader in loaders:
@@ -206,6 +243,8 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             loss_d, loss_g = fused.fused_step(
                 x, y, opt_g, opt_d, noise=fused.draw(y.shape[-1], tuple(x.shape[-3:]), noise)
             )
+            if fused.steps % every == 0:  # no host read: written to the trackers after training
+                history.append((fused.steps, loss_d.detach(), loss_g.detach()))
         bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))  # once an epoch: a host read
         if bad.any():
             which = [s for s, b in zip(seeds, bad.tolist()) if b]
@@ -235,7 +274,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             **dm.sizes(),
         }
         own.update(evaluate_quality(c, model, dm))
-        write_metrics(d, own, c, status="ok")
+        track_gan(c, d, dm, own, [(t, ld[i], lg[i]) for t, ld, lg in history])
         metrics[f"gan/checkpoint_seed{s}"] = str(last)
     log.info("trained %d GANs as one in %.1f s: %s", len(seeds), train_s, out)
     return metrics

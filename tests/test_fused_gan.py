@@ -37,6 +37,7 @@ def float64():
     torch.set_default_dtype(old)
 
 
+@pytest.mark.parametrize("lowering", ["vmap", "loop"])
 @pytest.mark.parametrize(
     "kw",
     [
@@ -51,13 +52,14 @@ def float64():
         },
     ],
 )
-def test_k_fused_gans_equal_k_separate_ones(kw, float64):
+def test_k_fused_gans_equal_k_separate_ones(kw, lowering, float64):
     """3 GANs stacked vs the same 3 as ConditionalGANs (their own Adams), 3 updates on the same
     batches with the same draws (each GAN its slice of the fused draws): the same losses, and
-    the same G, D (spectral-norm vectors too), EMA, BatchNorm statistics and counts after."""
+    the same G, D (spectral-norm vectors too), EMA, BatchNorm statistics and counts after,
+    in both lowerings of the stack (vmap: a GPU's; loop: the CPU's)."""
     k, n, steps = 3, 8, 3
     separate = _gans(k, **kw)
-    fused = FusedGANs([copy.deepcopy(g) for g in separate])
+    fused = FusedGANs([copy.deepcopy(g) for g in separate], lowering)
     fused_opts = fused.configure_optimizers()
     opts = [g.configure_optimizers() for g in separate]
     data = torch.Generator().manual_seed(0)
@@ -101,10 +103,11 @@ class _CountOps(TorchDispatchMode):
 
 def test_one_fused_step_of_8_gans_dispatches_about_the_ops_of_one():
     """Issue 28's target: the aten calls of one fused K=8 step <= 1.2x those of K=1 (a step
-    whose ops grew with K, e.g. a vmap fallback looping over the GANs, fails)."""
+    whose ops grew with K, e.g. a vmap fallback looping over the GANs, fails). The vmap
+    lowering, a GPU's; the CPU's loop lowering dispatches K networks' ops by design."""
     counts = {}
     for k in (1, 8):
-        fused = FusedGANs(_gans(k))
+        fused = FusedGANs(_gans(k), lowering="vmap")
         opts = fused.configure_optimizers()
         x, y = torch.rand(k, 8, 1, 28, 28) * 2 - 1, torch.randint(0, 3, (k, 8))
         fused.fused_step(x, y, *opts)  # the first: Adam's state made
@@ -114,6 +117,23 @@ def test_one_fused_step_of_8_gans_dispatches_about_the_ops_of_one():
     n1, n8 = sum(counts[1].values()), sum(counts[8].values())
     grew = {op: (counts[1][op], n) for op, n in counts[8].items() if n > counts[1][op]}
     assert n8 <= 1.2 * n1, (n1, n8, grew)
+
+
+def test_the_stack_lowers_to_vmap_on_a_gpu_and_to_a_loop_on_the_cpu():
+    """auto: one kernel per layer for all K where launches cost (CUDA), K plain kernels where
+    arithmetic does (the CPU, whose grouped convolutions are slower); a bad name is refused."""
+    from lightning_modules.nets.stacked import Stacked
+
+    stack = FusedGANs(_gans(2)).D
+    assert stack.lowering == "auto"
+    x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 3, (2, 4))
+    with _CountOps() as c:
+        stack(x, y)
+    assert c.ops["aten.convolution"] == 2 * sum(
+        isinstance(m, torch.nn.Conv2d) for m in stack._base[0].modules()
+    )
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        Stacked([torch.nn.Linear(2, 2)], lowering="grouped")
 
 
 def test_gan_fused_writes_k_gan_run_dirs_that_synthesize_and_provenance_take(tmp_path):
@@ -264,3 +284,30 @@ def test_fused_gans_group_the_sweep_by_everything_but_the_seed():
         for cap in (100, 200)
     ]
     assert groups[0][0] == "dataset.n_per_class=8,dataset.unlabelled_cap=100"
+
+
+def test_each_fused_gan_has_its_own_tracker_runs_as_task_gan(tmp_path):
+    """The fused stage's GANs are each a W&B (and CSV) run of job_type gan, as task=gan's: its
+    own losses at every logged step, its sample grid, metrics.json as the summary; two GANs,
+    two runs with their own seeds and their own losses."""
+    from tasks import run_task
+    from xfergan.tracking.wandb_files import read_offline_run
+
+    out = tmp_path / "fused"
+    over = ["dataset.n_per_class=4", "logger=default", "trainer.log_every_n_steps=2"]
+    fused = ["task=gan_fused", "gan_fused.seeds=[0,1]", "gan.steps=4"]
+    run_task(compose(FAST + GAN_FAST + over + fused, out))
+    losses = {}
+    for s in (0, 1):
+        d = out / f"seed_{s}"
+        meta = json.loads((d / "metrics.json").read_text())
+        run = read_offline_run(next(d.glob("wandb/offline-run-*/run-*.wandb")))
+        assert run["job_type"] == "gan" and "fused" in run["tags"]
+        assert run["config"]["seed"] == s
+        assert {"gan/loss_d", "gan/loss_g", "gan/samples"} <= run["history_keys"]
+        assert run["summary"]["gan/steps"] == meta["gan/steps"] == 4
+        assert run["summary"]["gan/train_ids_sha256"] == meta["gan/train_ids_sha256"]
+        rows = (d / "csv" / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 3  # a header, then G+D steps 2 and 4
+        losses[s] = rows[1:]
+    assert losses[0] != losses[1]

@@ -6,7 +6,14 @@ v), stacked on a leading dim of size K, and a call maps inputs [K, B, ...] to ou
 Spectral norm (torch.nn.utils.parametrizations) updates its vectors with `out=` writes, which
 vmap cannot batch; the stack computes the same power iteration itself (one step per call in
 training mode, as the parametrization does on each access) and hands functional_call the
-normalized weight of a copy of the network with the parametrization removed."""
+normalized weight of a copy of the network with the parametrization removed.
+
+Two lowerings of one call, the same arithmetic: `vmap` (one kernel per layer for all K: grouped
+convolutions) and `loop` (network k's layers on its own slices, one after another). A GPU step
+of these small networks waits on kernel launches, so `auto` takes vmap there; a CPU step waits
+on arithmetic, where oneDNN's grouped convolutions are slower than K plain ones (measured on the
+2-core CPU, paper_table3_full's G and D, K=4: G's last 3x3 convolution's backward 4x, the whole
+step 0.81x of 4 separate steps), so `auto` takes loop there."""
 
 from __future__ import annotations
 
@@ -62,8 +69,13 @@ class Stacked(nn.Module):
     and buffers `b.<i>` (stacked: [K, ...]); `param_names` and `buffer_names` give their plain
     network's state_dict keys (`unstack`)."""
 
-    def __init__(self, nets: list[nn.Module]):
+    LOWERINGS = ("auto", "vmap", "loop")
+
+    def __init__(self, nets: list[nn.Module], lowering: str = "auto"):
         super().__init__()
+        if lowering not in self.LOWERINGS:
+            raise ValueError(f"lowering must be one of {self.LOWERINGS}, not {lowering!r}")
+        self.lowering = lowering
         params, buffers = stack_module_state(nets)
         self.k = len(nets)
         self.param_names = list(params)
@@ -114,7 +126,19 @@ class Stacked(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """args [K, B, ...] -> outputs [K, B, ...]: network k on args[k]."""
-        return torch.vmap(self._one, randomness="error")(self.tensors(), *args)
+        lowering = self.lowering
+        if lowering == "auto":
+            lowering = "vmap" if args[0].is_cuda else "loop"
+        tensors = self.tensors()
+        if lowering == "vmap":
+            return torch.vmap(self._one, randomness="error")(tensors, *args)
+        # slices are views: BatchNorm's statistics and the power iteration write into the stack
+        return torch.stack(
+            [
+                self._one({n: t[i] for n, t in tensors.items()}, *(a[i] for a in args))
+                for i in range(self.k)
+            ]
+        )
 
 
 __all__ = ["Stacked"]

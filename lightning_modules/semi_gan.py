@@ -39,6 +39,23 @@ class SemiGAN(SemiModule):
         channels, side = pool_shape
         # unconditional: one "class" for the conditional DCGAN generator
         self.G = Generator(1, int(side), int(channels), z_dim, g_width, embed_dim=8)
+        self.image_side = int(side)  # its images' side (the GAN-quality row measures there)
+
+    conditional = False  # one generator for every class: its quality row is class-blind
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None):
+        """len(labels) images in [0, 1] at the pool's size (the labels are ignored: G draws from
+        the whole pool), as ConditionalGAN.sample gives them to tasks.gan.evaluate_quality."""
+        was = self.G.training
+        self.G.eval()
+        dev = generator.device if generator is not None else self.device
+        z = torch.randn(len(labels), self.hparams.z_dim, generator=generator, device=dev)
+        with torch.no_grad():
+            g = self.G(
+                z.to(self.device), torch.zeros(len(labels), dtype=torch.long, device=self.device)
+            )
+        self.G.train(was)
+        return (g.float() + 1) / 2
 
     def classifier_steps(self, trainer) -> int:
         return trainer.global_step // 2  # Lightning counts both optimizers' steps

@@ -234,6 +234,10 @@ def run(cfg: DictConfig) -> dict:
     if cfg.semi.method:  # the pool's images only: their labels stay in the datamodule
         model.attach_unlabelled(dm.unlabelled_images(), dm.preprocess, int(cfg.seed))
     init_seen, init_info = init_provenance(cfg, dm)
+    if getattr(model, "conditional", True) is False:  # its own G: a GAN-quality row
+        from tasks.gan import check_feature_net
+
+        init_info.update(check_feature_net(cfg, dm))  # before anything trains
     seen = dm.seen_uids()
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
     if model.init_report:
@@ -260,6 +264,10 @@ def run(cfg: DictConfig) -> dict:
     metrics.update(scalar_metrics(trainer, "test/"))
     threshold = choose_threshold(cfg, model)
     metrics.update(evaluation.evaluate_test_outputs(model, dm, out, loggers, threshold))
+    if getattr(model, "conditional", True) is False:  # the tested checkpoint's G, on val
+        from tasks.gan import evaluate_quality
+
+        metrics.update(evaluate_quality(cfg, model, dm))
     metrics.update(evaluation.decided_test_metrics(model, threshold))
     save_decision(ckpt_path, threshold)
     if is_global_zero():

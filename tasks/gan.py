@@ -247,7 +247,9 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     images per class, gan.eval_n_per_class samples per class for FID/KID, and as many samples of
     each class as there are real images of it for precision/recall (gan_quality says why). On
     the job's device (job_device: where training ran; Lightning hands the module back on the
-    CPU after fit), the samples drawn with a generator on that device."""
+    CPU after fit), the samples drawn with a generator on that device. A model whose
+    generator has no classes (`conditional = False`: the semi-supervised GAN's) is measured
+    class-blind: precision/recall over as many fakes as real images, no per-class recall."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality
 
@@ -281,18 +283,25 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
             for c in range(k)
         ]
     )
-    real = to_gan_size(ref.x[idx.to(ref.x.device)].to(dev).float() / 255.0, cfg.gan.image_size)
+    size = getattr(model, "image_side", None) or cfg.gan.image_size
+    real = to_gan_size(ref.x[idx.to(ref.x.device)].to(dev).float() / 255.0, size)
     real_y = ry[idx]
     fake_y = torch.arange(k).repeat_interleave(n)
+    conditional = getattr(model, "conditional", True)
+    if not conditional:  # one "class": the sizes match overall, not per class
+        real_y, fake_y = torch.zeros_like(real_y), torch.zeros_like(fake_y)
     model = model.to(dev).eval()
     noise = torch.Generator(device=dev).manual_seed(seed)
     fake = torch.cat(
         [model.sample(fake_y[i : i + 500], generator=noise) for i in range(0, len(fake_y), 500)]
     )
-    train = to_gan_size(dm.splits.train.x.to(dev).float() / 255.0, cfg.gan.image_size)
-    return gan_quality(
+    train = to_gan_size(dm.splits.train.x.to(dev).float() / 255.0, size)
+    out = gan_quality(
         feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
     )
+    if not conditional:
+        out = {k: v for k, v in out.items() if "_per_class_" not in k}
+    return out
 
 
 def to_gan_size(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -185,8 +185,7 @@ class Context:
                 self.results["gan/from"] = str(found)
                 log.info("pipeline: GAN from %s (%s)", found, headline(gm))
             else:
-                if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
-                    over["gan.feature_ckpt"] = feature_net(self.cfg, self.results)
+                over.update(self.feature_net())
                 if guide:  # the guiding classifier: an arm of this run (its own real subset)
                     over["gan.guidance.teacher"] = self.arm_dir(guide)
                 gm = self.stage(gan_stage(gan), "gan", over)
@@ -206,6 +205,13 @@ class Context:
             )
             self._synthetic[gan] = sm["synthetic_path"]
         return self._synthetic[gan]
+
+    def feature_net(self) -> dict[str, str]:
+        """gan.feature_ckpt for a stage that measures a generator: the pipeline's cached feature
+        net (pipeline.feature_net), or none when gan.feature_ckpt is set or it is off."""
+        if self.cfg.pipeline.feature_net and not self.cfg.gan.feature_ckpt:
+            return {"gan.feature_ckpt": feature_net(self.cfg, self.results)}
+        return {}
 
     def checkpoint(self, arm: str) -> str:
         m = self.stage_metrics.get(f"classify_{arm}")
@@ -289,7 +295,11 @@ ARMS: dict[str, tuple[str, Callable[[Context, str | None], dict]]] = {
     ),
     "semi_gan": (
         "real + unlabelled pool + its own G (semi-supervised GAN)",
-        lambda ctx, gan: {"dataset.source": "real", "semi.method": "semi_gan"},
+        lambda ctx, gan: {
+            "dataset.source": "real",
+            "semi.method": "semi_gan",
+            **ctx.feature_net(),  # its G's quality row
+        },
     ),
 }
 
@@ -548,6 +558,10 @@ def _pipeline(cfg: DictConfig) -> dict:
         ctx.results[f"budget_{name}"] = m.get("step_budget")
         for k in ("data/train_ids_sha256", "data/test_ids_sha256", "data/seen_ids_sha256"):
             ctx.results[f"{k}_{name}"] = m.get(k)
+        if base == "semi_gan":  # its G is a GAN of this run too: a GAN-quality row
+            ctx.gans[f"classify_{name}"] = suffix(name)
+            ctx.results[f"gan/steps_{name}"] = m.get("global_step")
+            ctx.results.update({k + suffix(name): v for k, v in m.items() if "/gan_" in k})
         if "real" in table and name != "real":
             ctx.results[f"diff/test/acc_{name}-real"] = m["test/acc"] - table["real"]["test/acc"]
     ctx.results["arms"] = arms

@@ -134,7 +134,11 @@ def test_a_model_that_saw_another_seeds_pool_is_refused(tmp_path):
 
 
 def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_path):
+    # an FID feature net of this seed and val split (it saw only its labelled images)
+    feat = run_task(compose(MNIST + ["trainer.max_steps=2"], tmp_path / "feat"))
     args = MNIST + [
+        f"gan.feature_ckpt={feat['last_checkpoint']}",
+        "gan.eval_n_per_class=10",
         "task=pipeline",
         "pipeline.arms=[real,semi,semi_gan]",
         "pipeline.primary=[[semi_gan,real],[semi_gan,semi],[semi,real]]",
@@ -147,6 +151,7 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
     ]
     out = tmp_path / "p"
     m = run_task(compose(args, out))
+    semi_m = json.loads((out / "classify_semi" / "metrics.json").read_text())
     for arm, method in (("semi", "fixmatch"), ("semi_gan", "semi_gan")):
         st = json.loads((out / f"classify_{arm}" / "metrics.json").read_text())
         assert st["status"] == "ok" and st["semi/method"] == method and st["n_unlabelled"] == 200
@@ -156,6 +161,16 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
         assert (out / f"classify_{arm}" / "checkpoints" / "last.ckpt").is_file()
         assert m[f"steps_{arm}"] == 4
     assert (out / "classify_semi_gan" / "samples_final.png").stat().st_size > 500
+    # the semi-supervised GAN's G gets a GAN-quality row (its tested checkpoint's G, on the 30
+    # val images, class-blind: as many fakes as real images for precision/recall)
+    sg = json.loads((out / "classify_semi_gan" / "metrics.json").read_text())
+    assert sg["val/gan_n_real"] == 30 and sg["val/gan_n_precision_recall"] == 30
+    assert sg["val/gan_n_fake"] == 100 and sg["feature_net_foreign"] is False
+    assert 0 <= sg["val/gan_precision"] <= 1 and sg["val/gan_fid"] > 0
+    assert not [k for k in sg if "_per_class_" in k]
+    assert not [k for k in semi_m if "/gan_" in k]  # FixMatch has no G
+    assert m["gans"] == {"classify_semi_gan": "_semi_gan"}
+    assert m["val/gan_fid_semi_gan"] == sg["val/gan_fid"] and m["gan/steps_semi_gan"] == 4
     real = json.loads((out / "classify_real" / "metrics.json").read_text())
     semi = json.loads((out / "classify_semi" / "metrics.json").read_text())
     assert semi["data/train_ids_sha256"] == real["data/train_ids_sha256"]  # one labelled subset
@@ -166,6 +181,10 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
     assert "plus 200 unlabelled images (semi, semi_gan: labels never read)" in md
     for a, b in (("semi_gan", "real"), ("semi_gan", "semi"), ("semi", "real")):
         assert f"{a} − {b}" in md
+    gan_rows = md.split("## GAN quality")[1].split("\n## ")[0]
+    assert "| classify_semi_gan |" in gan_rows
+    fid = json.loads((out / "report.json").read_text())
+    assert "classify_semi_gan" in json.dumps(fid)
     # where each method is heading: val accuracy against the classifier's steps (the semi GAN's
     # generator steps not counted), every arm, in a file and a plot
     import csv

@@ -676,7 +676,8 @@ def arm_lines(a: dict, row, head) -> list[str]:
             {k for g in a["groups"] for q in g["gan"].values() for k in q},
             key=lambda k: (GAN_KEYS.index(k) if k in GAN_KEYS else 99, k),
         )
-        several = any(len(g["gan"]) > 1 for g in a["groups"])  # GAN variants: a row each
+        # GAN variants (or a semi-supervised GAN's G): a row each, named by its stage
+        several = any(set(g["gan"]) - {"gan"} for g in a["groups"])
         lines += [
             "",
             "## GAN quality next to it (mean over seeds; FID/KID on our own features; val/ "

@@ -144,11 +144,17 @@ def _main(sweep):
 
 
 def _curve(sweep):
-    """`real` alone at n = 4, 16, 32, 64, the same seeds, nothing declared."""
+    """`real` alone at n = 4, 16, 32, 64, the same seeds, nothing declared, no teacher (as
+    README's curve command runs it: these choose arms, not how `real` trains)."""
     job = 0
     for n in (4, 16, 32, 64):
         for j, s in enumerate(range(200, 205)):
-            ov = ["pipeline.arms=[real]", "pipeline.primary=[]"]
+            ov = [
+                "pipeline.arms=[real]",
+                "pipeline.primary=[]",
+                "pipeline.teacher_ensemble=[]",
+                "pipeline.unequal_budgets=[]",
+            ]
             _job(sweep / str(job), s, n, {"real": _acc(n) + DELTA[j]}, ov, {"primary": []})
             job += 1
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from xfergan import stats
 
 REAL = "real"
-# keys that choose which arms run or what is declared, not how `real` trains
+# keys that choose which arms run (or teach) or what is declared, not how `real` trains
 CHOICE_KEYS = (
     "pipeline.arms",
     "pipeline.primary",
     "pipeline.primary_metric",
     "pipeline.unequal_budgets",
+    "pipeline.teacher_ensemble",
 )
 N_BOOT = 2000
 BOOT_SEED = 0

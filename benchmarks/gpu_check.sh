@@ -15,7 +15,11 @@
 #      (GPU_CHECK_K, default 4; XFERGAN_JOBS_PER_GPU), the report at the end
 #   6. bench.py --cases gan_fused: K = 1, 5, 25 GANs trained as one (task=gan_fused's model)
 #      against the same K stepped one after another, aggregate GAN steps/s
-# run in the order 1 4 6 2 3 5 (GPU_CHECK_STEPS). Step 4 includes gan.compile=graph (the whole
+#   7. experiment=unlabelled GPU-sized (issue 29: the CPU run stopped at 600 steps, its val
+#      curves still rising): n=8, its fresh seeds 300-304, GPU_CHECK_UNL_STEPS classifier steps
+#      per arm (default 3000) at batch 64, K jobs at once, with whatever time is left; the report
+#      and its accuracy-vs-steps curves (report_curves.csv) at the end
+# run in the order 1 4 6 2 3 5 7 (GPU_CHECK_STEPS). Step 4 includes gan.compile=graph (the whole
 # step as one CUDA graph). Every GAN budget is sized from the last measured
 # GAN speed (the newest-named benchmarks/results/*gpu*|*nvidia*.json; this run's step 1 once written) so
 # that the step can end inside its cap; sized.log says what was asked, what ran and why.
@@ -90,6 +94,7 @@ if [[ $SMOKE == 1 ]]; then
   RUN_ARGS=(trainer=cpu debug=smoke dataset.val_per_class=2)
   GAN256=(gan.steps=4)
   ABL_ARGS=(trainer=cpu debug=smoke)
+  UNL_ARGS=(trainer=cpu debug=smoke seed=300,301)
 else
   # these sizes took 125 s on the H200: step 2 of run 2 had 125 s left of its 250 s budget
   # (results/gpu_h200_2026-11-28/run2_gpu_check.log)
@@ -103,6 +108,7 @@ else
   RUN_ARGS=()
   GAN256=(gan.steps=3750)  # 3,000 passes over 320 images at batch 256
   ABL_ARGS=()
+  UNL_ARGS=("trainer.max_steps=${GPU_CHECK_UNL_STEPS:-3000}" dataset.batch_size=64)
 fi
 
 # a shorter check (e.g. what is left of a device budget): GPU_CHECK_STEPS picks steps and their
@@ -179,9 +185,23 @@ note="n 8,32 x seeds 0-2, $K jobs at once on one GPU; jobs without metrics.json 
   --files report.md report.json report.csv --glob --note "$note"
 }
 
+step7() {
+K=${GPU_CHECK_K:-4}
+echo "== 7. experiment=unlabelled GPU-sized, n=8, $K jobs at once ($(left 200) s) =="
+cmd=(python run.py experiment=unlabelled hydra/launcher=local_parallel logger=csv
+  dataset.n_per_class=8 pipeline.feature_net=false "hydra.sweep.dir=$WORK/unlabelled"
+  "${UNL_ARGS[@]}")
+XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/unlabelled.log" 200 "${cmd[@]}"
+note="n=8, seeds 300-304 unless overridden, $K jobs at once on one GPU, no GAN-quality row (feature net off for time); jobs without metrics.json did not finish"
+[[ -d "$WORK/unlabelled" ]] && python results/record.py "unlabelled_gpu$SUFFIX" "$WORK/unlabelled" \
+  --command "XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K ${cmd[*]}" --commit "$XFERGAN_COMMIT" \
+  --wall-s $(($(date +%s) - s)) --files report.md report.json report.csv report_curves.csv \
+  --glob --note "$note"
+}
+
 # the GAN's speed options (one minute) before the long pipeline: on the H200 the eager GAN step
 # ran 33.9 steps/s and paper_table3_full did not finish in 320 s (results/gpu_h200_2026-11-28)
-for n in ${GPU_CHECK_STEPS:-1 4 6 2 3 5}; do "step$n"; done
+for n in ${GPU_CHECK_STEPS:-1 4 6 2 3 5 7}; do "step$n"; done
 cp "$WORK/sized.log" "$OUT/" 2>/dev/null
 
 echo "== summary =="
@@ -204,6 +224,6 @@ t = w / "table3" / "table3.md"
 print(t.read_text() if t.exists() else "no table3.md")
 PY
 tar czf "$OUT/gpu_results.tgz" benchmarks/results/*"_${TAG}"*.json "results/$TABLE3_NAME" \
-  "results/gan_bs256$SUFFIX" results/synthetic_ablation_full_k*"$SUFFIX" 2>/dev/null
+  "results/gan_bs256$SUFFIX" results/synthetic_ablation_full_k*"$SUFFIX" "results/unlabelled_gpu$SUFFIX" 2>/dev/null
 cp "$WORK"/*.log "$OUT"/ 2>/dev/null
 echo "total $(($(date +%s) - T0)) s; results packed in $OUT/gpu_results.tgz"

@@ -548,6 +548,7 @@ def _pipeline(cfg: DictConfig) -> dict:
             "test/acc": m["test/acc"],
             "n_train_real": m["n_train_real"],
             "n_train_synthetic": n_syn,
+            "steps": m.get("global_step"),
             "wall_s": m.get("wall_s"),
         }
         for k in ARM_KEYS:

@@ -202,7 +202,21 @@ def test_pipeline_runs_under_smoke_and_stages_share_a_wandb_group(tmp_path):
     ft = json.loads((out / "classify_finetune" / "metrics.json").read_text())
     assert m["steps_pre_finetune"] == m["steps_synthetic"] > 0  # its pre-training, for the report
     assert ft["source"] == "real" and ft["n_train"] == table["arms"]["real"]["n_train_real"]
-    assert "| synthetic only |" in (out / "table3.md").read_text()
+    md = (out / "table3.md").read_text()
+    assert "| synthetic only |" in md
+    # each arm's steps and wall time, the paper's full-data figure, the sample grid and every
+    # stage's wall time (issue 30.1: what a paper-scale table must show)
+    for arm in ("real", "synthetic"):
+        row = table["arms"][arm]
+        assert row["steps"] == m[f"steps_{arm}"] > 0
+        assert f"| {row['steps']} | {row['wall_s']:.4g} |" in md
+    assert "Paper, every training image (its Table 1): 0.9563" in md
+    assert (
+        "GAN samples: gan/samples_final.png" in md and (out / "gan" / "samples_final.png").is_file()
+    )
+    walls = md.split("Wall time per stage (s): ")[1].splitlines()[0]
+    assert all(f"{st} " in walls for st in ("gan", "synthesize", "classify_real", "classify_mixed"))
+    assert m["unequal_budgets"] == ["synthetic", "mixed", "finetune"]  # the paper's epochs
     assert (out / "table3.png").stat().st_size > 1000
     assert "val/gan_fid" in m and "val/gan_recall" in m  # the feature net stage fed the GAN metrics
     jobs = {d: _wandb_meta(out / d) for d in ("gan", "synthesize", "classify_mixed")}

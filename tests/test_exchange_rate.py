@@ -212,6 +212,9 @@ def test_the_report_says_what_each_arm_is_worth_in_real_images(tmp_path):
     assert r["mixed"]["by_seed"]["200"] == {"rate": 64, "censored": "above 64"}
 
     md = (parent / "report.md").read_text()
+    # the top table in n order (it sorted as text: 16, 32, 4, 64, 8)
+    top = md.split("Grouped by:")[1].split("\n\n")[1].splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in top] == ["4", "8", "16", "32", "64"]
     assert "## Worth in real labelled images per class (test/acc)" in md
     assert "isotonic fit" in md and "percentile bootstrap over seeds" in md
     dg = r["distill_gan"]

@@ -52,7 +52,8 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _num(v: str):
+def num_key(v: str):
+    """Sort key: numbers by value (4 before 16), then the rest as text."""
     try:
         return (0, float(v))
     except (TypeError, ValueError):
@@ -94,7 +95,7 @@ def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
     for r in sorted(rs, key=lambda r: r["_dir"]):
         by_seed[r.get("seed"), str(r.get("task"))].append(r)
     kept, notes = [], []
-    for (s, _), group in sorted(by_seed.items(), key=lambda kv: (_num(kv[0][0]), kv[0][1])):
+    for (s, _), group in sorted(by_seed.items(), key=lambda kv: (num_key(kv[0][0]), kv[0][1])):
         kept.append(group[0])
         for extra in group[1:]:
             notes.append(
@@ -250,7 +251,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         "level": LEVEL,
     }
     family = []  # the primary comparisons, corrected together
-    for gkey, rs in sorted(groups.items(), key=lambda kv: [_num(v) for v in kv[0]]):
+    for gkey, rs in sorted(groups.items(), key=lambda kv: [num_key(v) for v in kv[0]]):
         rs, notes = one_per_seed(rs)
         # a group's primaries are the ones its own runs declared: a group where only `real` ran
         # (an anchor of the exchange-rate curve, pipeline.primary=[]) adds nothing to the family

@@ -21,6 +21,7 @@ from xfergan.evaluation.arms import (
     PAIRED_COLUMNS,
     arm_analysis,
     arm_lines,
+    num_key,
     one_per_seed,
     paired_rows,
 )
@@ -142,7 +143,7 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
         ov = r["_overrides"]
         groups[tuple(ov.get(k, "") for k in keys)].append(r)
     rows = []
-    for gkey, rs in sorted(groups.items()):
+    for gkey, rs in sorted(groups.items(), key=lambda kv: [num_key(v) for v in kv[0]]):
         rs, notes = one_per_seed(rs)  # the arms section's rule: one run per seed, never averaged
         row = {
             "group": dict(zip(keys, gkey)),

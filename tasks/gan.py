@@ -249,7 +249,8 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     the job's device (job_device: where training ran; Lightning hands the module back on the
     CPU after fit), the samples drawn with a generator on that device. A model whose
     generator has no classes (`conditional = False`: the semi-supervised GAN's) is measured
-    class-blind: precision/recall over as many fakes as real images, no per-class recall."""
+    class-blind: precision/recall over as many fakes as real images, no per-class recall, and
+    its memorization against every image it was fitted to (the labelled ones and the pool)."""
     from lightning_modules.classifier import ClassifierModule
     from lightning_modules.gan_metrics import FeatureNet, gan_quality
 
@@ -295,7 +296,10 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     fake = torch.cat(
         [model.sample(fake_y[i : i + 500], generator=noise) for i in range(0, len(fake_y), 500)]
     )
-    train = to_gan_size(dm.splits.train.x.to(dev).float() / 255.0, size)
+    seen = dm.splits.train.x
+    if not conditional and dm.unlabelled is not None:  # its G was fitted to the pool
+        seen = torch.cat([seen, dm.unlabelled_images()])
+    train = to_gan_size(seen.to(dev).float() / 255.0, size)
     out = gan_quality(
         feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
     )

@@ -171,8 +171,9 @@ def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> d
     from xfergan import tracking
     from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
 
+    payload = write_metrics(out, metrics, cfg, status="ok")  # first: a tracker never costs it
     tracking.start_job()
-    loggers, payload, failed = [], None, True
+    loggers, failed = [], True
     try:
         loggers = build_loggers(cfg, out, job_type="gan", tags=["gan", "fused"], sizes=dm.sizes())
         if history:
@@ -185,13 +186,14 @@ def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> d
         log_image(loggers, "gan/samples", out / "samples" / "final.png", caption="final")
         last = Path(metrics["gan/checkpoint"])
         record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
-        payload = write_metrics(out, metrics, cfg, status="ok")
         failed = False
-        return payload
+    except Exception as e:  # noqa: BLE001 - the GAN trained and its metrics.json is written
+        log.warning("%s: could not write its tracker runs (%s)", out, e)
     finally:
         for lg in loggers:
             lg.save()
         tracking.finish_job(payload, failed, out)
+    return payload
 
 
 def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:

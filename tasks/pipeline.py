@@ -183,6 +183,7 @@ class Context:
                 found = find_gan_run(self.cfg, source)
                 gm = read_json(found / "metrics.json")
                 self.results["gan/from"] = str(found)
+                self.results["gan/samples"] = str(found / "samples_final.png")  # table3.md
                 log.info("pipeline: GAN from %s (%s)", found, headline(gm))
             else:
                 over.update(self.feature_net())
@@ -549,6 +550,7 @@ def _pipeline(cfg: DictConfig) -> dict:
             "n_train_real": m["n_train_real"],
             "n_train_synthetic": n_syn,
             "steps": m.get("global_step"),
+            "steps_pre": ctx.results.get(f"steps_pre_{name}"),  # finetune's pre-training
             "wall_s": m.get("wall_s"),
         }
         for k in ARM_KEYS:

@@ -243,6 +243,8 @@ def test_a_multirun_with_fused_gans_trains_them_first_and_each_pipeline_takes_it
         )
         manifest = json.loads((job / "synthesize" / "manifest.json").read_text())
         assert str(manifest["checkpoint"]).startswith(str(mine))
+        # its table shows the sample grid of the GAN it took (in the fused stage's dir)
+        assert f"GAN samples: {mine / 'samples_final.png'}" in (job / "table3.md").read_text()
     rep = json.loads((sweep / "report.json").read_text())
     assert len(rep["rows"]) == 1 and rep["rows"][0]["n"] == 2, rep["rows"]  # GANs: stages
     r = run_py(args + ["resume=true"])

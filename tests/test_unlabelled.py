@@ -238,3 +238,27 @@ def test_your_own_folder_gives_its_unlabelled_folder_to_the_pool(tmp_path):
     dm = _dm(FAST + ["dataset=folder", f"dataset.root={flat}", "logger=none"], tmp_path, "flat")
     assert dm.class_names == ["cat", "dog"]
     assert len(dm.unlabelled) == 3  # every labelled image is used (no n_per_class): the folder
+
+
+def test_a_class_blind_generator_is_checked_for_memorizing_the_pool_it_was_fitted_to(tmp_path):
+    """The semi-supervised GAN's G learns the unlabelled pool: its memorization row measures
+    against the labelled images and the pool (a G that copies pool images is at distance 0;
+    it looked clean when only the few labelled images were the reference)."""
+    from tasks.gan import evaluate_quality
+
+    feat = run_task(compose(MNIST + ["trainer.max_steps=2"], tmp_path / "feat"))
+    over = [f"gan.feature_ckpt={feat['last_checkpoint']}", "gan.eval_n_per_class=3"]
+    cfg = compose(MNIST + over + ["dataset.unlabelled_cap=50"], tmp_path / "q")
+    dm = _dm(MNIST + ["dataset.unlabelled_cap=50"], tmp_path)
+    pool = dm.unlabelled_images()
+
+    class CopiesThePool(torch.nn.Module):
+        conditional, image_side = False, 28
+
+        def sample(self, labels, generator=None):
+            return pool[: len(labels)].float() / 255.0
+
+    q = evaluate_quality(cfg, CopiesThePool(), dm)
+    assert q["val/gan_n_fake"] == 30 and q["val/gan_n_real"] == 30
+    assert q["val/gan_nn_dist_fake_to_train"] < 0.01  # cdist's rounding; a real gap is ~5+
+    assert q["val/gan_frac_fake_closer_than_any_real"] == 1.0

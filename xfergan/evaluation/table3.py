@@ -17,6 +17,15 @@ def _number(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "unknown"
 
 
+def _steps(row: dict) -> str:
+    """An arm's optimizer steps (finetune: its pre-training's + its own)."""
+    steps = row.get("steps")
+    if not isinstance(steps, int):
+        return "unknown"
+    pre = row.get("steps_pre")
+    return f"{pre:,} + {steps:,}" if isinstance(pre, int) else f"{steps:,}"
+
+
 def write_table3(
     out: Path, dataset: str, n_per_class: int | None, seed: int, table: dict, results: dict
 ) -> None:
@@ -41,7 +50,7 @@ def write_table3(
         diff = f"{row['test/acc'] - base:+.4f}" if base is not None and arm != "real" else "—"
         lines.append(
             f"| {arm} | {row['label']} | {row['n_train_real']} | {row['n_train_synthetic']} | "
-            f"{_number(row.get('steps'))} | {_number(row.get('wall_s'))} | "
+            f"{_steps(row)} | {_number(row.get('wall_s'))} | "
             f"{row['test/acc']:.4f} | {diff} | {paper if paper is not None else '—'} |"
         )
     if paper_ref:
@@ -58,11 +67,12 @@ def write_table3(
         lines.append(
             f"Teacher filter ({k.rsplit('_', 1)[-1]}): min kept fraction per class {results[k]:.3f}"
         )
-    gan_dirs = sorted(
-        s for s in results.get("gans") or {} if (out / s / "samples_final.png").is_file()
-    )
-    if gan_dirs:
-        lines.append("GAN samples: " + ", ".join(f"{s}/samples_final.png" for s in gan_dirs))
+    grids = [f"{s}/samples_final.png" for s in sorted(results.get("gans") or {})]
+    grids = [g for g in grids if (out / g).is_file()]
+    if results.get("gan/samples") and Path(results["gan/samples"]).is_file():
+        grids.insert(0, results["gan/samples"])  # the GAN came from another run (gan_from)
+    if grids:
+        lines.append("GAN samples: " + ", ".join(grids))
     walls = results.get("stage_wall_s") or {}
     if walls:
         lines += [

@@ -108,13 +108,8 @@ class SemiGAN(SemiModule):
         root = self.trainer.default_root_dir if self.trainer is not None else None
         if not root or not self.trainer.is_global_zero:
             return
-        was = self.G.training
-        self.G.eval()
-        with torch.no_grad():
-            z = torch.randn(64, self.hparams.z_dim, device=self.device)
-            g = self.G(z, torch.zeros(64, dtype=torch.long, device=self.device))
-        self.G.train(was)
-        save_image((g.float() + 1) / 2, Path(root) / "samples_final.png", nrow=8, padding=2)
+        grid = self.sample(torch.zeros(64, dtype=torch.long))
+        save_image(grid, Path(root) / "samples_final.png", nrow=8, padding=2)
 
     def configure_optimizers(self):
         d = super().configure_optimizers()

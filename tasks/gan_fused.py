@@ -166,7 +166,7 @@ def save_gan(model, out, steps: int, epochs: int) -> None:
 
 def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> dict:
     """GAN `out`'s metrics.json and its own tracker runs, as task=gan's: `history` (step, loss_d,
-    loss_g) on Lightning's step axis (2 per G+D step), the sample grid, the checkpoint's lineage,
+    loss_g; plain numbers) on Lightning's step axis (2 per G+D step), the sample grid, the checkpoint's lineage,
     metrics.json as the summary. Returns the payload written."""
     from xfergan import tracking
     from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
@@ -176,13 +176,9 @@ def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> d
     loggers, failed = [], True
     try:
         loggers = build_loggers(cfg, out, job_type="gan", tags=["gan", "fused"], sizes=dm.sizes())
-        if history:
-            steps = [t for t, _, _ in history]
-            loss_d = torch.stack([d for _, d, _ in history]).tolist()  # one host read
-            loss_g = torch.stack([g for _, _, g in history]).tolist()
-            for t, d, g in zip(steps, loss_d, loss_g):
-                for lg in loggers:
-                    lg.log_metrics({"gan/loss_d": d, "gan/loss_g": g}, step=2 * t)
+        for t, d, g in history:
+            for lg in loggers:
+                lg.log_metrics({"gan/loss_d": d, "gan/loss_g": g}, step=2 * t)
         log_image(loggers, "gan/samples", out / "samples" / "final.png", caption="final")
         last = Path(metrics["gan/checkpoint"])
         record_lineage(loggers, {}, (artifact_name("gan", last), "model", str(last)))
@@ -253,6 +249,9 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             raise UserError(f"GAN diverged (NaN/Inf losses) at step {fused.steps}, seeds {which}")
     train_s = round(time.time() - t0, 3)
     metrics = {"gan/steps": fused.steps, "gan/fused_k": len(seeds), "gan/train_s": train_s}
+    logged = [t for t, _, _ in history]  # every GAN's losses in one host read: [T, K] each
+    hist_d = torch.stack([d for _, d, _ in history]).tolist() if history else []
+    hist_g = torch.stack([g for _, _, g in history]).tolist() if history else []
     for i, (s, c, dm) in enumerate(zip(seeds, cfgs, dms)):
         d = output_dir(c)
         model = fused.gan(i)
@@ -276,7 +275,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             **dm.sizes(),
         }
         own.update(evaluate_quality(c, model, dm))
-        track_gan(c, d, dm, own, [(t, ld[i], lg[i]) for t, ld, lg in history])
+        track_gan(c, d, dm, own, [(t, ld[i], lg[i]) for t, ld, lg in zip(logged, hist_d, hist_g)])
         metrics[f"gan/checkpoint_seed{s}"] = str(last)
     log.info("trained %d GANs as one in %.1f s: %s", len(seeds), train_s, out)
     return metrics

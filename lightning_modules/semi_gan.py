@@ -8,6 +8,8 @@ checkpoint (inference loads the classifier alone: ClassifierModule.load_safely).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,6 +20,22 @@ from lightning_modules.semi import SemiModule
 from xfergan.schema import SemiGANConfig
 
 _S = SemiGANConfig()
+
+
+@contextmanager
+def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
+    """Train-mode passes inside leave every BatchNorm's running statistics as they were (they
+    still normalize with their own batch): the generator's images must not become part of the
+    statistics the classifier is tested with."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
 
 
 class SemiGAN(SemiModule):
@@ -73,8 +91,12 @@ class SemiGAN(SemiModule):
         n = hp.mu * len(x)
         u = self._view(self.unlabelled_batch(n), False)
         fake = self.generate(n)
-        logits = self(torch.cat([x, u, fake.detach()]))
-        lx, lu, lf = logits[: len(x)], *logits[len(x) :].chunk(2)
+        # real images (labelled + pool) in one pass, the generator's in their own: a BatchNorm
+        # classifier's running statistics (what it is tested with) come from real images only
+        logits = self(torch.cat([x, u]))
+        lx, lu = logits[: len(x)], logits[len(x) :]
+        with frozen_norm_stats(self.net):
+            lf = self(fake.detach())
         loss_x = self._loss(lx, target)
         lse_u, lse_f = lu.float().logsumexp(1), lf.float().logsumexp(1)
         # -log D(u) - log(1 - D(g)) with D = Z / (Z + 1): softplus(lse) - lse, softplus(lse)
@@ -89,7 +111,8 @@ class SemiGAN(SemiModule):
         # G: the mean feature of its images -> the mean feature of unlabelled real ones
         with torch.no_grad():
             target_f = self.features(u).float().mean(0)
-        loss_g = F.mse_loss(self.features(fake).float().mean(0), target_f)
+        with frozen_norm_stats(self.net):
+            loss_g = F.mse_loss(self.features(fake).float().mean(0), target_f)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()

@@ -22,7 +22,10 @@ def main(cfg: DictConfig) -> float | None:
     from tasks import run_task
     from xfergan.ddp import job_scope
 
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    hc = HydraConfig.get()
+    multirun = hc.mode.name == "MULTIRUN"
+    # only a sweeper that optimizes (Optuna) reads the returned objective; the basic one does not
+    optimizing = multirun and "BasicSweeper" not in str(hc.sweeper.get("_target_", ""))
     objective = str(cfg.sweep.objective)
     try:
         with job_scope():
@@ -42,7 +45,7 @@ def main(cfg: DictConfig) -> float | None:
         raise
     value = metrics.get(objective)  # returned to sweepers (Optuna): a validation number
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        if multirun:
+        if optimizing:
             log.warning("sweep.objective=%s is not in this job's metrics.json", objective)
         return None
     return float(value)

@@ -285,5 +285,6 @@ def run(cfg: DictConfig) -> dict:
         metrics["semi/method"] = str(cfg.semi.method)
     metrics["step_budget"] = budget
     metrics.update(sizes)
+    metrics["val_class_counts"] = dm.class_counts("val")  # the labelled budget's val part
     metrics.update(evaluation.tested_sizes(model, sizes["n_test"]))
     return metrics

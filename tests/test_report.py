@@ -388,6 +388,7 @@ def test_the_labelled_budget_is_the_real_arms(tmp_path):
         for arm, (tr, va) in stages.items():
             (d / f"classify_{arm}").mkdir()
             st = {"class_names": ["a", "b"], "n_train_real": tr, "n_val": va}
+            st["val_class_counts"] = [va // 2, va // 2]
             (d / f"classify_{arm}" / "metrics.json").write_text(json.dumps(st))
     md, rep, _ = _report(sweep)
     assert rep["arms"]["groups"][0]["labelled"] == (
@@ -395,3 +396,23 @@ def test_the_labelled_budget_is_the_real_arms(tmp_path):
         "teacher: 4 train + 8 val per class (24 labelled images)"
     )
     assert "labelled budget 8 train + 8 val per class (32 labelled images) (real)" in md
+
+
+@pytest.mark.parametrize("counts", [[135, 389], None])
+def test_a_val_split_not_drawn_per_class_is_not_called_per_class(tmp_path, counts):
+    """PneumoniaMNIST's official val split (135 normal, 389 pneumonia) beside 20 labelled
+    training images per class: the budget line said '262 val per class'; a stage that did not
+    record its val class counts is not called per class either."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        d = sweep / str(seed)
+        _pipeline_run(d, seed, 20, {"real": 0.8 + seed / 100}, {"n_per_class": 20})
+        (d / "classify_real").mkdir()
+        st = {"class_names": ["normal", "pneumonia"], "n_train_real": 40, "n_val": 524}
+        if counts:
+            st["val_class_counts"] = counts
+        (d / "classify_real" / "metrics.json").write_text(json.dumps(st))
+    _, rep, _ = _report(sweep)
+    assert rep["arms"]["groups"][0]["labelled"] == (
+        "20 train per class + 524 val images (564 labelled images)"
+    )

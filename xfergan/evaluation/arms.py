@@ -125,16 +125,21 @@ def same_test_set(preds: dict, unusable: dict) -> dict:
 
 
 def _labelled(run: dict, arm: str) -> str | None:
-    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics; None when
-    the arm trained on no real image (or did not record it)."""
+    """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics ('20 train
+    per class + 524 val images' when val is not the same number per class, or a stage did not
+    record its val class counts); None when the arm trained on no real image (or did not record
+    it)."""
     st = _stage(run, arm)
     k = len(st.get("class_names") or [])
     tr, va = st.get("n_train_real"), st.get("n_val")
     if not k or not tr or va is None:
         return None
-    if run.get("n_per_class") is not None and tr % k == 0 and va % k == 0:
+    if run.get("n_per_class") is None or tr % k:
+        return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
+    counts = st.get("val_class_counts")  # val per class only where it was (PneumoniaMNIST's
+    if isinstance(counts, list) and len(set(counts)) == 1:  # official val split is not)
         return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
-    return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
+    return f"{tr // k} train per class + {va} val images ({tr + va} labelled images)"
 
 
 def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:

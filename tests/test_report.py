@@ -307,6 +307,26 @@ def test_every_declared_primary_counts_in_holms_family(tmp_path):
     assert "| not compared | not compared: unequal step budgets |" in md
 
 
+def test_a_holm_verdict_whose_simultaneous_interval_includes_zero_is_explained(tmp_path):
+    """Two primaries: b − real far from 0, c − real with t = 3.0 over 5 seeds (p 0.0399): Holm's
+    step-down p for c is its own p (< 0.05: helps) while its Bonferroni interval (level 97.5%)
+    includes 0. report.md says why the verdict and the interval seem to disagree."""
+    sweep = tmp_path / "sweep"
+    decl = {"primary": [["b", "real"], ["c", "real"]], "primary_metric": "test/acc"}
+    c_minus_real = [0.01, 0.02, 0.03, 0.00, 0.015]
+    for seed, dc in enumerate(c_minus_real):
+        r = 0.80 + seed / 100
+        accs = {"real": r, "b": r + 0.10 + seed / 1000, "c": r + dc}
+        _pipeline_run(sweep / str(seed), seed, 8, accs, decl)
+    md, rep, _ = _report(sweep)
+    c = next(d for d in rep["arms"]["groups"][0]["paired"] if d["arm"] == "c")
+    assert c["p"] == pytest.approx(0.0399, abs=5e-4) and c["p_holm"] == pytest.approx(c["p"])
+    assert c["verdict"] == "helps" and c["low_corrected"] < 0 < c["low"]
+    assert "Holm's step-down test finds an effect where the simultaneous (Bonferroni) " in md
+    note = md.split("interval still includes 0: ")[1].split(". The verdict")[0]
+    assert note == "c − real"  # not b, whose interval excludes 0
+
+
 def test_steps_or_image_ids_not_recorded_are_not_compared(tmp_path):
     """Point 7: synthetic's steps were not recorded, mixed's real-image ids not at seed 1: not
     compared, and said why. finetune shows its pre-training steps beside its own."""

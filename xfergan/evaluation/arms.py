@@ -628,6 +628,19 @@ def arm_lines(a: dict, row, head) -> list[str]:
                 d["verdict"],
             ]
             lines.append(row(cells))
+        wider = [
+            f"{d['arm']} − {d['baseline']}" + "".join(f" ({g['group'][k]})" for k in keys)
+            for g, d in prim
+            if d["verdict"] in ("helps", "hurts")
+            and d.get("low_corrected", math.nan) <= 0 <= d.get("high_corrected", math.nan)
+        ]
+        if wider:  # not a contradiction: Holm's step-down test is the sharper of the two
+            lines += [
+                "",
+                "Holm's step-down test finds an effect where the simultaneous (Bonferroni) "
+                "interval still includes 0: " + ", ".join(wider) + ". The verdict is the "
+                "declared test's; the interval bounds the size of the effect less tightly.",
+            ]
     lines += [
         "",
         "## Exploratory comparisons (uncorrected; not what the experiment was built to answer)",

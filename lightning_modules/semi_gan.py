@@ -24,18 +24,21 @@ _S = SemiGANConfig()
 
 @contextmanager
 def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
-    """Train-mode passes inside leave every BatchNorm's running statistics as they were (they
-    still normalize with their own batch): the generator's images must not become part of the
-    statistics the classifier is tested with."""
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum) for m in norms]
+    """Train-mode passes inside leave every BatchNorm's running statistics and its batch count
+    as they were (they still normalize with their own batch): the generator's images must not
+    become part of the statistics the classifier is tested with."""
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats
+    ]
     for m in norms:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        m.track_running_stats = False  # train mode: batch statistics, no buffer touched
     try:
         yield
     finally:
-        for m, momentum in saved:
-            m.momentum = momentum
+        for m in norms:
+            m.track_running_stats = True
 
 
 class SemiGAN(SemiModule):

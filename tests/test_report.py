@@ -307,6 +307,25 @@ def test_every_declared_primary_counts_in_holms_family(tmp_path):
     assert "| not compared | not compared: unequal step budgets |" in md
 
 
+def test_stages_of_two_versions_are_worded_alike_not_as_disagreeing_arms(tmp_path):
+    """A pipeline resumed across versions: real's stage recorded its val class counts, the
+    teacher's (reused) did not; both have 8 train + 80 val images: one budget, no 'disagree'."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        d = sweep / str(seed)
+        _pipeline_run(d, seed, 8, {"real": 0.8 + seed / 100, "teacher": 0.85}, {"n_per_class": 8})
+        for arm in ("real", "teacher"):
+            (d / f"classify_{arm}").mkdir()
+            st = {"class_names": list("abcdefghij"), "n_train_real": 80, "n_val": 80}
+            if arm == "real":
+                st["val_class_counts"] = [8] * 10
+            (d / f"classify_{arm}" / "metrics.json").write_text(json.dumps(st))
+    _, rep, _ = _report(sweep)
+    assert rep["arms"]["groups"][0]["labelled"] == (
+        "8 train per class + 80 val images (160 labelled images)"
+    )
+
+
 def test_a_holm_verdict_whose_simultaneous_interval_includes_zero_is_explained(tmp_path):
     """Two primaries: b − real far from 0, c − real with t = 3.0 over 5 seeds (p 0.0399): Holm's
     step-down p for c is its own p (< 0.05: helps) while its Bonferroni interval (level 97.5%)

@@ -281,7 +281,7 @@ def test_the_semi_gans_generated_images_never_enter_the_statistics_it_is_tested_
     def stats(net):
         return torch.cat(
             [
-                torch.cat([m.running_mean, m.running_var])
+                torch.cat([m.running_mean, m.running_var, m.num_batches_tracked.view(1).float()])
                 for m in net.modules()
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
             ]

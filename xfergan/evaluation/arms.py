@@ -124,11 +124,11 @@ def same_test_set(preds: dict, unusable: dict) -> dict:
     return out
 
 
-def _labelled(run: dict, arm: str) -> str | None:
+def _labelled(run: dict, arm: str, counted: bool = True) -> str | None:
     """'8 train + 8 val per class (160 labelled images)' from an arm's stage metrics ('20 train
     per class + 524 val images' when val is not the same number per class, or a stage did not
-    record its val class counts); None when the arm trained on no real image (or did not record
-    it)."""
+    record its val class counts, or `counted` is False); None when the arm trained on no real
+    image (or did not record it)."""
     st = _stage(run, arm)
     k = len(st.get("class_names") or [])
     tr, va = st.get("n_train_real"), st.get("n_val")
@@ -137,7 +137,7 @@ def _labelled(run: dict, arm: str) -> str | None:
     if run.get("n_per_class") is None or tr % k:
         return f"{tr} train + {va} val images ({tr + va} labelled; not per class)"
     counts = st.get("val_class_counts")  # val per class only where it was (PneumoniaMNIST's
-    if isinstance(counts, list) and len(set(counts)) == 1:  # official val split is not)
+    if counted and isinstance(counts, list) and len(set(counts)) == 1:  # official val is not)
         return f"{tr // k} train + {va // k} val per class ({tr + va} labelled images)"
     return f"{tr // k} train per class + {va} val images ({tr + va} labelled images)"
 
@@ -147,7 +147,12 @@ def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
     arms that trained on another real budget are named after it."""
     if not rs:
         return None
-    by_arm = {a: b for a in arms if (b := _labelled(rs[0], a))}
+    # a pipeline resumed across versions: stages that did not record their val class counts
+    # beside ones that did are all worded without them (not "arms disagree")
+    counted = all(
+        "val_class_counts" in _stage(rs[0], a) for a in arms if _labelled(rs[0], a, False)
+    )
+    by_arm = {a: b for a in arms if (b := _labelled(rs[0], a, counted))}
     if not by_arm:
         return None
     main = "real" if "real" in by_arm else next(iter(by_arm))

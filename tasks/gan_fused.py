@@ -166,8 +166,8 @@ def save_gan(model, out, steps: int, epochs: int) -> None:
 
 def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> dict:
     """GAN `out`'s metrics.json and its own tracker runs, as task=gan's: `history` (step, loss_d,
-    loss_g; plain numbers) on Lightning's step axis (2 per G+D step), the sample grid, the checkpoint's lineage,
-    metrics.json as the summary. Returns the payload written."""
+    loss_g; plain numbers) on Lightning's step axis (2 per G+D step), the sample grid, the
+    checkpoint's lineage, metrics.json as the summary. Returns the payload written."""
     from xfergan import tracking
     from xfergan.tracking.wandb_backend import artifact_name, log_image, record_lineage
 
@@ -249,9 +249,8 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             raise UserError(f"GAN diverged (NaN/Inf losses) at step {fused.steps}, seeds {which}")
     train_s = round(time.time() - t0, 3)
     metrics = {"gan/steps": fused.steps, "gan/fused_k": len(seeds), "gan/train_s": train_s}
-    logged = [t for t, _, _ in history]  # every GAN's losses in one host read: [T, K] each
-    hist_d = torch.stack([d for _, d, _ in history]).tolist() if history else []
-    hist_g = torch.stack([g for _, _, g in history]).tolist() if history else []
+    logged = [t for t, _, _ in history]  # every GAN's losses in one host read: [T, 2, K]
+    losses = torch.stack([torch.stack([d, g]) for _, d, g in history]).tolist() if history else []
     for i, (s, c, dm) in enumerate(zip(seeds, cfgs, dms)):
         d = output_dir(c)
         model = fused.gan(i)
@@ -275,7 +274,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             **dm.sizes(),
         }
         own.update(evaluate_quality(c, model, dm))
-        track_gan(c, d, dm, own, [(t, ld[i], lg[i]) for t, ld, lg in zip(logged, hist_d, hist_g)])
+        track_gan(c, d, dm, own, [(t, dg[0][i], dg[1][i]) for t, dg in zip(logged, losses)])
         metrics[f"gan/checkpoint_seed{s}"] = str(last)
     log.info("trained %d GANs as one in %.1f s: %s", len(seeds), train_s, out)
     return metrics

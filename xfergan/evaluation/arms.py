@@ -147,12 +147,11 @@ def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
     arms that trained on another real budget are named after it."""
     if not rs:
         return None
+    trained = [a for a in arms if _labelled(rs[0], a, False)]  # on real images
     # a pipeline resumed across versions: stages that did not record their val class counts
     # beside ones that did are all worded without them (not "arms disagree")
-    counted = all(
-        "val_class_counts" in _stage(rs[0], a) for a in arms if _labelled(rs[0], a, False)
-    )
-    by_arm = {a: b for a in arms if (b := _labelled(rs[0], a, counted))}
+    counted = all("val_class_counts" in _stage(rs[0], a) for a in trained)
+    by_arm = {a: _labelled(rs[0], a, counted) for a in trained}
     if not by_arm:
         return None
     main = "real" if "real" in by_arm else next(iter(by_arm))

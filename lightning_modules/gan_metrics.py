@@ -4,6 +4,8 @@ Kynkäänniemi et al. 2019), and a memorization check (nearest-neighbour distanc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -69,11 +71,25 @@ def equal_per_class(real_y: torch.Tensor, fake_y: torch.Tensor) -> list[tuple[to
     return out
 
 
-def nn_distance(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    q, r = query.flatten(1).float(), ref.flatten(1).float()
-    return torch.cat(
-        [torch.cdist(q[i : i + 1000], r).min(dim=1).values for i in range(0, len(q), 1000)]
-    )
+def nn_distance(
+    query: torch.Tensor,
+    ref: torch.Tensor,
+    prep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Each query image's L2 distance to its nearest `ref` image. `ref` is read `chunk` images
+    at a time, each made float by `prep` (e.g. uint8 -> [0, 1] at the GAN's size) when given:
+    a reference of tens of thousands of large images (a semi-supervised GAN's pool) never
+    exists as one float tensor."""
+    q = query.flatten(1).float()
+    best = torch.full((len(q),), float("inf"), device=q.device)
+    for j in range(0, len(ref), chunk):
+        r = ref[j : j + chunk]
+        r = (prep(r) if prep is not None else r).flatten(1).float()
+        for i in range(0, len(q), 1000):
+            d = torch.cdist(q[i : i + 1000], r).min(dim=1).values
+            best[i : i + 1000] = torch.minimum(best[i : i + 1000], d)
+    return best
 
 
 def gan_quality(
@@ -85,6 +101,7 @@ def gan_quality(
     train: torch.Tensor,
     k: int = 3,
     prefix: str = "val/gan_",
+    train_prep: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """All images float in [0, 1], [N, C, H, W], at the GAN's resolution, on the device the
     features are computed on. `real_test` are the real images compared against (never the
@@ -120,8 +137,8 @@ def gan_quality(
         out[f"{prefix}recall_per_class_mean"] = sum(recalls) / len(recalls)
         out[f"{prefix}recall_per_class_min"] = min(recalls)
     # memorization: how close samples sit to the few training images, vs real test images
-    d_fake = nn_distance(fake, train)
-    d_test = nn_distance(real_test[: len(fake)], train)
+    d_fake = nn_distance(fake, train, train_prep)  # `train` made float a chunk at a time
+    d_test = nn_distance(real_test[: len(fake)], train, train_prep)
     out[f"{prefix}nn_dist_fake_to_train"] = d_fake.mean().item()
     out[f"{prefix}nn_dist_real_to_train"] = d_test.mean().item()
     out[f"{prefix}memorization_ratio"] = (d_fake.mean() / d_test.mean().clamp(min=1e-8)).item()

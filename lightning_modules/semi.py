@@ -32,14 +32,31 @@ class SemiModule(ClassifierModule):
         preprocessing (resize, the dataset's augmentation when train, normalization)."""
         self._pool, self._view, self._pool_seed = images, view, int(seed)
         self._gen: torch.Generator | None = None
+        self._gen_state: torch.Tensor | None = getattr(self, "_gen_state", None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        gen = getattr(self, "_gen", None)
+        if gen is not None:  # the pool draws so far: a resumed run continues them
+            checkpoint["xfergan_pool_rng"] = gen.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._gen, self._gen_state = None, checkpoint.get("xfergan_pool_rng")
 
     def unlabelled_batch(self, n: int) -> torch.Tensor:
         pool = self._pool
         if pool.device != self.device and pool.numel() < (2 << 30):
             self._pool = pool = pool.to(self.device)  # small pools live on the device
-        if self._gen is None:  # each DDP rank its own draws; a resumed run draws afresh
+        if self._gen is None:  # each DDP rank its own draws; a resumed run continues them
             seed = self._pool_seed * 1_000 + self.global_rank
+            state, self._gen_state = getattr(self, "_gen_state", None), None
+            one_process = getattr(self._trainer, "world_size", 1) == 1
+            if self.global_step and not (state is not None and one_process):
+                seed += 1_000_003 * self.global_step  # DDP (rank 0's state only): fresh draws
             self._gen = torch.Generator(device=pool.device).manual_seed(seed)
+            if state is not None and one_process:
+                self._gen.set_state(state)
         idx = torch.randint(len(pool), (n,), generator=self._gen, device=pool.device)
         return pool[idx].to(self.device, non_blocking=True)
 

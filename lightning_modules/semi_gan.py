@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.nets.gan_nets import Generator
+from lightning_modules.nets.gan_nets import Generator, _plan
 from lightning_modules.semi import SemiModule
 from xfergan.schema import SemiGANConfig
 
@@ -39,6 +39,34 @@ def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+def check_settings(trainer_cfg: Any, pool_side: int | None = None) -> None:
+    """What this module cannot do, in one line before anything trains: it steps its optimizers
+    itself (manual optimization: Lightning refuses gradient clipping and accumulation for it,
+    after the stages before it have trained), and its generator draws images at the pool's side,
+    which must be 4·2^k or 7·2^k."""
+    from xfergan.errors import UserError
+
+    if trainer_cfg.get("gradient_clip_val"):
+        raise UserError(
+            "semi.method=semi_gan steps its own optimizers: it has no gradient clipping; set "
+            "trainer.gradient_clip_val=null for it (e.g. pipeline.arm_overrides.semi_gan)"
+        )
+    if int(trainer_cfg.get("accumulate_grad_batches") or 1) > 1:
+        raise UserError(
+            "semi.method=semi_gan steps its own optimizers: it has no gradient accumulation; "
+            "set trainer.accumulate_grad_batches=1 for it"
+        )
+    if pool_side is not None:
+        try:
+            _plan(int(pool_side))
+        except ValueError:
+            raise UserError(
+                f"semi.method=semi_gan: its generator draws images at the unlabelled pool's side, "
+                f"{pool_side} px, which must be 4·2^k or 7·2^k (e.g. 28, 32, 64, 128); set "
+                "dataset.image_size to one"
+            ) from None
 
 
 class SemiGAN(SemiModule):

@@ -13,6 +13,7 @@ from lightning_modules.classifier import ClassifierModule
 from lightning_modules.nets.backbones import MIN_IMAGE_SIZE
 from lightning_modules.semi import FixMatch
 from lightning_modules.semi_gan import SemiGAN
+from lightning_modules.semi_gan import check_settings as check_semi_gan
 from xfergan.errors import UserError
 from xfergan.evaluation import outputs as evaluation
 from xfergan.ranks import is_global_zero
@@ -56,6 +57,7 @@ def build_classifier(cfg: DictConfig, dm) -> ClassifierModule:
     extra = dict(cfg.semi[method]) if method else {}
     if method == "semi_gan":  # its generator draws images like the pool's (before resizing)
         pool = dm.unlabelled_images()
+        check_semi_gan(cfg.trainer, int(pool.shape[-1]))
         extra["pool_shape"] = (int(pool.shape[1]), int(pool.shape[-1]))
     return SEMI_METHODS.get(method, ClassifierModule)(
         **extra,

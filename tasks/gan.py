@@ -299,9 +299,16 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     seen = dm.splits.train.x
     if not conditional and dm.unlabelled is not None:  # its G was fitted to the pool
         seen = torch.cat([seen, dm.unlabelled_images()])
-    train = to_gan_size(seen.to(dev).float() / 255.0, size)
-    out = gan_quality(
-        feats, real, real_y, fake, fake_y, train, k=cfg.gan.knn_k, prefix=f"{split}/gan_"
+    out = gan_quality(  # the training images stay uint8: made float a chunk at a time
+        feats,
+        real,
+        real_y,
+        fake,
+        fake_y,
+        seen.to(dev),
+        k=cfg.gan.knn_k,
+        prefix=f"{split}/gan_",
+        train_prep=lambda x: to_gan_size(x.float() / 255.0, size),
     )
     if not conditional:
         out = {k: v for k, v in out.items() if "_per_class_" not in k}

@@ -24,6 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_modules.semi_gan import check_settings as check_semi_gan
 from tasks import classify, pseudolabel, synthesize
 from tasks import gan as gan_task
 from xfergan.errors import SelectionError, UserError
@@ -533,6 +534,12 @@ def _pipeline(cfg: DictConfig) -> dict:
             )
         for arm in cfg.pipeline.teacher_ensemble:
             arm_spec(cfg, arm)
+    for name in arms:  # what the semi-supervised GAN cannot do: said before anything trains
+        base, _, variant = arm_spec(cfg, name)
+        if base == "semi_gan":
+            tuned = cfg.pipeline.arm_overrides or {}
+            over = {**dict(tuned.get(base, {}) or {}), **variant, **dict(tuned.get(name, {}) or {})}
+            check_semi_gan(stage_cfg(cfg, out, "classify", over).trainer)
     ctx = Context(cfg, out)
     table = {}
     for name in arms:  # an arm a distill arm already needed (the teacher) is not run twice

@@ -107,3 +107,42 @@ def test_last_ckpt_holds_the_final_weights_whatever_val_did(tmp_path):
     assert blob["global_step"] == m["global_step"] == 15
     best = safe_torch_load(m["best_checkpoint"], "best")
     assert best["global_step"] == 10  # the best by val: the one epoch val ran after
+
+
+def test_a_resumed_stage_keeps_the_val_curve_of_its_first_attempt(tmp_path, monkeypatch):
+    """Stopped after 2 of 4 epochs and resumed: the stage's val curve (what report.md's
+    "where each method is heading" plots) holds all 4 val points, as an uninterrupted run's
+    does. Lightning's CSVLogger empties csv/metrics.csv when the resumed fit starts, which
+    left only epochs 3 and 4. A fresh start in the same dir drops the earlier attempt's log."""
+    import tasks.classify
+    from tests.test_gan import _StopAfter
+    from xfergan.evaluation.curves import _points
+
+    args = FAST + [
+        "dataset=mnist",
+        "dataset.n_per_class=4",
+        "dataset.val_per_class=3",
+        "dataset.batch_size=8",  # 40 images: 5 steps an epoch
+        "trainer.max_epochs=4",
+        "trainer.max_steps=-1",
+        "trainer.check_val_every_n_epoch=1",
+        "logger=csv",
+    ]
+    whole = tmp_path / "whole"
+    run_task(compose(args, whole))
+    part = tmp_path / "part"
+    build = tasks.classify.build_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(tasks.classify, "build_callbacks", lambda *a: [*build(*a), _StopAfter(2)])
+        assert run_task(compose(args, part))["global_step"] == 10
+    assert run_task(compose(args + ["resume=true"], part))["global_step"] == 20
+    want = _points(whole)
+    assert [s for s, _ in want][:4] == [4, 9, 14, 19]  # each epoch's val (then the final one)
+    # every point of the uninterrupted run, the same values (plus the stopped fit's own end-of-
+    # fit val at step 10: a true point of the same training)
+    got = dict(_points(part))
+    assert set(got) == {s for s, _ in want} | {10}
+    assert [got[s] for s, _ in want] == pytest.approx([v for _, v in want], abs=1e-6)
+    # a fresh start (resume=false) in the same dir: only its own points
+    run_task(compose(args + ["trainer.max_epochs=1"], part))
+    assert max(s for s, _ in _points(part)) <= 5 and not list((part / "csv").glob("metrics.*.csv"))

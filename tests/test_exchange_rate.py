@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def _job(d, seed, n, accs, overrides=(), extra=None):
     _pipeline_run(d, seed, n, accs, meta, overrides)
 
 
-def _main(sweep):
+def _main(sweep, overrides=()):
     """Every arm at n = 8, seeds 200-204, the primaries declared: distill_gan at 0.4 + 0.08
     log2 12 (worth 12), distill_real at 0.70 (worth 2^3.75), synthetic 0.50 (below 4), mixed
     0.95 (above 64)."""
@@ -140,14 +141,14 @@ def _main(sweep):
             "distill_real": 0.70 + NOISE[-1 - j],  # not a constant away from distill_gan
             "distill_gan": _acc(12) + e,
         }
-        _job(sweep / str(j), s, 8, accs, extra={"primary": PRIMARY})
+        _job(sweep / str(j), s, 8, accs, overrides, extra={"primary": PRIMARY})
 
 
-def _curve(sweep):
+def _curve(sweep, ns=(4, 16, 32, 64), offset=0.0):
     """`real` alone at n = 4, 16, 32, 64, the same seeds, nothing declared, no teacher (as
     README's curve command runs it: these choose arms, not how `real` trains)."""
     job = 0
-    for n in (4, 16, 32, 64):
+    for n in ns:
         for j, s in enumerate(range(200, 205)):
             ov = [
                 "pipeline.arms=[real]",
@@ -155,7 +156,8 @@ def _curve(sweep):
                 "pipeline.teacher_ensemble=[]",
                 "pipeline.unequal_budgets=[]",
             ]
-            _job(sweep / str(job), s, n, {"real": _acc(n) + DELTA[j]}, ov, {"primary": []})
+            real = _acc(n) + DELTA[j] + offset
+            _job(sweep / str(job), s, n, {"real": real}, ov, {"primary": []})
             job += 1
 
 
@@ -236,3 +238,70 @@ def test_the_report_says_what_each_arm_is_worth_in_real_images(tmp_path):
     assert json.loads((alone / "report.json").read_text())["exchange_rates"] == {}
     assert "kind" not in (alone / "report.csv").read_text().splitlines()[0].split(",")
     assert not (alone / "plot_exchange_rates.png").exists()
+
+
+def _report(d, tmp_path):
+    run_task(compose(["task=report", f"dir={d}", "logger=none"], tmp_path / "rep"))
+    return json.loads((d / "report.json").read_text())["exchange_rates"], (
+        d / "report.md"
+    ).read_text()
+
+
+def test_settings_of_other_arms_do_not_cut_the_curve_off(tmp_path):
+    """main/ swept over two unlabelled-pool caps (which only the semi-supervised arms read) beside
+    a curve run without a cap: both compared groups are read off the one curve (before, the cap
+    split every group from the curve and the section vanished without a word)."""
+    study = tmp_path / "study"
+    _main(study / "cap1k", ["dataset.unlabelled_cap=1000"])
+    _main(study / "cap2k", ["dataset.unlabelled_cap=2000"])
+    _curve(study / "curve")
+    x, md = _report(study, tmp_path)
+    assert len(x["compared"]) == 2 and len(x["curves"]) == 1
+    assert {c["group"]["dataset.unlabelled_cap"] for c in x["compared"]} == {"1000", "2000"}
+    for c in x["compared"]:
+        assert c["arms"]["distill_gan"]["point"] == pytest.approx(12)
+    # both compared groups ran `real` at n = 8: the curve counts one, and says so
+    assert "`real` ran more than once at n=8 for seeds 200, 201, 202, 203, 204" in md
+
+
+def test_a_compared_group_without_its_curve_is_said_not_dropped(tmp_path):
+    """main/ at a learning rate the curve's `real` runs did not use: no rate can be read (the
+    curve is another training), and report.md says which group and which key differs."""
+    study = tmp_path / "study"
+    _main(study / "main", ["model.optimizer.lr=0.01"])
+    _curve(study / "curve")
+    x, md = _report(study, tmp_path)
+    assert x["compared"] == [] and len(x["unmatched"]) == 1
+    assert "## Worth in real labelled images per class (test/acc)" in md
+    assert "no exchange rate for " in md and "model.optimizer.lr=0.01" in md
+    assert "(the curve's runs differ in model.optimizer.lr)" in md
+    assert not (study / "plot_exchange_rates.png").exists()
+
+
+def test_real_twice_at_the_compared_n_uses_the_paired_run(tmp_path):
+    """The curve sweep also ran n = 8 (0.03 higher than main/'s paired `real`): the curve at n = 8
+    is main/'s run, so `real` is worth exactly its own 8 and distill_gan 12 (before, the
+    curve-only run overwrote it, last by dir), and the note names the duplicate."""
+    study = tmp_path / "study"
+    _main(study / "main")
+    _curve(study / "curve", ns=(4, 8, 16, 32, 64), offset=0.03)
+    x, md = _report(study, tmp_path)
+    (c,) = x["compared"]
+    assert x["curves"][0]["by_seed"]["200"]["8"] == pytest.approx(_acc(8) + DELTA[0])
+    assert c["arms"]["real"]["point"] == pytest.approx(8)
+    assert "`real` ran more than once at n=8 for seeds 200, 201, 202, 203, 204" in md
+
+
+def test_a_rewritten_report_leaves_no_earlier_plot_behind(tmp_path):
+    """Reported with the curve, then again after the curve's runs were removed: no exchange
+    rates, and no plot_exchange_rates.png from the first report beside the new report.md (its
+    PNGs also go to W&B); a user's own file in the dir stays."""
+    parent, _ = _reported_study(tmp_path)
+    assert (parent / "plot_exchange_rates.png").is_file()
+    (parent / "notes.txt").write_text("mine")
+    shutil.rmtree(parent / "curve")
+    x, md = _report(parent, tmp_path)
+    assert x == {} and "Worth in real labelled images" not in md
+    assert not (parent / "plot_exchange_rates.png").exists()
+    assert (parent / "plot_arms.png").is_file() and (parent / "report_paired.csv").is_file()
+    assert (parent / "notes.txt").read_text() == "mine"

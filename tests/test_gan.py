@@ -392,3 +392,21 @@ def test_the_whole_step_compiled_trains_and_matches_the_eager_step(tmp_path, mon
     m._trainer = types.SimpleNamespace(world_size=2, precision="32-true")
     with pytest.raises(UserError, match="gan.compile=step trains on one device"):
         m.setup("fit")
+
+
+def test_memorization_reads_a_large_reference_a_chunk_at_a_time():
+    """nn_distance over uint8 training images made float a chunk at a time (what a semi GAN's
+    pool of tens of thousands of large images needs) equals the distance to the whole float set."""
+    from lightning_modules.gan_metrics import nn_distance
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randint(0, 256, (70, 1, 6, 6), dtype=torch.uint8, generator=g)
+    query = torch.rand(25, 1, 4, 4, generator=g)
+
+    def prep(x):
+        return torch.nn.functional.interpolate(x.float() / 255, size=4, mode="bilinear")
+
+    whole = torch.cdist(query.flatten(1), prep(ref).flatten(1)).min(dim=1).values
+    chunked = nn_distance(query, ref, prep, chunk=16)  # 5 chunks, the last one short
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert torch.allclose(nn_distance(query, prep(ref)), whole, atol=1e-6)

@@ -455,3 +455,54 @@ def test_a_val_split_not_drawn_per_class_is_not_called_per_class(tmp_path, count
     assert rep["arms"]["groups"][0]["labelled"] == (
         "20 train per class + 524 val images (564 labelled images)"
     )
+
+
+def test_val_curves_keep_groups_apart_and_count_seeds_once(tmp_path):
+    """report_curves.csv / plot_val_curves.png: runs that differ in a swept key besides n (here
+    the unlabelled cap) are separate curves (before, grouped by n alone, they were averaged into
+    one line), a seed run twice counts once (the report's rule: the first by dir), and
+    n_per_class sorts as numbers."""
+    from xfergan.evaluation.curves import training_curves, write_curves
+    from xfergan.evaluation.report_files import collect, swept_keys
+
+    sweep, job = tmp_path / "sweep", 0
+    for n in (16, 4, 8):
+        for cap in (100, 200):
+            for seed in (0, 1, 1):  # seed 1 twice: a duplicate job
+                d = sweep / str(job)
+                _pipeline_run(d, seed, n, {"real": 0.5}, None, [f"dataset.unlabelled_cap={cap}"])
+                (d / "classify_real" / "csv").mkdir(parents=True)
+                val = cap / 1000 + (0.5 if job % 3 == 2 else 0.0)  # the duplicate is off
+                (d / "classify_real" / "csv" / "metrics.csv").write_text(
+                    f"step,val/acc\n10,{val}\n20,{val + 0.01}\n"
+                )
+                job += 1
+    runs, missing = collect(sweep)
+    keys = swept_keys(runs, missing)
+    assert keys == ["dataset.n_per_class", "dataset.unlabelled_cap"]
+    pts = training_curves(runs, keys)
+    assert len(pts) == 3 * 2 * 2 * 2  # 3 n x 2 caps x 2 seeds (the duplicate left out) x 2 steps
+    assert {p["val/acc"] for p in pts if p["dataset.unlabelled_cap"] == "100"} == {0.1, 0.11}
+    assert write_curves(tmp_path, runs, keys).stat().st_size > 5000
+    head = (tmp_path / "report_curves.csv").read_text().splitlines()[0]
+    assert head == "dataset.n_per_class,dataset.unlabelled_cap,seed,arm,step,val/acc"
+
+
+def test_the_unlabelled_pool_size_is_every_seeds(tmp_path):
+    """A file dataset's pool can differ by seed (its val split does): the labelled-budget line
+    gives the range over seeds, not the first seed's number as if every seed had it."""
+    from xfergan.evaluation.arms import labelled_budget
+
+    rs = []
+    for seed, pool in ((0, 900), (1, 940)):
+        d = tmp_path / str(seed)
+        _pipeline_run(d, seed, 8, {"real": 0.9, "semi": 0.95})
+        for arm in ("real", "semi"):
+            st = {"n_train_real": 16, "n_val": 16, "class_names": ["a", "b"]}
+            if arm == "semi":
+                st |= {"n_unlabelled": pool, "semi/method": "fixmatch"}
+            (d / f"classify_{arm}").mkdir()
+            (d / f"classify_{arm}" / "metrics.json").write_text(json.dumps(st))
+        rs.append({"_dir": str(d), "n_per_class": 8, "seed": seed})
+    text = labelled_budget(rs, ["real", "semi"])
+    assert text.endswith("plus 900 to 940 (by seed) unlabelled images (semi: labels never read)")

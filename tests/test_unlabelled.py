@@ -179,6 +179,8 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
     assert rep["report/runs"] == 1
     md = (out / "report.md").read_text()
     assert "plus 200 unlabelled images (semi, semi_gan: labels never read)" in md
+    # the steps table counts classifier steps and says what else a semi step does
+    assert "A step of `semi`, `semi_gan` also draws unlabelled images" in md
     for a, b in (("semi_gan", "real"), ("semi_gan", "semi"), ("semi", "real")):
         assert f"{a} − {b}" in md
     gan_rows = md.split("## GAN quality")[1].split("\n## ")[0]
@@ -311,3 +313,50 @@ def test_the_semi_gans_generated_images_never_enter_the_statistics_it_is_tested_
     assert len(with_fakes) == 12  # a D pass and a G pass per classifier step
     assert not any(with_fakes)
     assert sum(moved for fake, moved in passes if not fake) >= 6  # the real passes update them
+
+
+def test_what_the_semi_gan_cannot_do_is_one_line_before_anything_trains(tmp_path):
+    """semi_gan steps its own optimizers: gradient clipping (here set for its arm only) was a
+    Lightning traceback after `real` had trained; now one line, and no stage ran. A pool side its
+    generator cannot draw names dataset.image_size (it named gan.image_size, in a traceback)."""
+    from lightning_modules.semi_gan import check_settings
+
+    args = MNIST + [
+        "task=pipeline",
+        "pipeline.arms=[real,semi_gan]",
+        "pipeline.primary=[]",
+        "pipeline.feature_net=false",
+        "+pipeline.arm_overrides.semi_gan={trainer.gradient_clip_val:1.0}",
+    ]
+    out = tmp_path / "p"
+    with pytest.raises(UserError, match="trainer.gradient_clip_val=null") as e:
+        run_task(compose(args, out))
+    assert "\n" not in str(e.value) and not (out / "classify_real").exists()
+    with pytest.raises(UserError, match="accumulate_grad_batches=1"):
+        check_settings({"accumulate_grad_batches": 4})
+    with pytest.raises(UserError, match=r"100 px.*dataset.image_size"):
+        check_settings({}, pool_side=100)
+    check_settings({"gradient_clip_val": None}, pool_side=28)  # MNIST's side: fine
+
+
+def test_a_resumed_semi_run_continues_its_pool_draws(tmp_path):
+    """The pool's draws are in the checkpoint: a module loaded from it draws what the saved one
+    would have drawn next (before, a resumed run re-seeded and replayed its first draws)."""
+    from lightning_modules.semi import FixMatch
+
+    pool = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 1, 28, 28)
+
+    def module():
+        m = FixMatch(backbone="small_cnn", num_classes=10, in_channels=1, init="scratch", width=8)
+        m.attach_unlabelled(pool.clone(), lambda x, train: x.float(), seed=7)
+        return m
+
+    a = module()
+    first = a.unlabelled_batch(16)[:, 0, 0, 0]
+    ckpt: dict = {}
+    a.on_save_checkpoint(ckpt)
+    after = a.unlabelled_batch(16)[:, 0, 0, 0]
+    b = module()
+    b.on_load_checkpoint(ckpt)
+    assert torch.equal(b.unlabelled_batch(16)[:, 0, 0, 0], after)
+    assert torch.equal(module().unlabelled_batch(16)[:, 0, 0, 0], first)  # a fresh one: seeded

@@ -97,3 +97,13 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise UserError(
             f"cannot load {what} {path} safely (weights_only=True): {first[:200]}"
         ) from None
+
+
+def earlier_logs(run_dir: str | os.PathLike) -> list[Path]:
+    """csv/metrics.<k>.csv, k = 1, 2, ...: the CSV logs of the earlier attempts a resumed run
+    continues (xfergan/training.keep_earlier_log), in attempt order; csv/metrics.csv is the
+    latest."""
+    found = [(f.name.split(".")[1], f) for f in (Path(run_dir) / "csv").glob("metrics.*.csv")]
+    return [
+        f for k, f in sorted((kf for kf in found if kf[0].isdigit()), key=lambda kf: int(kf[0]))
+    ]

@@ -15,7 +15,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from xfergan.io import atomic_write_json
+from xfergan.io import atomic_write_json, earlier_logs
 from xfergan.runtime import (
     MEASURING_INPUTS,
     changed_inputs,
@@ -133,6 +133,7 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     last = out / "checkpoints" / "last.ckpt"
     if not last.is_file():
         log.warning("resume=true, but %s has no checkpoints/last.ckpt: starting from scratch", out)
+        drop_earlier_logs(out)
         return None
     try:
         blob = safe_torch_load(last, "checkpoint to resume from")
@@ -145,6 +146,7 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     if stamp != now:
         why = why_not_same(blob, cfg, now, MEASURING_INPUTS)
         log.warning("resume=true, but %s %s: starting from scratch", last, why)
+        drop_earlier_logs(out)
         return None
     log.info(
         "resuming from %s (epoch %s, step %s)", last, blob.get("epoch"), blob.get("global_step")
@@ -199,6 +201,24 @@ class ProcessRecord(pl.Callback):
 
 
 # ----------------------------------------------------------------------------- loggers
+def drop_earlier_logs(out: Path) -> None:
+    """A fresh start in a run dir: earlier attempts' CSV logs belong to another training."""
+    for f in earlier_logs(out):
+        f.unlink(missing_ok=True)
+
+
+def keep_earlier_log(out: Path, resume: bool) -> None:
+    """Lightning's CSVLogger empties csv/metrics.csv when it starts: with resume=true and a
+    last.ckpt to continue, the earlier attempt's log is kept as csv/metrics.<k>.csv (the val
+    curve reads them all, xfergan/evaluation/curves.py; `resume_checkpoint` drops them when it
+    starts from scratch after all); otherwise earlier attempts' logs are dropped."""
+    log_file = out / "csv" / "metrics.csv"
+    if not (resume and (out / "checkpoints" / "last.ckpt").is_file()):
+        drop_earlier_logs(out)
+    elif log_file.is_file() and log_file.stat().st_size:
+        log_file.replace(log_file.with_name(f"metrics.{len(earlier_logs(out)) + 1}.csv"))
+
+
 def build_loggers(
     cfg: DictConfig,
     out: Path,
@@ -212,6 +232,7 @@ def build_loggers(
     lc = cfg.logger
     loggers: list = []
     if lc.csv:
+        keep_earlier_log(out, bool(cfg.get("resume")))
         loggers.append(pl.loggers.CSVLogger(save_dir=str(out), name="csv", version=""))
     if lc.wandb and lc.mode != "disabled":
         from xfergan.tracking.wandb_backend import make_wandb_logger

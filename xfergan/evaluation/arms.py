@@ -161,14 +161,20 @@ def labelled_budget(rs: list[dict], arms: list[str]) -> str | None:
         if not other
         else f"{by_arm[main]} ({main}); arms disagree: " + "; ".join(other)
     )
-    pools = {}  # semi-supervised arms: the unlabelled images they learned from besides
-    for a in arms:
-        n = _stage(rs[0], a).get("n_unlabelled")
-        if n:
-            pools.setdefault(int(n), []).append(a)
-    for n, names in pools.items():
-        text += f"; plus {n:,} unlabelled images ({', '.join(names)}: labels never read)"
+    pools = {}  # semi-supervised arms: the unlabelled images they learned from besides (every
+    for a in arms:  # seed's: a file dataset's pool can differ by seed, with its val split)
+        ns = sorted({int(n) for r in rs if (n := _stage(r, a).get("n_unlabelled"))})
+        if ns:
+            size = f"{ns[0]:,}" if len(ns) == 1 else f"{ns[0]:,} to {ns[-1]:,} (by seed)"
+            pools.setdefault(size, []).append(a)
+    for size, names in pools.items():
+        text += f"; plus {size} unlabelled images ({', '.join(names)}: labels never read)"
     return text
+
+
+def semi_arms(rs: list[dict], arms: list[str]) -> list[str]:
+    """The arms whose stages learned from the unlabelled pool (recorded semi/method)."""
+    return [a for a in arms if any(_stage(r, a).get("semi/method") for r in rs)]
 
 
 def _budget(rs: list[dict], arm: str) -> set:
@@ -257,6 +263,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         "primary": [list(p) for p in sorted(primary)],
         "primary_metric": primary_metric,
         "unequal_budgets": sorted(unequal),
+        "semi_arms": semi_arms(pipes, arms),
         "level": LEVEL,
     }
     family = []  # the primary comparisons, corrected together
@@ -563,12 +570,19 @@ def arm_lines(a: dict, row, head) -> list[str]:
             lines.append(f"  - {n}")
         for stage, why in g["foreign"].items():
             lines.append(f"  - provenance override, {stage}: {why}")
-    lines += ["", "## Steps run per arm (optimizer steps; arms compared must match)", ""]
+    lines += ["", "## Steps run per arm (classifier optimizer steps; arms compared must match)", ""]
     lines += head(keys + arms)
     for g in a["groups"]:
         cells = [g["group"][k] for k in keys]
         cells += [_steps(g["steps"][arm], g["steps_pre"][arm]) for arm in arms]
         lines.append(row(cells))
+    if a.get("semi_arms"):
+        lines += [
+            "",
+            f"A step of {', '.join(f'`{x}`' for x in a['semi_arms'])} also draws unlabelled "
+            "images (semi.*.mu per labelled one); a semi-supervised GAN's generator takes one "
+            "optimizer step of its own per classifier step, not counted here.",
+        ]
     if a.get("unequal_budgets"):
         lines.append("")
         lines.append(

@@ -1,5 +1,5 @@
 """Where each method is heading: the val accuracy logged during training (each stage's CSV log,
-csv/metrics.csv) against the classifier's optimizer steps, per arm and n_per_class over seeds:
+csv/metrics.csv) against the classifier's optimizer steps, per arm and report group over seeds:
 report_curves.csv (every point) and plot_val_curves.png (the seed mean per arm). Val only: the
 test split is evaluated once, at the end."""
 
@@ -10,7 +10,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from xfergan.io import atomic_write_text
+from xfergan.io import atomic_write_text, earlier_logs
 
 METRIC = "val/acc"
 
@@ -23,10 +23,7 @@ def _stages(run: dict) -> list[tuple[str, Path]]:
     return [(str(run.get("arm") or run.get("source") or "run"), d)]
 
 
-def _points(stage: Path) -> list[tuple[int, float]]:
-    f = stage / "csv" / "metrics.csv"
-    if not f.is_file():
-        return []
+def _read(f: Path) -> list[tuple[int, float]]:
     try:
         rows = list(csv.DictReader(io.StringIO(f.read_text())))
     except (OSError, ValueError):
@@ -41,29 +38,45 @@ def _points(stage: Path) -> list[tuple[int, float]]:
     return out
 
 
-def training_curves(runs: list[dict]) -> list[dict]:
-    """Every logged val/acc point of every classifier stage under the report's runs."""
-    pts = []
-    for r in runs:
-        if r.get("status") != "ok":
-            continue
-        for arm, stage in _stages(r):
-            for step, v in _points(stage):
-                pts.append(
-                    {
-                        "n_per_class": r.get("n_per_class"),
-                        "seed": r.get("seed"),
-                        "arm": arm,
-                        "step": step,
-                        METRIC: v,
-                    }
-                )
+def _points(stage: Path) -> list[tuple[int, float]]:
+    """The stage's val points over every attempt (a resumed stage's earlier logs are
+    csv/metrics.<k>.csv, xfergan/training.keep_earlier_log): an attempt's points replace the
+    earlier ones from its first logged step on (those were logged after the checkpoint it
+    continued, by the attempt that then stopped)."""
+    pts: list[tuple[int, float]] = []
+    for f in [*earlier_logs(stage), stage / "csv" / "metrics.csv"]:
+        new = _read(f) if f.is_file() else []
+        if new:
+            first = min(s for s, _ in new)
+            pts = [p for p in pts if p[0] < first] + new
     return pts
 
 
-def write_curves(root: Path, runs: list[dict]) -> Path | None:
-    """report_curves.csv and plot_val_curves.png when any stage logged val/acc (logger=csv)."""
-    pts = training_curves(runs)
+def training_curves(runs: list[dict], keys: list[str]) -> list[dict]:
+    """Every logged val/acc point of every classifier stage under the report's runs, with the
+    run's group (the report's swept keys): one run per seed and group, as the report's tables
+    take it (arms.one_per_seed)."""
+    from xfergan.evaluation.arms import one_per_seed
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r.get("status") == "ok":
+            groups[tuple((r.get("_overrides") or {}).get(k, "") for k in keys)].append(r)
+    pts = []
+    for gkey, rs in groups.items():
+        for r in one_per_seed(rs)[0]:
+            for arm, stage in _stages(r):
+                for step, v in _points(stage):
+                    row = dict(zip(keys, gkey))
+                    row.update({"seed": r.get("seed"), "arm": arm, "step": step, METRIC: v})
+                    pts.append(row)
+    return pts
+
+
+def write_curves(root: Path, runs: list[dict], keys: list[str]) -> Path | None:
+    """report_curves.csv and plot_val_curves.png (a panel per group of the report, a line per
+    arm: the mean over its seeds at each step) when any stage logged val/acc (logger=csv)."""
+    pts = training_curves(runs, keys)
     if not pts:
         return None
     buf = io.StringIO()
@@ -76,21 +89,23 @@ def write_curves(root: Path, runs: list[dict]) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xfergan.evaluation.arms import num_key
     from xfergan.evaluation.plots import _save
 
-    ns = sorted({p["n_per_class"] for p in pts}, key=str)
-    fig, axes = plt.subplots(1, len(ns), figsize=(5.2 * len(ns), 3.8), squeeze=False)
-    for ax, n in zip(axes[0], ns):
+    panels = sorted({tuple(p[k] for k in keys) for p in pts}, key=lambda g: [num_key(v) for v in g])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, g in zip(axes[0], panels):
         by = defaultdict(lambda: defaultdict(list))
+        seeds = defaultdict(set)
         for p in pts:
-            if p["n_per_class"] == n:
+            if tuple(p[k] for k in keys) == g:
                 by[p["arm"]][p["step"]].append(p[METRIC])
+                seeds[p["arm"]].add(p["seed"])
         for arm, steps in sorted(by.items()):
             xs = sorted(steps)
             ys = [sum(steps[x]) / len(steps[x]) for x in xs]
-            seeds = max(len(v) for v in steps.values())
-            ax.plot(xs, ys, marker=".", label=f"{arm} ({seeds} seeds)")
-        ax.set_title(f"n_per_class={n}")
+            ax.plot(xs, ys, marker=".", label=f"{arm} ({len(seeds[arm])} seeds)")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(keys, g)) or "all runs", fontsize=9)
         ax.set_xlabel("classifier optimizer steps")
         ax.set_ylabel(f"{METRIC} (seed mean)")
         ax.grid(alpha=0.3)

@@ -8,9 +8,13 @@ own n is a sanity row. Input: arm_analysis's groups (one run per seed already ch
 values already out); output: report.json's `exchange_rates`, report.md's lines, report.csv's
 rows and plot_exchange_rates.png.
 
-Runs belong to one curve when their group keys agree except n_per_class and the keys that only
-choose arms or declare comparisons (CHOICE_KEYS): a sweep of `real` alone at more n (e.g.
-pipeline.arms=[real] pipeline.primary=[]) beside the sweep of every arm at n = 8 is one curve.
+Runs belong to one curve when their group keys agree except n_per_class and the keys that do not
+change how `real` trains (`not_real_key`: the arms chosen, what is declared, the settings of
+the other arms' own stages): a sweep of `real` alone at more n (e.g. pipeline.arms=[real]
+pipeline.primary=[]) beside the sweep of every arm at n = 8 (and, say, two unlabelled caps) is
+one curve. A compared group that finds no curve while another context has one is said in a note
+(with the keys that differ), never dropped in silence; `real` run twice at one (seed, n) counts
+once, the run beside the compared arms, and the note says so.
 """
 
 from __future__ import annotations
@@ -29,6 +33,29 @@ CHOICE_KEYS = (
     "pipeline.unequal_budgets",
     "pipeline.teacher_ensemble",
 )
+# prefixes of keys that set only other arms' stages (the GAN, its samples, the teachers' pseudo-
+# labels, the semi-supervised arms' methods and their unlabelled pool, the feature net)
+OTHER_STAGE_PREFIXES = (
+    "gan.",
+    "synthesize.",
+    "distill.",
+    "semi.fixmatch.",
+    "semi.semi_gan.",
+    "dataset.unlabelled_cap",
+    "pipeline.feature_net_overrides",
+)
+
+
+def not_real_key(k: str) -> bool:
+    """True for a swept key that cannot change how the `real` arm trains: it joins runs into
+    one curve. `pipeline.arm_overrides.<arm>...` counts for every arm but `real` (the whole
+    `pipeline.arm_overrides` dict, which may hold real's, does not)."""
+    if k in CHOICE_KEYS or k.startswith(OTHER_STAGE_PREFIXES):
+        return True
+    arm = k.removeprefix("pipeline.arm_overrides.").split(".")[0]
+    return k.startswith("pipeline.arm_overrides.") and arm not in ("", REAL)
+
+
 N_BOOT = 2000
 BOOT_SEED = 0
 LEVEL = 0.95
@@ -66,31 +93,43 @@ def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
     pm = a.get("primary_metric")
     metric = pm if pm in a["metrics"] else a["metrics"][0]
     npc = next((k for k in a["keys"] if k.endswith("n_per_class")), None)
-    ctx_keys = [k for k in a["keys"] if k != npc and k not in CHOICE_KEYS]
+    ctx_keys = [k for k in a["keys"] if k != npc and not not_real_key(k)]
     contexts: dict[tuple, list[tuple[float, dict]]] = {}
     for g in a["groups"]:
         n = _n_of(g, npc)
         if n is not None:
             contexts.setdefault(tuple(g["group"][k] for k in ctx_keys), []).append((n, g))
-    curves, compared = [], []
+
+    def compares(g: dict) -> bool:  # arms besides `real` ran (and have values) in this group
+        return any(x != REAL and v["by_seed"] for x, v in g["arms"].get(metric, {}).items())
+
+    curves, compared, orphans, curve_ctxs = [], [], [], []
     for ctx, gs in contexts.items():
         curve: dict = {}  # seed -> {n: real's metric}
         steps: dict[float, list] = {}
-        for n, g in gs:
+        twice: dict[float, set] = {}  # n -> seeds whose `real` ran in two groups
+        # the groups that compare arms first: at their n, their `real` (the paired run) counts
+        for n, g in sorted(gs, key=lambda ng: not compares(ng[1])):
             real = g["arms"].get(metric, {}).get(REAL)
             if real and real["by_seed"]:
                 for s, v in real["by_seed"].items():
-                    curve.setdefault(s, {})[n] = v
-                steps[n] = g["steps"].get(REAL) or []
+                    if n in curve.setdefault(s, {}):
+                        twice.setdefault(n, set()).add(s)
+                        continue
+                    curve[s][n] = v
+                steps.setdefault(n, g["steps"].get(REAL) or [])
         anchors = sorted({n for c in curve.values() for n in c})
-        others = [
-            (n, g)
-            for n, g in gs
-            if any(x != REAL and v["by_seed"] for x, v in g["arms"].get(metric, {}).items())
-        ]
+        others = [(n, g) for n, g in gs if compares(g)]
+        if len(anchors) >= 2:
+            curve_ctxs.append(ctx)
         if len(anchors) < 2 or not others:
+            orphans += [(ctx, n, g) for n, g in others]
             continue
-        notes = []
+        notes = [
+            f"`real` ran more than once at n={n:g} for seeds {', '.join(map(str, sorted(ss)))}: "
+            "the curve uses the run beside the compared arms (else the first by group)"
+            for n, ss in sorted(twice.items())
+        ]
         if len({tuple(s) for s in steps.values()}) > 1:
             notes.append(
                 "the real arm ran different step budgets along the curve: "
@@ -132,8 +171,16 @@ def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
                     "arms": rates,
                 }
             )
-    if not compared:
+    if not curve_ctxs:  # nobody ran a curve: no section
         return {}
+    unmatched = []
+    for ctx, n, g in orphans:  # compared arms whose settings no curve shares: said, not dropped
+        diff = sorted({k for c in curve_ctxs for k, a_, b_ in zip(ctx_keys, ctx, c) if a_ != b_})
+        where = ", ".join(f"{k}={v}" for k, v in g["group"].items()) or "all runs"
+        unmatched.append(
+            f"no exchange rate for {where} (n={n:g}): no `real` curve with its settings"
+            + (f" (the curve's runs differ in {', '.join(diff)})" if diff else "")
+        )
     return {
         "metric": metric,
         "n_key": npc,
@@ -143,6 +190,7 @@ def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
         "keys": a["keys"],
         "curves": curves,
         "compared": compared,
+        "unmatched": unmatched,
     }
 
 
@@ -151,6 +199,9 @@ def exchange_lines(x: dict, row, head) -> list[str]:
     if not x:
         return []
     m, keys = x["metric"], x["keys"]
+    if not x["compared"]:  # a curve ran, but no compared group shares its settings
+        head_ = ["", f"## Worth in real labelled images per class ({m})", ""]
+        return head_ + [f"- {n}" for n in x["unmatched"]]
     anchors = sorted({n for c in x["curves"] for n in c["anchors"]})
     lines = [
         "",
@@ -196,7 +247,7 @@ def exchange_lines(x: dict, row, head) -> list[str]:
                     f"{arm} at n={c['n']:g}: left out seeds {', '.join(map(str, d['left_out']))}"
                     " (no real run at every n of the curve)"
                 )
-    notes += [n for c in x["curves"] for n in c["notes"]]
+    notes += [n for c in x["curves"] for n in c["notes"]] + list(x.get("unmatched") or [])
     if notes:
         lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]
     return lines

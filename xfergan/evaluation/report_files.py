@@ -234,7 +234,7 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
     metric_names = sorted({m for row in rows for m in row["metrics"]})
     w = csv.writer(buf)
     # with exchange rates: a `kind` column (aggregate / exchange_rate) and theirs at the end
-    extra = CSV_COLUMNS if rates else []
+    extra = CSV_COLUMNS if rates.get("compared") else []
     w.writerow(keys + ["n"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")] + extra)
     for row in rows:
         vals = []
@@ -267,10 +267,20 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
     plots = make_plots(root, rows, keys, present)
     if arms:
         plots.append(arms_plot(root, arms))
-    if rates:
+    if rates.get("compared"):
         plots.append(exchange_plot(root, rates))
-    if curve := write_curves(root, [r for r in runs if r.get("status") == "ok"]):
+    written = {"report_paired.csv"} if arms else set()
+    if curve := write_curves(root, runs, keys):
         plots.append(curve)
+        written.add("report_curves.csv")
+    # an earlier report's optional files this one did not write (e.g. the exchange-rate plot
+    # after the curve's runs were removed) would sit beside a report.md without them, and its
+    # PNGs would reach W&B: removed
+    written |= {p.name for p in plots}
+    for f in [*root.glob("plot_*.png"), root / "report_paired.csv", root / "report_curves.csv"]:
+        if f.is_file() and f.name not in written:
+            f.unlink()
+            log.info("removed %s: an earlier report's, not part of this one", f)
     return {
         "report/runs": len(runs),
         "report/failed": len(failed),

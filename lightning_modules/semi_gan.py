@@ -41,6 +41,12 @@ def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+ONE_DEVICE = (
+    "semi.method=semi_gan trains on one device (its two backward passes a step are not DDP's "
+    "one); use trainer.devices=1 and run seeds as parallel jobs (XFERGAN_JOBS_PER_GPU)"
+)
+
+
 def check_settings(trainer_cfg: Any, pool_side: int | None = None) -> None:
     """What this module cannot do, in one line before anything trains: it steps its optimizers
     itself (manual optimization: Lightning refuses gradient clipping and accumulation for it,
@@ -48,6 +54,12 @@ def check_settings(trainer_cfg: Any, pool_side: int | None = None) -> None:
     which must be 4·2^k or 7·2^k."""
     from xfergan.errors import UserError
 
+    devices = trainer_cfg.get("devices")
+    several = (isinstance(devices, int) and devices > 1) or (
+        not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1
+    )
+    if several or "ddp" in str(trainer_cfg.get("strategy") or ""):
+        raise UserError(ONE_DEVICE)
     if trainer_cfg.get("gradient_clip_val"):
         raise UserError(
             "semi.method=semi_gan steps its own optimizers: it has no gradient clipping; set "
@@ -91,6 +103,13 @@ class SemiGAN(SemiModule):
         self.image_side = int(side)  # its images' side (the GAN-quality row measures there)
 
     conditional = False  # one generator for every class: its quality row is class-blind
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and getattr(self._trainer, "world_size", 1) > 1:  # e.g. devices=auto
+            from xfergan.errors import UserError
+
+            raise UserError(ONE_DEVICE)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None):
         """len(labels) images in [0, 1] at the pool's size (the labels are ignored: G draws from

@@ -337,6 +337,12 @@ def test_what_the_semi_gan_cannot_do_is_one_line_before_anything_trains(tmp_path
     with pytest.raises(UserError, match=r"100 px.*dataset.image_size"):
         check_settings({}, pool_side=100)
     check_settings({"gradient_clip_val": None}, pool_side=28)  # MNIST's side: fine
+    # DDP: Lightning's "parameters that were not used" traceback after the stages before it
+    for ddp in ({"strategy": "ddp", "devices": 2}, {"devices": [0, 1]}):
+        with pytest.raises(UserError, match="trains on one device"):
+            check_settings(ddp)
+    check_settings({"strategy": "auto", "devices": 1})
+    check_settings({"devices": "auto"})  # decided at fit time: SemiGAN.setup checks it there
 
 
 def test_a_resumed_semi_run_continues_its_pool_draws(tmp_path):

@@ -84,6 +84,8 @@ def decode_image(path: str, size: int, color: str = "gray") -> tuple[np.ndarray 
         return None, "listed but missing"
     except UnidentifiedImageError:
         return None, "not an image (cannot identify)"
+    except (Image.DecompressionBombError, MemoryError):
+        return None, "image too large to decode (Pillow's decompression-bomb limit)"
     except (OSError, ValueError, SyntaxError) as e:
         return None, f"corrupt or truncated ({str(e)[:80]})"
 
@@ -213,12 +215,21 @@ def read_csv_rows(path: Path, required: set[str], hint: str) -> list[dict[str, s
     task=predict read their CSVs with it."""
     import csv
 
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in reader.fieldnames or []]
-        if not required <= set(cols):
-            raise UserError(f"{path} needs a header with the columns {hint}; it has {cols}")
-        return [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    try:  # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip().lower() for c in reader.fieldnames or []]
+            if not required <= set(cols):
+                raise UserError(f"{path} needs a header with the columns {hint}; it has {cols}")
+            return [
+                {k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader
+            ]
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {e.start}); save it as CSV UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not a readable CSV ({e}); save it as CSV UTF-8") from None
 
 
 def inside(root: Path, rel: str) -> bool:

@@ -28,6 +28,15 @@ SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"  # a folder (or a CSV split) of images without labels: the pool
 
 
+def _class_dirs(base: Path, split: str) -> list[str]:
+    """The class folders under a split folder (or the root): not hidden, not the pool."""
+    return sorted(
+        d.name
+        for d in base.iterdir()
+        if d.is_dir() and d.name[0] != "." and not (split == "" and d.name == UNLABELLED)
+    )
+
+
 class FolderDataModule(FileImageDataModule):
     cache_prefix = "folder"
 
@@ -60,16 +69,25 @@ class FolderDataModule(FileImageDataModule):
                 "(or pass dataset.csv=<file>)"
             )
         split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+        odd = sorted(  # Train/, TEST/: split folders in another case would be read as classes
+            d.name
+            for d in root.iterdir()
+            if d.is_dir() and d.name.lower() in SPLITS and d.name not in SPLITS
+        )
+        if odd:
+            raise UserError(
+                f"{root}: split folder(s) {odd}: name them in lower case (train, val, test)"
+            )
+        if split_dirs and "train" not in split_dirs:
+            raise UserError(
+                f"{root} has {'/, '.join(split_dirs)}/ but no train/: add train/<class>/<image> "
+                f"(or put the class folders directly in {root})"
+            )
         plan = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [("", root)]
         found: list[tuple[str, str, str]] = []  # (split, class, relative path)
         ignored = 0
         for split, base in plan:
-            classes = sorted(
-                d.name
-                for d in base.iterdir()
-                if d.is_dir() and d.name[0] != "." and not (split == "" and d.name == UNLABELLED)
-            )
-            for c in classes:
+            for c in _class_dirs(base, split):
                 for f in sorted((base / c).rglob("*")):
                     if not f.is_file() or f.name.startswith("."):
                         continue
@@ -82,6 +100,15 @@ class FolderDataModule(FileImageDataModule):
         if not found:
             raise UserError(
                 f"no images in {root}: expected {root}/<class>/<image> (or train/<class>/...)"
+            )
+        trained = {c for sp, c, _ in found if sp in ("", "train")}
+        empty = sorted({c for sp, base in plan for c in _class_dirs(base, sp)} - trained)
+        if empty:  # it would vanish from the classes, or be a class with no training image
+            where = "train/" if split_dirs else ""
+            raise UserError(
+                f"{root}: class folder(s) {empty} have no training images in {where}<class>/ "
+                f"(image extensions: {' '.join(sorted(EXTENSIONS))}); add images or remove the "
+                "folder"
             )
         index = self._class_index([c for _, c, _ in found])
         rows = [ImageRow(p, index[c], s) for s, c, p in found]
@@ -99,8 +126,15 @@ class FolderDataModule(FileImageDataModule):
             raise UserError(f"dataset.csv={path} does not exist")
         root = path.parent
         raw = read_csv_rows(path, {"path", "label"}, "path,label[,group][,split]")
-        problems, kept = [], []
+        problems, kept, line_of = [], [], {}
         for i, r in enumerate(raw):
+            if r["path"] in line_of:  # one image listed twice (e.g. in train and in test)
+                raise UserError(
+                    f"{path}: {r['path']} is listed on lines {line_of[r['path']]} and {i + 2}; "
+                    "list each image once"
+                )
+            if r["path"]:
+                line_of[r["path"]] = i + 2
             split = r.get("split", "").lower()
             if split and split not in (*SPLITS, UNLABELLED):
                 raise UserError(

@@ -38,6 +38,8 @@ def stratified_sample(
         if n_per_class is None:
             chosen.append(idx)
             continue
+        if not len(idx):
+            raise UserError(f"{what}={n_per_class} but class {c} has no images left to draw from")
         if n_per_class > len(idx):
             raise UserError(
                 f"{what}={n_per_class} but class {c} has only {len(idx)} images available; "

@@ -608,6 +608,16 @@ class FusedGANsFirst(Callback):
         except UserError as e:
             print(f"xfergan: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:  # noqa: BLE001 - Hydra would make it a warning and every job
+            # would then fail on "no finished GAN run": the real cause, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            where = Path(config.hydra.sweep.dir) / FUSED_GANS_DIR
+            print(
+                f"xfergan: error: the fused GANs failed: {type(e).__name__}: {first} (their "
+                f"runs: {where})",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     def _train(self, config: DictConfig) -> None:
         import functools

@@ -398,3 +398,76 @@ def test_predict_and_evaluate_take_a_pipeline_stage_dir(own_data_sweep, xray_fil
     )  # under the stage's own cap (debug=smoke tests the first 2 batches)
     assert e["test/acc"] == pytest.approx(m["test/acc"], abs=1e-9)
     assert e["n_test"] == m["n_test"] and e["test_partial"]
+
+
+def _rows(tmp_path, **where):
+    """The listing a folder dataset reads (rows(): no image is decoded)."""
+    from xfergan.training import build_datamodule
+
+    ov = [f"dataset.{k}={v}" for k, v in where.items()]
+    return build_datamodule(compose(FAST + ["dataset=folder", *ov], tmp_path / "cfg")).rows()
+
+
+def _png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), 128).save(path)
+
+
+def test_bad_folder_layouts_and_csvs_are_one_line(tmp_path):
+    """Layouts and CSVs that lost or mixed images silently now stop in one line saying what to
+    do: a class folder with no images (it vanished from the classes), split folders in another
+    case (read as classes), val/test without train, an image listed twice in a CSV (train and
+    test), a spreadsheet's UTF-8 CSV with a byte-order mark (its `path` column was not found),
+    a Latin-1 CSV (a UnicodeDecodeError traceback)."""
+    flat = tmp_path / "flat"
+    _png(flat / "cat" / "a.png")
+    _png(flat / "dog" / "b.png")
+    (flat / "bird").mkdir()
+    (flat / "bird" / "c.dcm").write_bytes(b"DICM")
+    with pytest.raises(UserError, match=r"\['bird'\] have no training images"):
+        _rows(tmp_path, root=flat)
+
+    cased = tmp_path / "cased"
+    for split in ("Train", "test"):
+        _png(cased / split / "cat" / "a.png")
+    with pytest.raises(UserError, match=r"\['Train'\]: name them in lower case"):
+        _rows(tmp_path, root=cased)
+    (cased / "Train").rename(cased / "training")
+    with pytest.raises(UserError, match="has test/ but no train/"):
+        _rows(tmp_path, root=cased)
+
+    _png(tmp_path / "csv" / "cat" / "a.png")
+    twice = tmp_path / "csv" / "twice.csv"
+    twice.write_text("path,label,split\ncat/a.png,cat,train\ncat/a.png,cat,test\n")
+    with pytest.raises(UserError, match="cat/a.png is listed on lines 2 and 3"):
+        _rows(tmp_path, csv=twice)
+    bom = tmp_path / "csv" / "bom.csv"
+    bom.write_bytes("path,label\ncat/a.png,cat\n".encode("utf-8-sig"))
+    root, rows, names, problems = _rows(tmp_path, csv=bom)
+    assert [r.path for r in rows] == ["cat/a.png"] and names == ["cat"] and not problems
+    latin = tmp_path / "csv" / "latin.csv"
+    latin.write_bytes("path,label\ncat/a.png,chat_noir_\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text.*save it as CSV UTF-8") as e:
+        _rows(tmp_path, csv=latin)
+    assert "\n" not in str(e.value)
+
+
+def test_an_image_too_large_to_decode_is_a_counted_skip(tmp_path):
+    """Pillow's decompression-bomb error escaped the decode pool as a traceback: now the
+    image's reason, like any unreadable file's."""
+    from datamodules.files import decode_image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (14000, 14000)).save(big)  # 196 MP: over twice Pillow's limit
+    x, why = decode_image(str(big), 32)
+    assert x is None and "too large" in why
+
+
+def test_a_class_with_no_image_left_is_named(tmp_path):
+    import torch
+
+    from datamodules.sampling import stratified_sample
+
+    labels = torch.tensor([0, 0, 0, 2, 2])  # class 1: none ("has only 0 images; use at most 0")
+    with pytest.raises(UserError, match="class 1 has no images left to draw from"):
+        stratified_sample(labels, 1, seed=0, num_classes=3)

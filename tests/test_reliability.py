@@ -328,3 +328,49 @@ def test_collapsed_discriminator_is_detected():
     m._check_divergence(torch.tensor(0.5), torch.tensor(1.0))  # healthy
     with pytest.raises(GANDivergedError, match="NaN/Inf"):
         m._check_divergence(torch.tensor(float("nan")), torch.tensor(1.0))
+
+
+def test_a_bad_seed_is_a_failed_job_in_one_line_not_a_missing_one(tmp_path):
+    """seed=-1 raised in seed_everything before the job's try: a traceback and no metrics.json,
+    so a sweep called the job "missing (killed or never started)"."""
+    from xfergan.schema import check_values
+
+    with pytest.raises(UserError, match=r"seed=-1: use a whole number from 0 to 4294967295"):
+        check_values(compose(["seed=-1"]))
+    out = tmp_path / "job"
+    with pytest.raises(UserError, match="seed=4294967296"):
+        run_task(compose(FAST + ["dataset=mnist", "seed=4294967296", "logger=none"], out))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_the_sweep_summary_counts_only_this_sweeps_jobs(tmp_path):
+    """A dir left by an earlier, larger sweep in the same hydra.sweep.dir (5/, failed) was
+    reported as one of this 2-job sweep's failures, and the command exited 1."""
+    from xfergan.sweep import job_outcomes
+
+    for job, status in (("0", "ok"), ("1", "ok"), ("5", "failed")):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"status": status}))
+    o = job_outcomes(tmp_path, 2)
+    assert len(o["ok"]) == 2 and o["failed"] == [] and o["missing"] == []
+    assert len(job_outcomes(tmp_path, None)["failed"]) == 1  # size unknown: every dir
+
+
+def test_fused_gans_that_crash_stop_the_sweep_in_one_line(tmp_path, monkeypatch, capsys):
+    """Any error of the fused GAN stage (e.g. out of memory) was only a Hydra warning, and every
+    job then failed on "no finished GAN run": now one line with the cause, and exit 1."""
+    from omegaconf import OmegaConf
+
+    from tasks.pipeline import FusedGANsFirst
+
+    def crash(self, config):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(FusedGANsFirst, "_train", crash)
+    cfg = OmegaConf.create({"pipeline": {"fused_gans": True}, "hydra": {"sweep": {"dir": "s"}}})
+    with pytest.raises(SystemExit) as e:
+        FusedGANsFirst().on_multirun_start(cfg)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "the fused GANs failed: RuntimeError: CUDA out of memory" in err
+    assert "more detail" not in err and err.count("\n") == 1

@@ -345,7 +345,6 @@ def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, A
     metrics.json (ok or failed, with error.txt), and every tracker it opened finished."""
     global _depth
     out = output_dir(cfg)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # CPU: flush denormal floats to zero. Tiny GAN weights and gradients otherwise turn into
     # denormals that make CPU arithmetic ~100x slower mid-training (no effect on GPUs).
     torch.set_flush_denormal(True)
@@ -367,6 +366,7 @@ def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, A
     try:
         check_selection(cfg)
         check_values(cfg)
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # a checked seed
         # a pipeline's stages run inside their job's slot: only the outermost run_job takes one
         with device_slot(_pool_size(cfg) if not _depth else 0) as slot:
             if slot is not None:  # a parallel sweep job: a seat on one GPU (queued when all taken)

@@ -528,6 +528,9 @@ def check_values(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in choices:
             raise UserError(f"{key}={value!r}: use {' or '.join(choices)}")
+    seed = OmegaConf.select(cfg, "seed")
+    if seed is not None and not 0 <= int(seed) < 2**32:
+        raise UserError(f"seed={seed}: use a whole number from 0 to {2**32 - 1}")
 
 
 def register_configs() -> None:

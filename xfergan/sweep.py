@@ -22,6 +22,8 @@ def job_outcomes(root: Path, n_jobs: int | None) -> dict[str, list]:
     from xfergan.io import read_json
 
     dirs = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    if n_jobs:  # a dir beyond this sweep's jobs is an earlier, larger sweep's: not this one's
+        dirs = {k: d for k, d in dirs.items() if k < n_jobs}
     for k in range(n_jobs or 0):
         dirs.setdefault(k, root / str(k))
     out: dict[str, list] = {"ok": [], "failed": [], "missing": []}

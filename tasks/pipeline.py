@@ -29,7 +29,7 @@ from tasks import classify, pseudolabel, synthesize
 from tasks import gan as gan_task
 from xfergan.errors import SelectionError, UserError
 from xfergan.evaluation.table3 import write_table3
-from xfergan.runtime import output_dir, run_job
+from xfergan.runtime import VOLATILE_KEYS, output_dir, run_job
 from xfergan.schema import FUSED_GANS_DIR, enum_name
 
 log = logging.getLogger(__name__)
@@ -444,13 +444,10 @@ def run_arm(ctx: Context, name: str) -> dict:
     return ctx.stage(f"classify_{name}", "classify", over)
 
 
-def feature_net(cfg: DictConfig, results: dict) -> str:
-    """The FID feature classifier: an instrument trained on the real training split outside
-    this seed's val images (the run's own seed and val settings: the val images the GAN is
-    measured on are its val split), shared by every pipeline with the same settings and seed,
-    trained once into paths.cache_dir and reused."""
-    from filelock import FileLock
-
+def feature_net_key(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """The feature net's stage overrides and its cache key: what changes the net (its data,
+    model, training, callbacks, seed), not where or how visibly it trains (VOLATILE_KEYS, the
+    accelerator), nor the GAN it will measure (every GAN of a seed is measured with one net)."""
     fo = {
         "dataset.n_per_class": None,
         "dataset.source": "real",
@@ -461,21 +458,23 @@ def feature_net(cfg: DictConfig, results: dict) -> str:
         **dict(cfg.pipeline.feature_net_overrides),
     }
     probe = stage_cfg(cfg, Path("."), "classify", fo)
-    keyed = {k: OmegaConf.to_container(probe[k], resolve=True) for k in ("dataset", "model")}
-    keyed["seed"] = int(probe.seed)
-    keyed["trainer"] = {  # what changes the net, not where or how visibly it trains
-        k: v
-        for k, v in OmegaConf.to_container(probe.trainer, resolve=True).items()
-        if k
-        not in (
-            "enable_progress_bar",
-            "enable_model_summary",
-            "default_root_dir",
-            "devices",
-            "accelerator",
-        )
-    }
-    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    keyed: dict[str, Any] = {"seed": int(probe.seed)}
+    for k in ("dataset", "model", "trainer", "callbacks"):
+        sub = OmegaConf.to_container(probe[k], resolve=True) if k in probe else {}
+        drop = set(VOLATILE_KEYS.get(k) or ()) | ({"accelerator"} if k == "trainer" else set())
+        keyed[k] = {kk: v for kk, v in (sub or {}).items() if kk not in drop}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+    return fo, key[:16]
+
+
+def feature_net(cfg: DictConfig, results: dict) -> str:
+    """The FID feature classifier: an instrument trained on the real training split outside
+    this seed's val images (the run's own seed and val settings: the val images the GAN is
+    measured on are its val split), shared by every pipeline with the same settings and seed,
+    trained once into paths.cache_dir and reused."""
+    from filelock import FileLock
+
+    fo, key = feature_net_key(cfg)
     cache = Path(cfg.paths.cache_dir) / "feature_nets" / key
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache.parent / f"{key}.lock")):

@@ -322,3 +322,53 @@ def test_a_gan_resumed_at_its_budget_rewrites_nothing_so_later_arms_continue(tmp
     assert fresh and "classify_real" in fresh[0]  # the arm whose settings changed
     assert f"resuming from {tmp_path / 'classify_synthetic'}" in caplog.text  # continued,
     assert syn["global_step"] == 4  # already at its budget
+
+
+def test_a_feature_net_at_a_new_path_continues_the_gan_checkpoint(tmp_path):
+    """The feature net only measures a GAN: README says a new one re-measures but continues the
+    checkpoint. Its path still counted in the checkpoint's stamp, so the same bytes at another
+    path restarted the GAN from scratch. A checkpoint stamped the old way is still continued."""
+    import shutil
+
+    import torch
+
+    from xfergan.runtime import MEASURING_INPUTS, config_digest
+    from xfergan.training import resume_checkpoint
+
+    a, b = tmp_path / "a" / "f.ckpt", tmp_path / "b" / "f.ckpt"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    a.write_bytes(b"the same feature net")
+    shutil.copy(a, b)
+    base = FAST + ["task=gan", "dataset=mnist", "resume=true"]
+    ca, cb = (compose(base + [f"gan.feature_ckpt={f}"], tmp_path / "run") for f in (a, b))
+    assert config_digest(ca, MEASURING_INPUTS) == config_digest(cb, MEASURING_INPUTS)
+    assert config_digest(ca) != config_digest(cb)  # the stage itself runs again (re-measured)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    stamps = {  # stamped at path a, resumed at path b / the old stamp, resumed at its own path
+        cb: config_digest(ca, MEASURING_INPUTS),
+        ca: config_digest(ca, MEASURING_INPUTS, legacy=True),
+    }
+    for cfg, stamp in stamps.items():
+        torch.save({"xfergan_config_sha256": stamp, "epoch": 1, "global_step": 5}, last)
+        assert resume_checkpoint(cfg, tmp_path / "run") == str(last)
+
+
+def test_the_feature_net_cache_key_follows_what_changes_the_net(tmp_path):
+    """Data loader workers or the cache folder trained a second feature net (and restarted
+    the GANs it measures); early stopping, which changes the net, reused the one without it.
+    The GAN's own settings never change it: every GAN of a seed is measured with one net."""
+    from tasks.pipeline import feature_net_key
+
+    base = FAST + ["task=pipeline", "dataset=mnist", "dataset.n_per_class=4"]
+
+    def key(*extra):
+        return feature_net_key(compose(base + list(extra), tmp_path / "k"))[1]
+
+    k = key()
+    assert key("dataset.num_workers=4") == k
+    assert key(f"paths.cache_dir={tmp_path}/elsewhere") == k
+    assert key("gan.steps=123") == k
+    assert key("callbacks=early_stopping") != k
+    assert key("seed=1") != k

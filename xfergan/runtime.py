@@ -165,16 +165,25 @@ def changed_inputs(before: dict | None, now: dict) -> list[str]:
 MEASURING_INPUTS = ("gan.feature_ckpt",)
 
 
-def config_digest(cfg: DictConfig, skip: tuple[str, ...] = ()) -> str:
+def config_digest(cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = False) -> str:
     """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
     pipeline section no stage reads), with the number of processes in place of the device
     list, and with the content digests of its inputs (input_digests): two runs with the same
     digest computed the same thing from the same bytes. What a resumed pipeline compares before
-    it reuses a stage, and (with `skip`=MEASURING_INPUTS) a checkpoint before it is continued."""
+    it reuses a stage, and (with `skip`=MEASURING_INPUTS) a checkpoint before it is continued:
+    then neither the skipped inputs' content nor their paths count (`legacy`: their paths count,
+    as checkpoints written before 2026-12-05 were stamped)."""
     import hashlib
     import json
 
     c = resolved_config(cfg)
+    for key in () if legacy else skip:  # a new feature net at a new path: still continued
+        *parents, last = key.split(".")
+        node = c
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     inputs = input_digests(cfg, skip)
     if inputs:  # (a stage that reads no other stage keeps the digest it had before inputs)
         c["inputs_sha256"] = inputs

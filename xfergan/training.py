@@ -143,7 +143,7 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         raise UserError(f"{e}; delete it to start this run from scratch") from None
     stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
     now = config_digest(cfg, MEASURING_INPUTS)
-    if stamp != now:
+    if stamp not in (now, config_digest(cfg, MEASURING_INPUTS, legacy=True)):
         why = why_not_same(blob, cfg, now, MEASURING_INPUTS)
         log.warning("resume=true, but %s %s: starting from scratch", last, why)
         drop_earlier_logs(out)

@@ -85,9 +85,11 @@ class FolderDataModule(FileImageDataModule):
             )
         plan = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [("", root)]
         found: list[tuple[str, str, str]] = []  # (split, class, relative path)
+        listed: set[str] = set()  # every class folder, with images or not
         ignored = 0
         for split, base in plan:
             for c in _class_dirs(base, split):
+                listed.add(c)
                 for f in sorted((base / c).rglob("*")):
                     if not f.is_file() or f.name.startswith("."):
                         continue
@@ -102,7 +104,7 @@ class FolderDataModule(FileImageDataModule):
                 f"no images in {root}: expected {root}/<class>/<image> (or train/<class>/...)"
             )
         trained = {c for sp, c, _ in found if sp in ("", "train")}
-        empty = sorted({c for sp, base in plan for c in _class_dirs(base, sp)} - trained)
+        empty = sorted(listed - trained)
         if empty:  # it would vanish from the classes, or be a class with no training image
             where = "train/" if split_dirs else ""
             raise UserError(

@@ -22,6 +22,9 @@ class SemiModule(ClassifierModule):
     """A classifier with an unlabelled pool (attach_unlabelled): `unlabelled_batch(n)` draws n
     of its images (uint8, on the module's device) with the module's own seeded generator."""
 
+    _gen: torch.Generator | None = None  # the pool's draws (made at the first batch)
+    _gen_state: torch.Tensor | None = None  # a loaded checkpoint's draw state, until then
+
     def attach_unlabelled(
         self,
         images: torch.Tensor,
@@ -31,14 +34,12 @@ class SemiModule(ClassifierModule):
         """`images`: the pool (uint8 [N, C, H, W]); `view(x, train)`: the datamodule's
         preprocessing (resize, the dataset's augmentation when train, normalization)."""
         self._pool, self._view, self._pool_seed = images, view, int(seed)
-        self._gen: torch.Generator | None = None
-        self._gen_state: torch.Tensor | None = getattr(self, "_gen_state", None)
+        self._gen = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        gen = getattr(self, "_gen", None)
-        if gen is not None:  # the pool draws so far: a resumed run continues them
-            checkpoint["xfergan_pool_rng"] = gen.get_state()
+        if self._gen is not None:  # the pool draws so far: a resumed run continues them
+            checkpoint["xfergan_pool_rng"] = self._gen.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -50,7 +51,7 @@ class SemiModule(ClassifierModule):
             self._pool = pool = pool.to(self.device)  # small pools live on the device
         if self._gen is None:  # each DDP rank its own draws; a resumed run continues them
             seed = self._pool_seed * 1_000 + self.global_rank
-            state, self._gen_state = getattr(self, "_gen_state", None), None
+            state, self._gen_state = self._gen_state, None
             one_process = getattr(self._trainer, "world_size", 1) == 1
             if self.global_step and not (state is not None and one_process):
                 seed += 1_000_003 * self.global_step  # DDP (rank 0's state only): fresh draws

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning_modules.semi_gan import check_settings as check_semi_gan
 from tasks import classify, pseudolabel, synthesize
 from tasks import gan as gan_task
-from xfergan.errors import SelectionError, UserError
+from xfergan.errors import SelectionError, UserError, first_line
 from xfergan.evaluation.table3 import write_table3
 from xfergan.runtime import VOLATILE_KEYS, output_dir, run_job
 from xfergan.schema import FUSED_GANS_DIR, enum_name
@@ -161,7 +161,7 @@ class Context:
         except SelectionError:
             raise  # the same for every job: the sweep stops (run.py)
         except Exception as e:  # which stage and arm failed, in the one line a user sees
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             where = f"stage {name}" + (f" (arm {arm})" if arm else "")
             raise UserError(
                 f"pipeline {where} failed: {first} (details: {self.out / name}/error.txt)"
@@ -431,15 +431,19 @@ def synthetic_arm(cfg: DictConfig, gan: str | None) -> str:
     )
 
 
+def tuned_overrides(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """What the user set for an arm: a variant's base arm's arm_overrides, the variant's own
+    overrides, then its own arm_overrides (later ones win)."""
+    base, _, variant = arm_spec(cfg, name)
+    tuned = cfg.pipeline.arm_overrides or {}
+    over = dict(tuned.get(base, {}) or {}) if base != name else {}
+    return {**over, **variant, **dict(tuned.get(name, {}) or {})}
+
+
 def run_arm(ctx: Context, name: str) -> dict:
     """A variant trains like its base arm (its arm_overrides too), then its own overrides."""
-    base, _, variant = arm_spec(ctx.cfg, name)
-    tuned = ctx.cfg.pipeline.arm_overrides or {}
-    over = dict(ARMS[base][1](ctx, arm_gan(ctx.cfg, name)))
-    if base != name:
-        over.update(dict(tuned.get(base, {}) or {}))
-    over.update(variant)
-    over.update(dict(tuned.get(name, {}) or {}))
+    over = dict(ARMS[arm_spec(ctx.cfg, name)[0]][1](ctx, arm_gan(ctx.cfg, name)))
+    over.update(tuned_overrides(ctx.cfg, name))
     over["arm"] = name
     return ctx.stage(f"classify_{name}", "classify", over)
 
@@ -534,11 +538,8 @@ def _pipeline(cfg: DictConfig) -> dict:
         for arm in cfg.pipeline.teacher_ensemble:
             arm_spec(cfg, arm)
     for name in arms:  # what the semi-supervised GAN cannot do: said before anything trains
-        base, _, variant = arm_spec(cfg, name)
-        if base == "semi_gan":
-            tuned = cfg.pipeline.arm_overrides or {}
-            over = {**dict(tuned.get(base, {}) or {}), **variant, **dict(tuned.get(name, {}) or {})}
-            check_semi_gan(stage_cfg(cfg, out, "classify", over).trainer)
+        if arm_spec(cfg, name)[0] == "semi_gan":
+            check_semi_gan(stage_cfg(cfg, out, "classify", tuned_overrides(cfg, name)).trainer)
     ctx = Context(cfg, out)
     table = {}
     for name in arms:  # an arm a distill arm already needed (the teacher) is not run twice
@@ -609,11 +610,10 @@ class FusedGANsFirst(Callback):
             sys.exit(2)
         except Exception as e:  # noqa: BLE001 - Hydra would make it a warning and every job
             # would then fail on "no finished GAN run": the real cause, in one line
-            first = (str(e).strip().splitlines() or [""])[0]
             where = Path(config.hydra.sweep.dir) / FUSED_GANS_DIR
             print(
-                f"xfergan: error: the fused GANs failed: {type(e).__name__}: {first} (their "
-                f"runs: {where})",
+                f"xfergan: error: the fused GANs failed: {type(e).__name__}: {first_line(e)} "
+                f"(their runs: {where})",
                 file=sys.stderr,
             )
             sys.exit(1)

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from xfergan.errors import UserError
+from xfergan.errors import UserError, first_line
 from xfergan.evaluation.report_files import collect, write_report
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ReportWhenDone(Callback):
         try:
             self._report(Path(config.hydra.sweep.dir))
         except Exception as e:  # noqa: BLE001 - Hydra would make it a warning: fail the command
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             log.error("the report could not be written: %s: %s", type(e).__name__, first)
             outcome.failures.append(f"report failed: {first}")
 

@@ -361,14 +361,17 @@ def test_the_feature_net_cache_key_follows_what_changes_the_net(tmp_path):
     The GAN's own settings never change it: every GAN of a seed is measured with one net."""
     from tasks.pipeline import feature_net_key
 
-    base = FAST + ["task=pipeline", "dataset=mnist", "dataset.n_per_class=4"]
+    base = FAST + ["task=pipeline", "dataset.n_per_class=4"]
 
-    def key(*extra):
-        return feature_net_key(compose(base + list(extra), tmp_path / "k"))[1]
+    def key(*extra, data="dataset=mnist"):
+        return feature_net_key(compose(base + [data, *extra], tmp_path / "k"))[1]
 
     k = key()
     assert key("dataset.num_workers=4") == k
-    assert key(f"paths.cache_dir={tmp_path}/elsewhere") == k
+    # a folder dataset's decode cache follows paths.cache_dir (dataset.cache_dir)
+    folder = f"dataset=folder dataset.root={tmp_path}".split()
+    moved = f"paths.cache_dir={tmp_path}/elsewhere"
+    assert key(folder[1], moved, data=folder[0]) == key(folder[1], data=folder[0])
     assert key("gan.steps=123") == k
     assert key("callbacks=early_stopping") != k
     assert key("seed=1") != k

@@ -460,8 +460,7 @@ def test_a_val_split_not_drawn_per_class_is_not_called_per_class(tmp_path, count
 def test_val_curves_keep_groups_apart_and_count_seeds_once(tmp_path):
     """report_curves.csv / plot_val_curves.png: runs that differ in a swept key besides n (here
     the unlabelled cap) are separate curves (before, grouped by n alone, they were averaged into
-    one line), a seed run twice counts once (the report's rule: the first by dir), and
-    n_per_class sorts as numbers."""
+    one line), and a seed run twice counts once (the report's rule: the first by dir)."""
     from xfergan.evaluation.curves import training_curves, write_curves
     from xfergan.evaluation.report_files import collect, swept_keys
 

@@ -11,6 +11,13 @@ class SelectionError(UserError):
     may not: the same for every job of a sweep, so a multirun stops at once (exit 2)."""
 
 
+def first_line(e: BaseException, default: str | None = None) -> str:
+    """An exception's first message line, for a one-line report (`default` when it has none:
+    its type's name unless given)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else (type(e).__name__ if default is None else default)
+
+
 def instantiate(spec, what: str | None = None, **kwargs):
     """hydra.utils.instantiate, with a UserError raised inside the constructor kept as its one
     line; with `what`, any other failure to build becomes one too ("cannot build <what> ...")."""

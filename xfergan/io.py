@@ -103,7 +103,5 @@ def earlier_logs(run_dir: str | os.PathLike) -> list[Path]:
     """csv/metrics.<k>.csv, k = 1, 2, ...: the CSV logs of the earlier attempts a resumed run
     continues (xfergan/training.keep_earlier_log), in attempt order; csv/metrics.csv is the
     latest."""
-    found = [(f.name.split(".")[1], f) for f in (Path(run_dir) / "csv").glob("metrics.*.csv")]
-    return [
-        f for k, f in sorted((kf for kf in found if kf[0].isdigit()), key=lambda kf: int(kf[0]))
-    ]
+    found = {f.name.split(".")[1]: f for f in (Path(run_dir) / "csv").glob("metrics.*.csv")}
+    return [found[k] for k in sorted((k for k in found if k.isdigit()), key=int)]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xfergan import stats
+from xfergan.errors import first_line
 
 # the arms' numbers a pipeline run carries as <metric>_<arm>
 ARM_METRICS = ("test/acc", "test/balanced_acc", "test/auroc", "test/kappa", "test/study_kappa")
@@ -74,7 +75,7 @@ def _load_predictions(run: dict, arm: str) -> tuple[Any, str | None]:
         p.test_ids = str(z["test_ids_sha256"]) if "test_ids_sha256" in z else None
         return p, None
     except Exception as e:  # noqa: BLE001 - a damaged file: that seed is named, not a crash
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = first_line(e, default="")
         return None, f"damaged ({type(e).__name__}: {first})" if first else "damaged"
 
 
@@ -86,6 +87,15 @@ def _stage(run: dict, arm: str) -> dict:
         return read_json(f) if f.is_file() else {}
     except Exception:  # noqa: BLE001
         return {}
+
+
+def report_groups(runs: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
+    """The report's groups: its finished runs by their values of the swept keys ("" unset)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r.get("status") == "ok":
+            groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
+    return groups
 
 
 def one_per_seed(rs: list[dict]) -> tuple[list[dict], list[str]]:
@@ -248,9 +258,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
     for r in pipes:
         arms += [a for a in r.get("arms") or [] if a not in arms]
     keys = [k for k in keys if len({r["_overrides"].get(k, "") for r in pipes}) > 1]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in pipes:
-        groups[tuple(r["_overrides"].get(k, "") for k in keys)].append(r)
+    groups = report_groups(pipes, keys)
     metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
     primary_metric = next((r.get("primary_metric") for r in pipes if r.get("primary_metric")), None)
     unequal = {a for r in pipes for a in r.get("unequal_budgets") or []}

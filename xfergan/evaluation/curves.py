@@ -56,14 +56,10 @@ def training_curves(runs: list[dict], keys: list[str]) -> list[dict]:
     """Every logged val/acc point of every classifier stage under the report's runs, with the
     run's group (the report's swept keys): one run per seed and group, as the report's tables
     take it (arms.one_per_seed)."""
-    from xfergan.evaluation.arms import one_per_seed
+    from xfergan.evaluation.arms import one_per_seed, report_groups
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        if r.get("status") == "ok":
-            groups[tuple((r.get("_overrides") or {}).get(k, "") for k in keys)].append(r)
     pts = []
-    for gkey, rs in groups.items():
+    for gkey, rs in report_groups(runs, keys).items():
         for r in one_per_seed(rs)[0]:
             for arm, stage in _stages(r):
                 for step, v in _points(stage):

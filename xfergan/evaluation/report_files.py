@@ -24,6 +24,7 @@ from xfergan.evaluation.arms import (
     num_key,
     one_per_seed,
     paired_rows,
+    report_groups,
 )
 from xfergan.evaluation.curves import write_curves
 from xfergan.evaluation.exchange import (
@@ -136,13 +137,8 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in runs:
-        if r.get("status") != "ok":
-            continue
-        ov = r["_overrides"]
-        groups[tuple(ov.get(k, "") for k in keys)].append(r)
     rows = []
+    groups = report_groups(runs, keys)
     for gkey, rs in sorted(groups.items(), key=lambda kv: [num_key(v) for v in kv[0]]):
         rs, notes = one_per_seed(rs)  # the arms section's rule: one run per seed, never averaged
         row = {

@@ -158,8 +158,9 @@ class SemiGAN(SemiModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        # G: the mean feature of its images -> the mean feature of unlabelled real ones
-        with torch.no_grad():
+        # G: the mean feature of its images -> the mean feature of unlabelled real ones (the
+        # statistics already took these images in the D pass: no second update)
+        with torch.no_grad(), frozen_norm_stats(self.net):
             target_f = self.features(u).float().mean(0)
         with frozen_norm_stats(self.net):
             loss_g = F.mse_loss(self.features(fake).float().mean(0), target_f)

@@ -474,6 +474,14 @@ class ConditionalGAN(pl.LightningModule):
                 self._whole_step = compile_whole(self._graph_update, self, raw)
                 self._graph_for = tuple(map(id, raw))
             loss_d, loss_g = self._whole_step(x, y, *raw)
+            # Lightning counts the optimizer steps it sees (trainer.global_step: checkpoints,
+            # resume); the graph stepped the raw optimizers, so its wrappers step once each per
+            # update the eager step makes, with no gradient left to apply (no update)
+            if opt_d is not raw[1]:
+                for _ in range(self.hparams.d_steps):
+                    opt_d.step()
+            if opt_g is not raw[0]:
+                opt_g.step()
             self._steps += 1  # the host mirrors of the counts it advanced on the device
             self._ema_n += self._steps >= self.hparams.ema_start_step
             # a CUDA graph's outputs are overwritten by its next replay: the logged losses

@@ -124,6 +124,42 @@ def test_the_graph_step_trains_and_resumes_through_the_task_as_the_eager_step(
                 assert _close(opt_b["state"][i][k].cpu(), v.cpu()), (i, k)
 
 
+def test_the_graph_step_counts_its_steps_and_checkpoints_while_it_trains_as_the_eager_step(
+    tmp_path, monkeypatch
+):
+    """gan.compile=graph steps the raw optimizers inside its graph, so Lightning never saw a
+    step: trainer.global_step stayed 0, ModelCheckpoint (which skips a step it already saved)
+    wrote no epoch checkpoint while training, and a run killed mid-way had nothing to resume
+    from. Now it counts what the eager step counts (d_steps D steps + one G step a batch), and
+    writes the same checkpoints at the same steps."""
+    import pytorch_lightning as pl
+
+    import tasks.gan
+
+    seen: dict[str, list[int]] = {}
+
+    class Steps(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            seen.setdefault(str(module.hparams.compile), []).append(trainer.global_step)
+
+    args = FAST + GAN_FAST + ["task=gan", "gan.epochs=3", "dataset.n_per_class=4", "logger=none"]
+    args += ["gan.eval_n_per_class=0", "gan.checkpoint_every_n_steps=1", "gan.d_steps=2"]
+    build = tasks.gan.build_callbacks
+    monkeypatch.setattr(tasks.gan, "build_callbacks", lambda *a: [*build(*a), Steps()])
+    run_task(compose(args, tmp_path / "eager"))
+    _aot_eager(monkeypatch)
+    run_task(compose(args + ["gan.compile=graph"], tmp_path / "graph"))
+    assert seen["graph"] == seen["None"] and seen["None"][-1] > 0, seen
+    ckpts = {
+        run: sorted(p.name for p in (tmp_path / run / "checkpoints").glob("*.ckpt"))
+        for run in ("eager", "graph")
+    }
+    assert ckpts["graph"] == ckpts["eager"] and len(ckpts["eager"]) == 4, ckpts  # 3 + last
+    for name in ckpts["eager"]:
+        a, b = (torch.load(tmp_path / r / "checkpoints" / name) for r in ("eager", "graph"))
+        assert a["global_step"] == b["global_step"], name
+
+
 def test_the_graph_step_refuses_several_devices_and_fp16_loss_scaling():
     m = small_gan(3, 28, compile="graph")
     m._trainer = types.SimpleNamespace(world_size=2, precision="32-true")

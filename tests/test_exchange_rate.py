@@ -111,6 +111,38 @@ def test_seeds_are_paired_and_bad_input_is_one_line():
     assert exchange_text(one) == "5.66"
 
 
+def test_the_real_arm_read_off_its_own_curve_is_worth_its_n_at_either_end():
+    """The seed-mean curve and the seed-mean value are means of the same numbers summed in
+    another order (numpy sums 8 or more in pairs): they differed in the last bit, and the real
+    arm at the curve's first or last n read "below 4" / "above 64" about 1 time in 6 at 20
+    seeds. Now equal up to 1e-9 means equal."""
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        y = np.stack([rng.integers(lo, lo + 500, 20) for lo in (8000, 9000, 9500)], 1) / 1e4
+        curves = {s: {n: float(y[s, j]) for j, n in enumerate((4, 8, 16))} for s in range(20)}
+        for j, n in enumerate((4, 8, 16)):
+            d = exchange_rate(curves, {s: float(y[s, j]) for s in range(20)}, n_boot=50)
+            assert (d["point"], d["point_censored"]) == (n, None), (n, d["curve"], d["value"])
+            assert all(v == {"rate": n, "censored": None} for v in d["by_seed"].values())
+
+
+def test_one_seeds_extra_n_leaves_no_other_seed_out():
+    """Four seeds ran the real arm at n = 4 and 8, seed 0 also at 16: every other seed was left
+    out (the anchors were every n any seed ran). The curve is now the n run by more than half
+    of the seeds; the extra n is named as left out of it."""
+    curves = {s: {4: 0.6 + 0.01 * s, 8: 0.7 + 0.01 * s} for s in range(4)}
+    curves[0][16] = 0.8
+    d = exchange_rate(curves, {s: 0.65 + 0.01 * s for s in range(4)}, n_boot=100)
+    assert d["seeds"] == [0, 1, 2, 3] and d["left_out"] == [] and d["n_seeds"] == 4
+    assert d["anchors"] == [4, 8] and d["anchors_dropped"] == [16]
+    assert d["point"] == pytest.approx(2**2.5) and not math.isnan(d["low"])
+    # the majority's n stays: one seed without n = 16 of three is the one left out
+    three = {s: {4: 0.6, 8: 0.7, 16: 0.8} for s in range(3)}
+    del three[2][16]
+    d = exchange_rate(three, {s: 0.65 for s in range(3)}, n_boot=100)
+    assert d["anchors"] == [4, 8, 16] and d["left_out"] == [2] and d["anchors_dropped"] == []
+
+
 # ----------------------------------------------------------------------- through task=report
 PRIMARY = [["distill_gan", "real"], ["synthetic", "real"], ["mixed", "real"]]
 PRIMARY += [["distill_gan", "distill_real"]]

@@ -291,16 +291,23 @@ def _pava(y: np.ndarray) -> np.ndarray:
     return np.repeat(means, sizes)
 
 
+# Two means of the same numbers summed in another order differ in their last bits (numpy sums 8
+# or more in pairs): the real arm read off its own curve must land on its n, not be censored.
+# Metrics here are fractions of a test set (steps of 1e-4 and coarser): 1e-9 is far below them.
+_SAME = 1e-9
+
+
 def invert_curve(log_n: np.ndarray, fit: np.ndarray, value: float) -> float:
     """log n at which a non-decreasing curve (fit at log_n, ascending) first reaches `value`,
     linear between anchors (on a flat stretch: its smallest n); -inf below the curve's first
-    value, +inf above its last (censored: the caller says "below"/"above", never extrapolates)."""
-    if value < fit[0]:
+    value, +inf above its last (censored: the caller says "below"/"above", never extrapolates).
+    Values within _SAME of an anchor's are that anchor's."""
+    if value - fit[0] < -_SAME:
         return -math.inf
-    if value > fit[-1]:
+    if value - fit[-1] > _SAME:
         return math.inf
-    j = int(np.argmax(fit >= value))  # the first anchor that reaches it
-    if j == 0 or fit[j] == value:
+    j = int(np.argmax(fit >= value - _SAME))  # the first anchor that reaches it
+    if j == 0 or abs(fit[j] - value) <= _SAME:
         return float(log_n[j])
     t = (value - fit[j - 1]) / (fit[j] - fit[j - 1])
     return float(log_n[j - 1] + t * (log_n[j] - log_n[j - 1]))
@@ -325,8 +332,9 @@ def exchange_rate(
     """What an arm's metric is worth in real labelled images per class.
 
     curves: seed -> {n_per_class: the `real` arm's metric}; values: seed -> the arm's metric at
-    the compared n. Paired by seed: only seeds in both count, and of those only seeds whose
-    curve has every anchor (every n any of them has); the others are listed in `left_out`.
+    the compared n. Paired by seed: only seeds in both count. The anchors are the n that more
+    than half of those seeds ran (the others, `anchors_dropped`, are not read); seeds without
+    every anchor are listed in `left_out`.
     Point: the seed-mean curve, made monotone (isotonic), inverted at the seed-mean value
     (linear in log n; a flat stretch gives its smallest n). Interval: percentile bootstrap over
     seeds (`n_boot` resamples of the seeds with replacement, curve and value together, RNG
@@ -344,14 +352,19 @@ def exchange_rate(
             "exchange_rate: no seed has both a real curve and an arm value "
             f"(curve seeds {sorted(curves)}, arm seeds {sorted(values)})"
         )
-    anchors = sorted({float(n) for s in paired_seeds for n in curves[s]})
+    # the curve's n: those that more than half of the paired seeds ran (one seed's extra n
+    # must not leave out every other seed; one seed's missing n leaves out that seed)
+    have = [{float(n) for n in curves[s]} for s in paired_seeds]
+    every_n = sorted(set().union(*have))
+    anchors = [n for n in every_n if 2 * sum(n in h for h in have) > len(have)]
+    dropped = [n for n in every_n if n not in anchors]
     if len(anchors) < 2:
         raise ValueError(
             f"exchange_rate: the real curve needs at least 2 n_per_class anchors, got {anchors}"
         )
     if anchors[0] <= 0 or not all(math.isfinite(n) for n in anchors):
         raise ValueError(f"exchange_rate: n_per_class anchors must be positive, got {anchors}")
-    seeds = [s for s in paired_seeds if {float(n) for n in curves[s]} == set(anchors)]
+    seeds = [s for s, h in zip(paired_seeds, have) if h >= set(anchors)]
     left_out = [s for s in paired_seeds if s not in seeds]
     if not seeds:
         raise ValueError(
@@ -394,6 +407,7 @@ def exchange_rate(
         "n_seeds": len(seeds),
         "seeds": seeds,
         "left_out": left_out,
+        "anchors_dropped": dropped,
         "by_seed": {s: {"rate": r, "censored": c} for s, (r, c) in by_seed.items()},
         "level": level,
         "n_boot": n_boot,

@@ -247,6 +247,12 @@ def exchange_lines(x: dict, row, head) -> list[str]:
                     f"{arm} at n={c['n']:g}: left out seeds {', '.join(map(str, d['left_out']))}"
                     " (no real run at every n of the curve)"
                 )
+            if d.get("anchors_dropped"):
+                notes.append(
+                    f"{arm} at n={c['n']:g}: the real curve leaves out n="
+                    + ", ".join(f"{n:g}" for n in d["anchors_dropped"])
+                    + " (run by half of the seeds or fewer)"
+                )
     notes += [n for c in x["curves"] for n in c["notes"]] + list(x.get("unmatched") or [])
     if notes:
         lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]

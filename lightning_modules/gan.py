@@ -261,6 +261,35 @@ class GANDivergedError(RuntimeError):
     """Raised from a training step so Lightning stops without saving the diverged state."""
 
 
+class Divergence:
+    """A GAN's divergence, counted on the device (no host read until `read`): NaN/Inf losses,
+    and streaks of steps in which D separates real from fake perfectly (loss_d ~0: G gets no
+    signal). Shape () for one GAN, (K,) for K GANs trained as one (task=gan_fused)."""
+
+    def __init__(self, hp, shape: tuple[int, ...] = ()):
+        self.threshold = 1e-3 if hp.loss == "hinge" else 1e-4
+        self.patience = int(hp.divergence_patience)
+        self.bad = torch.zeros(shape, dtype=torch.long)  # current streak of collapsed-D steps
+        self.worst = torch.zeros(shape, dtype=torch.long)  # longest streak since the last read
+        self.nonfinite = torch.zeros(shape, dtype=torch.bool)
+
+    def update(self, loss_d: torch.Tensor, loss_g: torch.Tensor) -> None:
+        if self.bad.device != loss_d.device:
+            self.bad, self.worst, self.nonfinite = (
+                t.to(loss_d.device) for t in (self.bad, self.worst, self.nonfinite)
+            )
+        self.nonfinite |= ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
+        self.bad = (self.bad + 1) * (loss_d < self.threshold)
+        self.worst = torch.maximum(self.worst, self.bad)
+
+    def read(self):
+        """(NaN/Inf seen, longest collapsed-D streak since the last read): one host read;
+        Python scalars for one GAN, lists for K."""
+        nonfinite, worst = self.nonfinite.tolist(), self.worst.tolist()
+        self.worst = self.bad.clone()
+        return nonfinite, worst
+
+
 class ConditionalGAN(pl.LightningModule):
     """The training procedure. The networks come from `_target_` configs (conf/gan/*.yaml), so a
     new architecture is a class plus a yaml; checkpoints record this class's import path and the
@@ -314,9 +343,7 @@ class ConditionalGAN(pl.LightningModule):
         self._steps = 0  # == int(self.steps)
         self._ema_n = 0  # == int(self.ema.n_averaged)
         self._ema_update = ema_with_warmup(ema_decay)
-        self._bad = torch.zeros((), dtype=torch.long)  # current streak of collapsed-D steps
-        self._worst = torch.zeros((), dtype=torch.long)  # longest streak since the last check
-        self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self._div = Divergence(self.hparams)  # NaN/Inf and collapsed-D streaks, on the device
         # identity of the real training images (set by task=gan), saved in every checkpoint
         self.provenance: dict[str, Any] | None = None
         self._guide = None  # (teacher, weight) from set_guidance
@@ -559,26 +586,16 @@ class ConditionalGAN(pl.LightningModule):
         self, loss_d: torch.Tensor, loss_g: torch.Tensor, read: bool = True
     ) -> None:
         """Counts NaN/Inf losses and collapsed-D streaks on the device; raises when `read`."""
-        dev = loss_d.device
-        if self._bad.device != dev:
-            self._bad, self._worst, self._nonfinite = (
-                t.to(dev) for t in (self._bad, self._worst, self._nonfinite)
-            )
-        self._nonfinite |= ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))
-        # collapsed D: it separates real from fake perfectly for `patience` steps in a row
-        collapsed = loss_d < (1e-3 if self.hparams.loss == "hinge" else 1e-4)
-        self._bad = (self._bad + 1) * collapsed
-        self._worst = torch.maximum(self._worst, self._bad)
+        self._div.update(loss_d, loss_g)
         if not read:
             return
-        nonfinite, worst = bool(self._nonfinite), int(self._worst)
-        self._worst = self._bad.clone()
+        nonfinite, worst = self._div.read()
         if nonfinite:
             raise GANDivergedError(
                 f"GAN diverged at step {self._steps}: loss_d={float(loss_d)}, "
                 f"loss_g={float(loss_g)} (NaN/Inf)"
             )
-        if worst >= self.hparams.divergence_patience:
+        if worst >= self._div.patience:
             raise GANDivergedError(
                 f"GAN diverged at step {self._steps}: the discriminator loss stayed at ~0 for "
                 f"{worst} steps (D wins, G gets no signal); try DiffAugment, "

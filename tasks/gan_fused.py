@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.utils import save_image
 
 from lightning_modules.fused_gan import FusedGANs
+from lightning_modules.gan import Divergence
 from tasks.gan import build_gan, evaluate_quality, gan_datamodule
 from xfergan.devices import job_device
 from xfergan.errors import UserError
@@ -231,6 +232,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     loaders = [dm.train_dataloader() for dm in dms]
     every = max(1, int(cfg.trainer.get("log_every_n_steps") or 50))
     history: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss_d [K], loss_g [K])
+    div = Divergence(gans[0].hparams, (len(seeds),))  # task=gan's checks, per member
     t0 = time.time()
     for epoch in range(epochs):
         for loader in loaders:
@@ -243,10 +245,8 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
             )
             if fused.steps % every == 0:  # no host read: written to the trackers after training
                 history.append((fused.steps, loss_d.detach(), loss_g.detach()))
-        bad = ~(torch.isfinite(loss_d) & torch.isfinite(loss_g))  # once an epoch: a host read
-        if bad.any():
-            which = [s for s, b in zip(seeds, bad.tolist()) if b]
-            raise UserError(f"GAN diverged (NaN/Inf losses) at step {fused.steps}, seeds {which}")
+            div.update(loss_d.detach(), loss_g.detach())  # on the device, every step
+        check_divergence(div, seeds, fused.steps)  # once an epoch: one host read
     train_s = round(time.time() - t0, 3)
     metrics = {"gan/steps": fused.steps, "gan/fused_k": len(seeds), "gan/train_s": train_s}
     logged = [t for t, _, _ in history]  # every GAN's losses in one host read: [T, 2, K]
@@ -278,3 +278,19 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
         metrics[f"gan/checkpoint_seed{s}"] = str(last)
     log.info("trained %d GANs as one in %.1f s: %s", len(seeds), train_s, out)
     return metrics
+
+
+def check_divergence(div: Divergence, seeds: list[int], step: int) -> None:
+    """task=gan's divergence checks for each of the K GANs (NaN/Inf losses; D's loss at ~0 for
+    gan.divergence_patience steps in a row): one line naming the seeds that diverged."""
+    nonfinite, worst = div.read()
+    bad = [s for s, b in zip(seeds, nonfinite) if b]
+    if bad:
+        raise UserError(f"GAN diverged (NaN/Inf losses) at step {step}, seeds {bad}")
+    bad = [s for s, w in zip(seeds, worst) if w >= div.patience]
+    if bad:
+        raise UserError(
+            f"GAN diverged at step {step}, seeds {bad}: the discriminator loss stayed at ~0 for "
+            f"{max(worst)} steps (D wins, G gets no signal); try DiffAugment, spectral norm or a "
+            "lower gan.lr_d"
+        )

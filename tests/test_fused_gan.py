@@ -313,3 +313,35 @@ def test_each_fused_gan_has_its_own_tracker_runs_as_task_gan(tmp_path):
         assert len(rows) == 3  # a header, then G+D steps 2 and 4
         losses[s] = rows[1:]
     assert losses[0] != losses[1]
+
+
+def test_a_fused_gan_whose_d_collapses_stops_as_task_gan_would_naming_its_seed(
+    tmp_path, monkeypatch
+):
+    """task=gan stops a GAN whose D wins outright (loss_d ~0 for gan.divergence_patience steps
+    in a row); task=gan_fused checked only NaN/Inf, so such a member was written as ok and fed
+    synthetic sets. Here seed 1's D loss is 0 from the first step: the run stops at the first
+    epoch's end, one line naming seed 1 and not seed 0; a NaN in seed 0 names seed 0."""
+    from lightning_modules.fused_gan import FusedGANs
+    from tasks import run_task
+    from xfergan.errors import UserError
+
+    step = FusedGANs.fused_step
+    poison = {"value": 0.0, "member": 1}
+
+    def collapse(self, *a, **kw):
+        loss_d, loss_g = step(self, *a, **kw)
+        loss_d = loss_d.clone()
+        loss_d[poison["member"]] = poison["value"]
+        return loss_d, loss_g
+
+    monkeypatch.setattr(FusedGANs, "fused_step", collapse)
+    base = FAST + GAN_FAST + ["dataset.n_per_class=4", "logger=none", "task=gan_fused"]
+    base += ["gan_fused.seeds=[0,1]", "gan.steps=4", "gan.divergence_patience=3"]
+    with pytest.raises(UserError, match=r"seeds \[1\]: the discriminator loss stayed at ~0") as e:
+        run_task(compose(base, tmp_path / "a"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "a" / "seed_1" / "checkpoints" / "last.ckpt").exists()
+    poison.update(value=float("nan"), member=0)
+    with pytest.raises(UserError, match=r"NaN/Inf losses\) at step \d+, seeds \[0\]"):
+        run_task(compose(base + ["gan.divergence_patience=100"], tmp_path / "b"))

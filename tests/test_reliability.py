@@ -324,7 +324,7 @@ def test_collapsed_discriminator_is_detected():
         m._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
     with pytest.raises(GANDivergedError, match="discriminator loss stayed at ~0"):
         m._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
-    m._bad.zero_(), m._worst.zero_()
+    m._div.bad.zero_(), m._div.worst.zero_()
     m._check_divergence(torch.tensor(0.5), torch.tensor(1.0))  # healthy
     with pytest.raises(GANDivergedError, match="NaN/Inf"):
         m._check_divergence(torch.tensor(float("nan")), torch.tensor(1.0))

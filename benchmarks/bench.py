@@ -39,6 +39,7 @@ import pytorch_lightning as pl  # noqa: E402
 
 from tasks.classify import build_classifier  # noqa: E402
 from tasks.gan import build_gan, gan_datamodule  # noqa: E402
+from xfergan.errors import first_line  # noqa: E402
 from xfergan.machine import commit, machine  # noqa: E402
 from xfergan.training import (  # noqa: E402
     build_callbacks,
@@ -382,39 +383,106 @@ def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
     return {"rate": batch * steps / timed(step, steps, warmup), "first_step_s": first}
 
 
-def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str) -> list[dict]:
+def _compile_skips() -> int:
+    """CUDA graphs that torch.compile skipped (it falls back to plain compiled code and says so
+    only in a warning): a graph variant's speed is a CUDA-graph speed only where this is 0."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def _clear_compile_counters() -> None:
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+
+
+def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str):
     """The speed options for the paper's GAN step (experiment=paper_table3_full's G and D, plain
     loop around the module's own gan_step): a larger batch (the same passes over the real images
     in fewer steps), bf16 autocast (what trainer=gpu runs), torch.compile with and without CUDA
-    graphs. Figure: real images per second (batch x steps/s), against the first variant."""
-    base, out = None, []
+    graphs. Figure: real images per second (batch x steps/s), against the first variant. Yields
+    one row per variant (the caller writes each as it comes: a run stopped at its time limit
+    keeps the variants it measured)."""
+    base = None
     for name in variants.split(","):
         row = {"case": f"GAN speed {name} (paper_table3_full G/D, plain loop)", "unit": "img/s"}
+        _clear_compile_counters()
         try:
             got = _gan_speed_one(name, steps, warmup, gpu, tmp)
         except Exception as e:  # an option that does not run here is a finding, not a crash
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            out.append(
-                {
-                    **row,
-                    "error": f"{type(e).__name__}: {msg}",
-                    "plain": base or 0.0,
-                    "ours": 0.0,
-                    "ratio": 0.0,
-                }
-            )
+            yield {
+                **row,
+                "error": f"{type(e).__name__}: {first_line(e, '')[:300]}",
+                "plain": base or 0.0,
+                "ours": 0.0,
+                "ratio": 0.0,
+            }
             continue
         base = base or got["rate"]
-        out.append(
-            {
+        yield {
+            **row,
+            "plain": base,
+            "ours": got["rate"],
+            "ratio": got["rate"] / base,
+            "first_step_s": got["first_step_s"],
+            "cudagraph_skips": _compile_skips(),
+        }
+
+
+def bench_classifier_speed(steps, warmup, gpu, tmp: Path, variants: str):
+    """The classifier step as the synthetic and mixed arms of experiment=paper_table3_full run
+    it (MobileNetV2 at 96 px, batch 64, bf16-mixed on a GPU: small, launch-bound steps), through
+    the task's own datamodule, module and Trainer, with model.compile=<variant> (false: eager;
+    graph: the whole training step one graph, on CUDA a CUDA graph). Figure: training steps per
+    second, against the first variant; one row per variant as it is measured."""
+    base = None
+    for name in variants.split(","):
+        mode, bs = name.split("_")
+        batch = int(bs.removeprefix("bs"))
+        m = 5 * -(-(steps + warmup + 2) // 5)  # whole batches only, as bench_classifier
+        over = [
+            "experiment=paper_table3_full",
+            "task=classify",
+            "model.init=scratch",  # the speed does not depend on the starting weights
+            f"model.compile={ {'eager': 'false'}.get(mode, mode) }",
+            f"dataset.n_per_class={batch * m // 10}",
+            "dataset.val_per_class=1",
+            f"dataset.batch_size={batch}",
+        ] + ([] if gpu else ["trainer=cpu"])
+        row = {
+            "case": f"classifier speed {name} (paper_table3_full's MobileNetV2 96px, Trainer)",
+            "unit": "steps/s",
+        }
+        _clear_compile_counters()
+        try:
+            cfg = compose(over, tmp / f"clf_speed_{name}")
+            dm = build_datamodule(cfg)
+            dm.setup()
+            model = build_classifier(cfg, dm)
+            timer = StepTimer(warmup)
+            trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
+            t0 = time.perf_counter()
+            trainer.fit(model, datamodule=dm)
+            rate = timer.n / (timer.t1 - timer.t0)
+        except Exception as e:
+            yield {
                 **row,
-                "plain": base,
-                "ours": got["rate"],
-                "ratio": got["rate"] / base,
-                "first_step_s": got["first_step_s"],
+                "error": f"{type(e).__name__}: {first_line(e, '')[:300]}",
+                "plain": base or 0.0,
+                "ours": 0.0,
+                "ratio": 0.0,
             }
-        )
-    return out
+            continue
+        base = base or rate
+        yield {
+            **row,
+            "plain": base,
+            "ours": rate,
+            "ratio": rate / base,
+            "fit_s": time.perf_counter() - t0,  # compile included
+            "cudagraph_skips": _compile_skips(),
+        }
 
 
 def _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup) -> tuple[float, float]:
@@ -443,7 +511,7 @@ def _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup) -> tuple[float, float]
     return k * steps / timed(separate, steps, warmup), k * steps / timed(one, steps, warmup)
 
 
-def bench_gan_fused(ks: list[int], steps: int, warmup: int, gpu: bool, tmp: Path) -> list[dict]:
+def bench_gan_fused(ks: list[int], steps: int, warmup: int, gpu: bool, tmp: Path):
     """K GANs trained as one (lightning_modules/fused_gan.py) against the same K GANs stepped
     one after another (each its own gan_step), paper_table3_full's G and D at its batch, each
     GAN on its own batch: aggregate GAN steps per second (K x steps / time)."""
@@ -453,20 +521,16 @@ def bench_gan_fused(ks: list[int], steps: int, warmup: int, gpu: bool, tmp: Path
     dm.setup()
     x_all = dm.preprocess(dm.splits.train.x.to(device()))
     y_all = dm.splits.train.y.to(device())
-    out = []
-    for k in ks:
+    for k in ks:  # one row per K as it is measured
         plain, ours = _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup)
-        out.append(
-            {
-                "case": f"gan_fused K={k} GANs as one vs one after another (paper_table3_full "
-                f"G/D, bs{cfg.gan.batch_size}; aggregate GAN steps/s)",
-                "unit": "steps/s",
-                "plain": plain,
-                "ours": ours,
-                "ratio": ours / plain,
-            }
-        )
-    return out
+        yield {
+            "case": f"gan_fused K={k} GANs as one vs one after another (paper_table3_full "
+            f"G/D, bs{cfg.gan.batch_size}; aggregate GAN steps/s)",
+            "unit": "steps/s",
+            "plain": plain,
+            "ours": ours,
+            "ratio": ours / plain,
+        }
 
 
 # ----------------------------------------------------------------------------- MURA input
@@ -629,7 +693,8 @@ def main():
     ap.add_argument(
         "--cases",
         default="classifier,gan,mura,jobs_per_gpu",
-        help="also: gan_speed (the GAN step's options), gan_fused (K GANs as one)",
+        help="also: gan_speed (the GAN step's options), clf_speed (the classifier step's), "
+        "gan_fused (K GANs as one)",
     )
     ap.add_argument(
         "--jobs-per-gpu",
@@ -642,6 +707,11 @@ def main():
         help="gan_speed: <eager|compile|cudagraphs|step|graph>_bs<batch>[_bf16][_projected], "
         "comma-separated (step: gan.compile=step, the whole update compiled; graph: "
         "gan.compile=graph, the whole step one graph, on CUDA a CUDA graph)",
+    )
+    ap.add_argument(
+        "--clf-variants",
+        default="eager_bs64,graph_bs64",
+        help="clf_speed: <eager|true|graph>_bs<batch> (model.compile: false, true, graph)",
     )
     ap.add_argument(
         "--fused-k", default=None, help="K values of the gan_fused case (GPU 1,5,25; CPU 4)"
@@ -710,9 +780,18 @@ def main():
                 add(*bench_jobs_per_device(ks, steps * (10 if gpu else 2), warm, gpu, tmp, pools))
             if "gan_fused" in cases:
                 ks = [int(k) for k in (a.fused_k or ("1,5,25" if gpu else "4")).split(",")]
-                add(*bench_gan_fused(ks, steps * (10 if gpu else 1), warm, gpu, tmp))
+                for row in bench_gan_fused(ks, steps * (10 if gpu else 1), warm, gpu, tmp):
+                    add(row)
             if "gan_speed" in cases:
-                add(*bench_gan_speed(steps * (10 if gpu else 2), warm, gpu, tmp, a.gan_variants))
+                for row in bench_gan_speed(
+                    steps * (10 if gpu else 2), warm, gpu, tmp, a.gan_variants
+                ):
+                    add(row)
+            if "clf_speed" in cases:
+                for row in bench_classifier_speed(
+                    steps * (10 if gpu else 2), warm, gpu, tmp, a.clf_variants
+                ):
+                    add(row)
         if "pool" in pools:
             pools["pool"].close()
             pools["pool"].join()

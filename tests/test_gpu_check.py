@@ -1,0 +1,117 @@
+"""benchmarks/gpu_check.sh, the one prepared device run (issue 28): what it can be checked for
+without a GPU. Its end-to-end run picks the fastest step it measured and sizes the paper's GAN
+from that speed (benchmarks/gpu_sizing.py); every step it names exists; bench.py writes each
+variant as it is measured (a step cut at its time cap keeps what it got)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_sizing  # noqa: E402
+
+
+def _bench(path: Path, rows: list[dict]) -> Path:
+    path.write_text(json.dumps({"results": rows}))
+    return path
+
+
+def _gan(name, ours, **kw):
+    return {"case": f"GAN speed {name} (paper_table3_full G/D, plain loop)", "ours": ours, **kw}
+
+
+def test_the_end_to_end_run_takes_the_fastest_step_that_ran(tmp_path):
+    f = _bench(
+        tmp_path / "speed.json",
+        [
+            _gan("eager_bs64_bf16", 1600.0),  # img/s: 25 steps/s at batch 64
+            _gan("graph_bs64_bf16", 19200.0),  # 300 steps/s
+            _gan("graph_bs256_bf16", 90000.0),  # another batch: not the run's
+        ],
+    )
+    assert gpu_sizing.fastest("gan", f) == ("graph", 300.0)
+    # the graph variant failed on this machine: the run stays eager
+    f = _bench(
+        tmp_path / "failed.json",
+        [
+            _gan("eager_bs64_bf16", 1600.0),
+            _gan("graph_bs64_bf16", 0.0, error="BackendCompilerFailed: x"),
+        ],
+    )
+    assert gpu_sizing.fastest("gan", f) == ("null", 25.0)
+    assert gpu_sizing.fastest("gan", tmp_path / "missing.json") == ("null", 0.0)
+    clf = _bench(
+        tmp_path / "clf.json",
+        [
+            {"case": "classifier speed eager_bs64 (MobileNetV2)", "ours": 26.3},
+            {"case": "classifier speed graph_bs64 (MobileNetV2)", "ours": 161.0},
+        ],
+    )
+    assert gpu_sizing.fastest("clf", clf) == ("graph", 161.0)
+
+
+def test_the_gan_is_sized_to_what_fits_the_cap_never_more_than_asked(tmp_path):
+    steps, _ = gpu_sizing.sized("table3_gan", 15000, 260, 75, 1, 100.0)
+    assert steps == 15000  # 16,650 would fit: the paper's 15,000 run
+    steps, why = gpu_sizing.sized("table3_gan", 15000, 260, 75, 1, 21.6)
+    assert steps == int(0.9 * 185 * 21.6) and "21.6 steps/s" in why
+    steps, _ = gpu_sizing.sized("ablation_gan", 15000, 300, 150, 4, 21.6)  # 4 jobs at once
+    assert steps == int(0.9 * 150 * 21.6 / 4)
+    assert gpu_sizing.sized("x", 100, 10, 50, 1, 30.0)[0] == 1  # no time: one step, not zero
+    # no speed given: the newest GPU bench file's GAN step; CPU rehearsals never count
+    _bench(tmp_path / "2026-12-01_nvidia-h200.json", [{"case": "GAN step x", "ours": 20.0}])
+    _bench(tmp_path / "2026-12-04_gpu.json", [{"case": "GAN step y", "ours": 30.0}])
+    _bench(tmp_path / "2026-12-09_cpu-smoke.json", [{"case": "GAN step z", "ours": 2.0}])
+    rate, src = gpu_sizing.last_gan_rate(tmp_path)
+    assert rate == 30.0 and src.endswith("2026-12-04_gpu.json")
+
+
+def test_every_step_the_check_runs_exists_and_the_script_parses():
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+    order = re.search(r"GPU_CHECK_STEPS:-([0-9 ]+)\}", script).group(1).split()
+    defined = set(re.findall(r"^step(\d+)\(\) \{", script, re.M))
+    assert order == ["4", "8", "6", "2", "0", "7", "3", "5"] and set(order) <= defined
+    assert re.search(r"^BUDGET=\$\{GPU_CHECK_BUDGET_S:-(\d+)\}", script, re.M).group(1) == "500"
+    assert "timeout -k" in script and "pack\n" in script
+    # the paper-scale CPU result is never overwritten by a GPU run
+    assert "GPU_CHECK_TABLE3_NAME:-paper_table3_full_gpu}" in script
+
+
+def test_bench_writes_each_variant_as_it_is_measured(tmp_path, monkeypatch):
+    """A step cut at its time cap kept nothing: the speed cases handed back their rows only
+    after the last variant. Now the JSON holds each variant once it is measured: here the run
+    is killed while the second variant runs, and the first is on disk."""
+    import bench
+
+    out = tmp_path / "speed.json"
+
+    def measure(name, *a):
+        if name.startswith("graph"):  # the cap's kill, while the second variant compiles
+            raise SystemExit("killed at the step's time cap")
+        return {"rate": 1600.0, "first_step_s": 1.0}
+
+    monkeypatch.setattr(bench, "_gan_speed_one", measure)
+    argv = ["bench.py", "--preset", "cpu", "--cases", "gan_speed", "--repeats", "1"]
+    argv += ["--steps", "1", "--gan-variants", "eager_bs64,graph_bs64", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        bench.main()
+    rows = json.loads(out.read_text())["results"]
+    assert [r["case"].split()[2] for r in rows] == ["eager_bs64"] and rows[0]["ours"] == 1600.0
+
+
+def test_a_classifier_variant_that_cannot_run_is_a_row_not_a_crash(tmp_path):
+    import bench
+
+    rows = list(bench.bench_classifier_speed(1, 0, False, tmp_path, "bogus_bs8"))
+    assert len(rows) == 1 and rows[0]["ours"] == 0.0, rows
+    assert "model.compile='bogus'" in rows[0]["error"], rows

@@ -95,7 +95,9 @@ def _decode_job(args):
 
 
 def cache_key(root: Path, rows: list[ImageRow], size: int, color: str) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}|pad-center".encode())
+    # the root too: another copy with the same names, sizes and times (cp -a, an unpacked
+    # archive of other images) must not be served this one's pixels
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}|pad-center|{root.resolve()}".encode())
     for r in rows:
         try:
             st = os.stat(root / r.path)
@@ -233,16 +235,16 @@ def read_csv_rows(path: Path, required: set[str], hint: str) -> list[dict[str, s
 
 
 def inside(root: Path, rel: str) -> bool:
-    """A listed path that stays inside the root (no absolute paths, no ..-escapes)."""
+    """A listed path that stays inside the root (no absolute paths, no ..-escapes), judged on
+    the path's text: a symlinked folder inside the root (a dataset copy linked in) is the
+    user's own and stays readable."""
+    import posixpath
     from pathlib import PurePosixPath
 
     if PurePosixPath(rel).is_absolute() or Path(rel).is_absolute():
         return False
-    try:
-        (root / rel).resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+    norm = posixpath.normpath(rel.replace("\\", "/"))
+    return norm not in (".", "..") and not norm.startswith("../")
 
 
 class FileImageDataModule(ImageDataModule):
@@ -409,11 +411,28 @@ class FileImageDataModule(ImageDataModule):
         )
 
     def _assign_splits(self, rows: list[ImageRow]) -> dict[str, list[ImageRow]]:
-        """Rows with a split keep it; train is split into train/val by group (val_fraction of
-        the groups) when no row says val; rows without a split are split into train/val/test
-        by group."""
+        """Rows with a split keep it. When no row has a split, the rows are split into
+        train/val/test by group (val_fraction, test_fraction of the groups); when some have one,
+        the rest are train (test_fraction applies only when no image has a split) and a row
+        without a split joins its group's split. Train is split into train/val by group when no
+        row says val. A group (patient, study) in two splits is refused: splits never cut one."""
         out = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "unlabelled")}
         free = [r for r in rows if r.split not in ("train", "val", "test", "unlabelled")]
+        if free and any(out[s] for s in out):
+            split_of = {
+                r.split_group or r.group: s for s in out for r in out[s] if r.split_group or r.group
+            }
+            moved = [r for r in free if (r.split_group or r.group) not in split_of]
+            for r in free:
+                out[split_of.get(r.split_group or r.group, "train")].append(r)
+            log.info(
+                "%d images without a split: %d joined their group's split, the rest train "
+                "(dataset.test_fraction applies only when no image has a split)",
+                len(free),
+                len(free) - len(moved),
+            )
+            free = []
+        _one_split_per_group(out)
         if free:
             key = [r.split_group or r.group or r.path for r in free]
             val, test = group_split(key, (self.val_fraction, self.test_fraction), self.seed)
@@ -425,6 +444,20 @@ class FileImageDataModule(ImageDataModule):
             out["val"] = [r for r, k in zip(out["train"], key) if k in val]
             out["train"] = [r for r, k in zip(out["train"], key) if k not in val]
         return out
+
+
+def _one_split_per_group(out: dict[str, list[ImageRow]]) -> None:
+    """A group (patient, study) whose images are in two splits (the pool included) would put
+    one patient's images in training and in test: one line naming it."""
+    seen: dict[str, str] = {}
+    for split, rs in out.items():
+        for r in rs:
+            g = r.split_group or r.group
+            if g and seen.setdefault(g, split) != split:
+                raise UserError(
+                    f"group {g!r} has images in {seen[g]} and in {split} ({r.path}): a group "
+                    "(patient, study) must stay in one split; fix the split column"
+                )
 
 
 def summarize(splits: dict[str, list[ImageRow]], problems: list[dict], names: list[str]) -> dict:

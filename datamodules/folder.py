@@ -6,8 +6,10 @@
   or dataset.csv=<file.csv> with columns path,label[,group][,split]: paths relative to the CSV's
       folder (a path that leaves it is refused), group = patient or study (splits never cut a
       group; group-level metrics), split = train | val | test | unlabelled (no label needed).
-  Images without a label for the semi-supervised arms: root/unlabelled/**/<image> (or CSV rows
-  with split=unlabelled) join the unlabelled pool; they are read only when an arm uses the pool.
+  Images without a label for the semi-supervised arms: root/unlabelled/**/<image> (or
+  unlabeled/; or CSV rows with split=unlabelled) join the unlabelled pool; they are read only
+  when an arm uses the pool. A folder that would not be read (valid/, class folders beside
+  train/) is refused in one line; images outside class folders are a counted, logged skip.
 
 Any format PIL reads (png, jpg, jpeg, bmp, tif, tiff, gif, webp, ppm, pgm). Class names come from
 the folders or the labels (sorted; dataset.class_names fixes the order) and are recorded in
@@ -16,6 +18,7 @@ metrics.json and in checkpoints."""
 from __future__ import annotations
 
 import logging
+import posixpath
 from pathlib import Path
 
 from datamodules.files import FileImageDataModule, ImageRow, inside, read_csv_rows
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"  # a folder (or a CSV split) of images without labels: the pool
+POOL_NAMES = (UNLABELLED, "unlabeled")  # either spelling is the pool, never a class
+# split folders under other names: refused (they would be read as classes, or not at all)
+OTHER_SPLIT_NAMES = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
 
 
 def _class_dirs(base: Path, split: str) -> list[str]:
@@ -33,7 +39,16 @@ def _class_dirs(base: Path, split: str) -> list[str]:
     return sorted(
         d.name
         for d in base.iterdir()
-        if d.is_dir() and d.name[0] != "." and not (split == "" and d.name == UNLABELLED)
+        if d.is_dir() and d.name[0] != "." and not (split == "" and d.name in POOL_NAMES)
+    )
+
+
+def _loose_images(base: Path) -> int:
+    """Images directly in a folder that holds class folders (they have no class)."""
+    return sum(
+        1
+        for f in base.iterdir()
+        if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
     )
 
 
@@ -78,6 +93,25 @@ class FolderDataModule(FileImageDataModule):
             raise UserError(
                 f"{root}: split folder(s) {odd}: name them in lower case (train, val, test)"
             )
+        renamed = sorted(
+            d.name for d in root.iterdir() if d.is_dir() and d.name.lower() in OTHER_SPLIT_NAMES
+        )
+        if renamed:  # valid/ beside train/ was silently not read; beside classes, a class
+            raise UserError(
+                f"{root}: folder(s) {renamed}: split folders are named train, val and test "
+                f"(rename {renamed[0]}/ to {OTHER_SPLIT_NAMES[renamed[0].lower()]}/)"
+            )
+        if split_dirs:  # class folders beside train/ were silently not read
+            beside = sorted(
+                d.name
+                for d in root.iterdir()
+                if d.is_dir() and d.name[0] != "." and d.name not in (*SPLITS, *POOL_NAMES)
+            )
+            if beside:
+                raise UserError(
+                    f"{root}: folder(s) {beside} beside {'/, '.join(split_dirs)}/ would not be "
+                    "read; move them into train/ (or val/, test/), or into unlabelled/"
+                )
         if split_dirs and "train" not in split_dirs:
             raise UserError(
                 f"{root} has {'/, '.join(split_dirs)}/ but no train/: add train/<class>/<image> "
@@ -86,8 +120,9 @@ class FolderDataModule(FileImageDataModule):
         plan = [(s, root / s) for s in split_dirs] if "train" in split_dirs else [("", root)]
         found: list[tuple[str, str, str]] = []  # (split, class, relative path)
         listed: set[str] = set()  # every class folder, with images or not
-        ignored = 0
+        ignored = loose = 0
         for split, base in plan:
+            loose += _loose_images(base)
             for c in _class_dirs(base, split):
                 listed.add(c)
                 for f in sorted((base / c).rglob("*")):
@@ -99,6 +134,13 @@ class FolderDataModule(FileImageDataModule):
                     found.append((split, c, f.relative_to(root).as_posix()))
         if ignored:
             log.info("%s: ignored %d files that are not images (by extension)", root, ignored)
+        if loose:  # a counted skip: they have no class folder
+            log.warning(
+                "%s: skipped %d images that are not in a class folder (root/<class>/<image>, "
+                "or train/<class>/<image>); put them in one, or in unlabelled/",
+                root,
+                loose,
+            )
         if not found:
             raise UserError(
                 f"no images in {root}: expected {root}/<class>/<image> (or train/<class>/...)"
@@ -114,13 +156,13 @@ class FolderDataModule(FileImageDataModule):
             )
         index = self._class_index([c for _, c, _ in found])
         rows = [ImageRow(p, index[c], s) for s, c, p in found]
-        pool = root / UNLABELLED
-        if pool.is_dir():
-            rows += [
-                ImageRow(f.relative_to(root).as_posix(), -1, UNLABELLED)
-                for f in sorted(pool.rglob("*"))
-                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
-            ]
+        for pool in (root / name for name in POOL_NAMES):
+            if pool.is_dir():
+                rows += [
+                    ImageRow(f.relative_to(root).as_posix(), -1, UNLABELLED)
+                    for f in sorted(pool.rglob("*"))
+                    if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
+                ]
         return root, rows, list(self._names), []
 
     def _csv_rows(self, path: Path):
@@ -130,6 +172,9 @@ class FolderDataModule(FileImageDataModule):
         raw = read_csv_rows(path, {"path", "label"}, "path,label[,group][,split]")
         problems, kept, line_of = [], [], {}
         for i, r in enumerate(raw):
+            # one spelling per file: ./a/0.png and a//0.png are a/0.png (the duplicate check
+            # and the image ids compare paths)
+            r = {**r, "path": posixpath.normpath(r["path"]) if r["path"] else ""}
             if r["path"] in line_of:  # one image listed twice (e.g. in train and in test)
                 raise UserError(
                     f"{path}: {r['path']} is listed on lines {line_of[r['path']]} and {i + 2}; "

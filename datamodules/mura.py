@@ -38,7 +38,7 @@ def parse_csvs(root: Path, split: str) -> tuple[list[ImageRow], list[dict]]:
     problems, not lost."""
     base = root / "MURA-v1.1"
     images = _read_rows(base / f"{split}_image_paths.csv")
-    labels: dict[str, int] = {}
+    labels: dict[str, int | str] = {}  # a study's label: 0 / 1, or the text that is neither
     for r in _read_rows(base / f"{split}_labeled_studies.csv"):
         study = r[0].strip()
         study = study if study.endswith("/") else study + "/"
@@ -46,6 +46,8 @@ def parse_csvs(root: Path, split: str) -> tuple[list[ImageRow], list[dict]]:
             labels[study] = int(r[1])
         except (IndexError, ValueError):
             continue
+        if labels[study] not in (0, 1):  # 2 would be a third class, -1 the unlabelled marker
+            labels[study] = r[1].strip()
     rows, problems = [], []
     ours = "train" if split == "train" else "test"
     for r in images:
@@ -62,6 +64,11 @@ def parse_csvs(root: Path, split: str) -> tuple[list[ImageRow], list[dict]]:
         if label is None:
             problems.append(
                 {"split": split, "path": p, "reason": "study not in labeled_studies.csv"}
+            )
+            continue
+        if isinstance(label, str):
+            problems.append(
+                {"split": split, "path": p, "reason": f"study label {label!r} is not 0 or 1"}
             )
             continue
         rows.append(ImageRow(p, label, ours, study, parts[3], parts[2][3:].lower()))

@@ -243,3 +243,36 @@ def test_evaluate_a_finished_run_on_another_body_part(tree, tmp_path):
     assert m["evaluated_checkpoint"].startswith(str(run_dir))
     assert m["n_test"] == tree["counts"][("valid", "elbow")] + tree["counts"][("valid", "wrist")]
     assert "test/wrist/study_kappa" in m and "test/elbow/study_kappa" in m
+
+
+def test_a_study_label_other_than_0_or_1_is_a_counted_problem_not_a_class(tree, tmp_path):
+    """A labeled_studies.csv row with label 2 (or -1, the unlabelled marker) loaded as a third
+    class of a two-class task (training then failed with an IndexError traceback); now that
+    study's images are problems with their reason, like any row that cannot be used."""
+    f = tree["root"] / "MURA-v1.1" / "train_labeled_studies.csv"
+    rows = list(csv.reader(open(f)))
+    rows[0][1], rows[1][1] = "2", "-1"
+    csv.writer(open(f, "w", newline="")).writerows(rows)
+    dm = dm_for(tmp_path, ["dataset.max_bad_fraction=0.9"])
+    assert sorted(set(dm.splits.train.y.tolist()) | set(dm.splits.val.y.tolist())) == [0, 1]
+    reasons = {p["reason"] for p in dm.problems}
+    assert {"study label '2' is not 0 or 1", "study label '-1' is not 0 or 1"} <= reasons
+
+
+def test_a_symlinked_copy_inside_the_root_is_read(tmp_path):
+    """A dataset folder linked in (ln -s /big/disk/MURA-v1.1 data/mura/MURA-v1.1) made every
+    image "outside the dataset root": the containment check resolved the link. It now reads the
+    path's text: no absolute paths, no ..-escapes."""
+    from datamodules.files import inside
+
+    real = build_tree(tmp_path / "elsewhere" / "mura")
+    (tmp_path / "data" / "mura").mkdir(parents=True)
+    (tmp_path / "data" / "mura" / "MURA-v1.1").symlink_to(real["root"] / "MURA-v1.1")
+    dm = dm_for(tmp_path)
+    assert not dm.problems and len(dm.splits.test) == sum(
+        n for (split, _), n in real["counts"].items() if split == "valid"
+    )
+    root = tmp_path / "data" / "mura"
+    assert inside(root, "MURA-v1.1/train/x.png") and inside(root, "./a/../b.png")
+    assert not inside(root, "../x.png") and not inside(root, "a/../../x.png")
+    assert not inside(root, "/etc/passwd") and not inside(root, "..")

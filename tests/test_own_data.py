@@ -432,7 +432,13 @@ def test_bad_folder_layouts_and_csvs_are_one_line(tmp_path):
         _png(cased / split / "cat" / "a.png")
     with pytest.raises(UserError, match=r"\['Train'\]: name them in lower case"):
         _rows(tmp_path, root=cased)
-    (cased / "Train").rename(cased / "training")
+    (cased / "Train").rename(cased / "Training")
+    with pytest.raises(UserError, match=r"\['Training'\]: split folders are named train"):
+        _rows(tmp_path, root=cased)
+    (cased / "Training").rename(cased / "other")
+    with pytest.raises(UserError, match=r"\['other'\] beside test/ would not be read"):
+        _rows(tmp_path, root=cased)
+    (cased / "other").rename(cased / ".other")
     with pytest.raises(UserError, match="has test/ but no train/"):
         _rows(tmp_path, root=cased)
 
@@ -471,3 +477,90 @@ def test_a_class_with_no_image_left_is_named(tmp_path):
     labels = torch.tensor([0, 0, 0, 2, 2])  # class 1: none ("has only 0 images; use at most 0")
     with pytest.raises(UserError, match="class 1 has no images left to draw from"):
         stratified_sample(labels, 1, seed=0, num_classes=3)
+
+
+def test_folder_layouts_that_lost_images_silently_now_say_so(tmp_path, caplog):
+    """A valid/ folder beside train/ and class folders beside the split folders were not read,
+    without a word; images loose in train/ vanished; an unlabeled/ folder (one l) became a
+    class. Now: one line for the folders, a counted warning for the loose images, and both
+    spellings are the unlabelled pool."""
+    d = tmp_path / "d"
+    for split in ("train", "valid"):
+        for c in ("a", "b"):
+            _png(d / split / c / "0.png")
+    with pytest.raises(UserError, match=r"\['valid'\].*rename valid/ to val/"):
+        _rows(tmp_path, root=d)
+    (d / "valid").rename(d / "val")
+    _png(d / "c" / "0.png")
+    with pytest.raises(UserError, match=r"\['c'\] beside train/, val/ would not be read"):
+        _rows(tmp_path, root=d)
+    (d / "c").rename(d / "unlabeled")
+    _png(d / "train" / "loose1.png")
+    _png(d / "train" / "loose2.png")
+    with caplog.at_level("WARNING"):
+        root, rows, names, _ = _rows(tmp_path, root=d)
+    assert names == ["a", "b"]
+    assert [r.path for r in rows if r.split == "unlabelled"] == ["unlabeled/0.png"]
+    assert "skipped 2 images that are not in a class folder" in caplog.text
+    assert not any("loose" in r.path for r in rows)
+
+
+def test_csv_splits_keep_files_groups_and_the_users_own_splits(tmp_path):
+    """Three ways a CSV put one patient's or one file's images on both sides: ./a/0.png in test
+    and a/0.png in train were two images; rows without a split were cut by test_fraction even
+    though other rows had one (the schema says it applies only when no image has a split), and
+    an unsplit row of a test patient could land in train; a patient listed in val and in test."""
+    from xfergan.training import build_datamodule
+
+    d = tmp_path / "csv"
+    for i in range(4):
+        _png(d / "a" / f"{i}.png")
+        _png(d / "b" / f"{i}.png")
+    twice = d / "twice.csv"
+    twice.write_text("path,label,split\na/0.png,a,train\n./a/0.png,a,test\nb/0.png,b,train\n")
+    with pytest.raises(UserError, match="a/0.png is listed on lines 2 and 3"):
+        _rows(tmp_path, csv=twice)
+
+    def splits(text: str, **kw):
+        f = d / "s.csv"
+        f.write_text(text)
+        ov = [f"dataset.{k}={v}" for k, v in kw.items()]
+        dm = build_datamodule(
+            compose(FAST + ["dataset=folder", f"dataset.csv={f}", *ov], tmp_path / "c")
+        )
+        rows = dm.rows()[1]
+        return {s: sorted(r.path for r in rs) for s, rs in dm._assign_splits(rows).items()}
+
+    head = "path,label,group,split\n"
+    # p9 is a test patient: its unsplit row joins test; the other unsplit rows stay train
+    got = splits(
+        head
+        + "a/0.png,a,p9,test\na/1.png,a,p9,\nb/0.png,b,p1,\nb/1.png,b,p2,\na/2.png,a,p3,train\n",
+        val_fraction=0,
+    )
+    assert got["test"] == ["a/0.png", "a/1.png"]
+    assert got["train"] == ["a/2.png", "b/0.png", "b/1.png"] and got["val"] == []
+    with pytest.raises(UserError, match="group 'p1' has images in val and in test"):
+        splits(head + "a/0.png,a,p1,val\na/1.png,a,p1,test\nb/0.png,b,p2,train\n")
+
+
+def test_another_copy_with_the_same_names_sizes_and_times_is_not_served_this_ones_pixels(
+    tmp_path,
+):
+    """The decode cache was keyed on each file's name, size and modification time: a second
+    dataset with the same names, sizes and times (cp -a of other images, an unpacked archive)
+    got the first one's decoded pixels. The key now holds the root."""
+    import os
+
+    from datamodules.files import ImageRow, cache_key
+
+    rows = [ImageRow("a/0.png", 0, "train")]
+    for name, value in (("one", 10), ("two", 250)):
+        f = tmp_path / name / "a" / "0.png"
+        f.parent.mkdir(parents=True)
+        Image.new("L", (8, 8), value).save(f)
+        os.utime(f, ns=(10**18, 10**18))
+    one, two = (cache_key(tmp_path / n, rows, 32, "gray") for n in ("one", "two"))
+    assert (tmp_path / "one/a/0.png").stat().st_size == (tmp_path / "two/a/0.png").stat().st_size
+    assert one != two
+    assert one == cache_key(tmp_path / "one", rows, 32, "gray")  # the same copy: its cache

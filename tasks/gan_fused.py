@@ -74,6 +74,11 @@ def gan_identity(cfg: DictConfig) -> dict[str, Any]:
     return {"seed": int(cfg.seed), "body_part": str(cfg.body_part), "dataset": data, "gan": gan}
 
 
+def reads(key: str) -> bool:
+    """Is a setting part of gan_identity (a sweep over it gives other GANs)?"""
+    return key == "body_part" or key.split(".")[0] in ("dataset", "gan")
+
+
 def _differs(a: Any, b: Any, at: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [

@@ -625,7 +625,8 @@ class FusedGANsFirst(Callback):
 
         seeds, groups = sweep_groups(config)
         root = Path(config.hydra.sweep.dir) / FUSED_GANS_DIR
-        for name, values in groups:
+        trained: set[str] = set()  # one fused stage per GAN: points that differ only in what
+        for _, values in groups:  # the GAN does not read (synthesize.*, model.*) share it
             c = copy.deepcopy(config)
             with open_dict(c):
                 del c["hydra"]
@@ -633,7 +634,18 @@ class FusedGANsFirst(Callback):
                     OmegaConf.update(c, k, v, merge=False)
                 c.task = "gan_fused"
                 c.gan_fused.seeds = seeds
-                c.paths.output_dir = str(root / name)
+            ident = gan_fused.gan_identity(c)
+            ident.pop("seed")
+            key = json.dumps(ident, sort_keys=True, default=str)
+            if key in trained:
+                continue
+            trained.add(key)
+            # named by the swept settings the GAN reads (find_gan_run matches by identity)
+            name = ",".join(f"{k}={v}" for k, v in values.items() if gan_fused.reads(k)).replace(
+                "/", "_"
+            )
+            with open_dict(c):
+                c.paths.output_dir = str(root / (name or "all"))
             Path(c.paths.output_dir).mkdir(parents=True, exist_ok=True)
             per_seed: dict[int, dict] = {}
             if c.pipeline.feature_net and not c.gan.feature_ckpt:

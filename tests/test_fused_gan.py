@@ -252,6 +252,24 @@ def test_a_multirun_with_fused_gans_trains_them_first_and_each_pipeline_takes_it
     assert "finished with these settings: reusing them" in r.stdout + r.stderr
 
 
+def test_a_sweep_over_a_setting_the_gan_does_not_read_trains_its_gans_once(tmp_path):
+    """A fused-GAN multirun that also sweeps synthesize.n_per_class trained one fused stage per
+    value (the same GANs twice), and every pipeline then failed: two GAN runs fit its seed. Now
+    one fused stage per GAN (grid points that differ only in settings the GAN does not read
+    share it), named by the swept settings it reads, and both pipelines take theirs."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in SMOKE_GRID if not a.startswith("seed=")] + ["seed=0"]
+    args += ["synthesize.n_per_class=4,6", f"hydra.sweep.dir={sweep}"]
+    r = run_py(args + [f"paths.cache_dir={tmp_path / 'cache'}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name for p in (sweep / "fused_gans").iterdir() if p.is_dir()] == [
+        "dataset.n_per_class=4"
+    ]
+    for job in (sweep / "0", sweep / "1"):
+        m = json.loads((job / "metrics.json").read_text())
+        assert m["status"] == "ok" and m["gan/from"].endswith("seed_0"), m
+
+
 def test_fused_gans_refuse_a_sweep_over_a_config_group(tmp_path):
     r = run_py(SMOKE_GRID + ["dataset=mnist,pneumoniamnist", f"hydra.sweep.dir={tmp_path}"])
     assert r.returncode == 2

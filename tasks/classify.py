@@ -241,6 +241,9 @@ def run(cfg: DictConfig) -> dict:
 
         init_info.update(check_feature_net(cfg, dm))  # before anything trains
     seen = dm.seen_uids()
+    if str(cfg.model.init) not in ("imagenet", "scratch") and init_seen is None:
+        seen = None  # an init that recorded no ids (taken with model_provenance=ignore): what
+        # this model saw is unknown too, never just this run's images
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)

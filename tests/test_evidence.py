@@ -182,6 +182,31 @@ def test_an_init_checkpoint_from_another_subset_is_refused(seed1_teacher, tmp_pa
     assert m["init_foreign"] is False
 
 
+def test_an_init_without_ids_leaves_the_model_it_starts_unknown_not_clean(seed1_teacher, tmp_path):
+    """An init checkpoint that records no image ids, taken with model_provenance=ignore (and
+    flagged init_foreign), made a model whose own record said it saw exactly this run's
+    images: a later check=policy run then took it as a clean teacher or init. What it saw is
+    now unknown (no ids recorded), so a check refuses it."""
+    from datamodules.provenance import check_seen
+    from xfergan.training import build_datamodule
+
+    blob = torch.load(
+        json.loads((seed1_teacher / "metrics.json").read_text())["tested_checkpoint"],
+        weights_only=False,
+    )
+    blob.pop("xfergan_provenance")
+    torch.save(blob, tmp_path / "no_ids.ckpt")
+    args = SMALL + ["trainer.max_epochs=1", f"model.init={tmp_path / 'no_ids.ckpt'}", "seed=0"]
+    m = run_task(compose(args + ["dataset.model_provenance=ignore"], tmp_path / "b"))
+    assert m["init_foreign"] is True
+    rec = torch.load(m["last_checkpoint"], weights_only=False)["xfergan_provenance"]
+    assert rec.get("seen_uids") is None, "the fine-tuned model claims known ids"
+    dm = build_datamodule(compose(SMALL + ["seed=0"], tmp_path / "c"))
+    dm.setup()
+    with pytest.raises(UserError, match="records no image ids"):
+        check_seen(rec.get("seen_uids"), rec, dm, dm.splits, "b", "check", "x")
+
+
 def test_a_model_that_saw_test_images_is_always_refused(tmp_path):
     from datamodules.provenance import check_seen
     from xfergan.training import build_datamodule

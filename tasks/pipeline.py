@@ -65,6 +65,10 @@ def stage_cfg(cfg: DictConfig, out: Path, task: str, overrides: dict[str, Any]) 
     return sub
 
 
+# the files a finished stage hands on (a synthetic set, a GAN or classifier checkpoint)
+OUTPUT_KEYS = ("synthetic_path", "gan/checkpoint", "last_checkpoint", "tested_checkpoint")
+
+
 def _run(sub: DictConfig, reuse: bool = True) -> dict:
     """Run a stage, or reuse it when resume=true, it finished, and its resolved config and the
     content of its inputs are the ones asked for now (config_sha256); a stage run with other
@@ -83,9 +87,16 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
             log.warning("resume: %s; running the stage again", e)
             m = {}
         now = config_digest(sub)
-        if m.get("status") == "ok" and m.get("config_sha256") == now:
+        gone = [m[k] for k in OUTPUT_KEYS if m.get(k) and not Path(str(m[k])).exists()]
+        if m.get("status") == "ok" and gone:  # reused, it would hand on a file that is not there
+            log.warning(
+                "resume: stage %s finished, but %s is gone: running it again",
+                done.parent.name,
+                gone[0],
+            )
+        elif m.get("status") == "ok" and m.get("config_sha256") == now:
             return {**m, "_reused": True}
-        if m.get("status") == "ok":
+        elif m.get("status") == "ok":
             log.warning(
                 "resume: stage %s finished, but it %s: running it again",
                 done.parent.name,

@@ -110,6 +110,21 @@ def test_a_pipeline_with_a_truncated_stage_file_reruns_that_stage(tmp_path):
     assert json.loads(f.read_text())["status"] == "ok"
 
 
+def test_a_finished_stage_whose_output_is_gone_runs_again_on_resume(tmp_path, caplog):
+    """synthesize/synthetic.pt deleted after the run: every resume reused the synthesize stage
+    on its metrics.json and then failed in the synthetic arm ("does not exist"), for ever. A
+    finished stage whose recorded output is gone now runs again, saying so."""
+    args = SMALL + GAN_FAST + ["task=pipeline", "pipeline.arms=[real,synthetic]"]
+    args += ["pipeline.feature_net=false", "trainer.max_steps=4", "gan.steps=4"]
+    args += ["synthesize.n_per_class=20", "pipeline.primary=[]"]
+    run_task(compose(args, tmp_path))
+    (tmp_path / "synthesize" / "synthetic.pt").unlink()
+    with caplog.at_level("WARNING"):
+        m = run_task(compose(args + ["resume=true"], tmp_path))
+    assert "synthetic.pt is gone: running it again" in caplog.text
+    assert (tmp_path / "synthesize" / "synthetic.pt").is_file() and "test/acc_synthetic" in m
+
+
 def test_a_failing_stage_is_named_with_its_arm(tmp_path):
     args = SMALL + [
         "task=pipeline",

@@ -366,7 +366,8 @@ def test_steps_or_image_ids_not_recorded_are_not_compared(tmp_path):
     )
     assert by["synthetic"]["method"] == by["mixed"]["method"] == "not compared"
     assert by["finetune"]["budget"] == "600 + 600 pre-training vs 600"
-    assert by["finetune"]["verdict"] in ("helps", "hurts", "no evidence")
+    # its pre-training counts in the budget: 1,200 against 600 (not declared unequal here)
+    assert by["finetune"]["verdict"] == "not compared: unequal step budgets"
     assert "| 600 | 600 | ? | 600 + 600 pre-training |" in md  # the steps table
 
 
@@ -505,3 +506,34 @@ def test_the_unlabelled_pool_size_is_every_seeds(tmp_path):
         rs.append({"_dir": str(d), "n_per_class": 8, "seed": seed})
     text = labelled_budget(rs, ["real", "semi"])
     assert text.endswith("plus 900 to 940 (by seed) unlabelled images (semi: labels never read)")
+
+
+def test_pre_training_steps_count_in_the_equal_budget_check():
+    """finetune at 600 own steps after 600 of synthetic pre-training was compared with real's
+    600 as an equal budget (a verdict, no note, nothing declared). Its pre-training now counts:
+    1,200 against 600 is not compared unless the experiment declares it unequal."""
+    from xfergan.evaluation.arms import compare
+
+    rs = [
+        {
+            "seed": s,
+            "steps_real": 600,
+            "steps_finetune": 600,
+            "steps_pre_finetune": 600,
+            **{
+                f"data/{k}_ids_sha256_{a}": k
+                for k in ("train", "test")
+                for a in ("real", "finetune")
+            },
+        }
+        for s in range(5)
+    ]
+    by_arm = {
+        "real": {s: 0.80 + 0.01 * s for s in range(5)},
+        "finetune": {s: 0.85 + 0.012 * s for s in range(5)},
+    }
+    d = compare(rs, "test/acc", "finetune", "real", by_arm, None, {}, set())
+    assert d["verdict"] == "not compared: unequal step budgets", d
+    d = compare(rs, "test/acc", "finetune", "real", by_arm, None, {}, {"finetune"})
+    assert d["verdict"] != "not compared: unequal step budgets"
+    assert any("600 + 600 pre-training vs 600" in n for n in d["notes"]), d["notes"]

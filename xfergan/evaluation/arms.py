@@ -191,6 +191,16 @@ def _budget(rs: list[dict], arm: str) -> set:
     return {r.get(f"steps_{arm}") for r in rs if r.get(f"steps_{arm}") is not None}
 
 
+def _total_budget(rs: list[dict], arm: str) -> set:
+    """An arm's optimizer steps per run with its pre-training's (finetune: its own + the
+    synthetic pre-training it starts from): what an equal-budget comparison compares."""
+    return {
+        r[f"steps_{arm}"] + (r.get(f"steps_pre_{arm}") or 0)
+        for r in rs
+        if r.get(f"steps_{arm}") is not None
+    }
+
+
 def _steps(own: list, pre: list) -> str:
     """An arm's optimizer steps over the runs ('600', '300/600' when they differ, '?' when not
     recorded), its pre-training steps added (finetune: '600 + 600 pre-training')."""
@@ -425,7 +435,7 @@ def compare(rs, m, a, b, by_arm, boot, unusable, unequal) -> dict:
     if unknown := _unknown(rs, a, b, seeds):
         d["verdict"] = "not compared: " + "; ".join(unknown)
         return d
-    sa, sb = _budget(rs, a), _budget(rs, b)
+    sa, sb = _total_budget(rs, a), _total_budget(rs, b)
     if bool(sa and sb and sa != sb) or len(sa) > 1 or len(sb) > 1:
         if a not in unequal and b not in unequal:
             d["verdict"] = "not compared: unequal step budgets"

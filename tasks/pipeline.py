@@ -105,6 +105,19 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
     return run_job(sub, STAGES[enum_name(sub.task)])  # a failed stage raises
 
 
+def foreign_uses(stage_metrics: dict[str, dict]) -> dict[str, list[str]]:
+    """Every model or set a stage used under a provenance override: stage -> every reason (a
+    GAN stage may have a foreign feature net and a foreign guide)."""
+    out: dict[str, list[str]] = {}
+    for stage, m in stage_metrics.items():
+        for what in ("synthetic", "teacher", "init", "guidance/teacher", "feature_net"):
+            if m.get(f"{what}_foreign"):
+                out.setdefault(stage, []).append(
+                    f"{what}: {m.get(f'{what}_foreign_reason') or 'foreign'}"
+                )
+    return out
+
+
 def headline(m: dict) -> str:
     """A finished stage's number worth a log line."""
     for k in ("test/acc", "val/gan_fid", "gan/steps", "distill/n_kept", "n_images"):
@@ -589,12 +602,7 @@ def _pipeline(cfg: DictConfig) -> dict:
     ctx.results["primary"] = [list(p) for p in cfg.pipeline.primary]
     ctx.results["primary_metric"] = cfg.pipeline.primary_metric
     ctx.results["unequal_budgets"] = list(cfg.pipeline.unequal_budgets)
-    ctx.results["foreign"] = {  # every model or set used under a provenance override
-        stage: m.get(f"{what}_foreign_reason")
-        for stage, m in ctx.stage_metrics.items()
-        for what in ("synthetic", "teacher", "init", "guidance/teacher", "feature_net")
-        if m.get(f"{what}_foreign")
-    }
+    ctx.results["foreign"] = foreign_uses(ctx.stage_metrics)
     ctx.results["stage_wall_s"] = {k: v.get("wall_s") for k, v in ctx.stage_metrics.items()}
     ctx.results["gans"] = ctx.gans  # GAN stage -> the suffix of its gan/, val/gan_ ... keys
     write_table3(out, cfg.dataset.name, cfg.dataset.n_per_class, cfg.seed, table, ctx.results)

@@ -419,3 +419,27 @@ def test_bootstrap_resamples_are_the_one_at_a_time_metric(metric):
                     (a, s, b, got, want),
                 )
     assert full["x"][0] == pytest.approx(arms["x"][0].metric(metric, k=k))
+
+
+def test_a_stage_with_two_foreign_inputs_lists_both():
+    """The pipeline's summary of provenance overrides kept one reason per stage: a GAN guided
+    by a foreign teacher and measured with a foreign feature net showed only one of them."""
+    from tasks.pipeline import foreign_uses
+
+    got = foreign_uses(
+        {
+            "gan": {
+                "guidance/teacher_foreign": True,
+                "guidance/teacher_foreign_reason": "saw seed 1's images",
+                "feature_net_foreign": True,
+                "feature_net_foreign_reason": "trained on seed 2's pool",
+            },
+            "classify_real": {"init_foreign": False},
+        }
+    )
+    assert got == {
+        "gan": [
+            "guidance/teacher: saw seed 1's images",
+            "feature_net: trained on seed 2's pool",
+        ]
+    }

@@ -301,8 +301,8 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "steps_pre": {a: sorted(_budget(rs, f"pre_{a}")) for a in arms},  # finetune's
             "labelled": labelled_budget(rs, arms),
             "n_per_class": sorted({r["n_per_class"] for r in rs if r.get("n_per_class")}, key=str),
-            "foreign": {
-                f"seed {r.get('seed')}: {stage}": why
+            "foreign": {  # a list of reasons per stage (one string in older runs)
+                f"seed {r.get('seed')}: {stage}": why if isinstance(why, str) else "; ".join(why)
                 for r in rs
                 for stage, why in (r.get("foreign") or {}).items()
             },

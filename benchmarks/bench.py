@@ -481,6 +481,7 @@ def bench_classifier_speed(steps, warmup, gpu, tmp: Path, variants: str):
             "ours": rate,
             "ratio": rate / base,
             "fit_s": time.perf_counter() - t0,  # compile included
+            "fit_steps": steps + warmup,  # what the fit ran (gpu_sizing: its compile time)
             "cudagraph_skips": _compile_skips(),
         }
 

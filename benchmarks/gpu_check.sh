@@ -22,7 +22,8 @@
 #   5. experiment=synthetic_ablation_full for n in {8, 32} x seeds 0-2, GANs fused per n
 #   1. bench.py --preset gpu: framework vs plain-loop ratios (measured on 2026-12-04: not rerun
 #      unless asked)
-# run in the order 4 8 6 2 0 7 3 5 (GPU_CHECK_STEPS picks others, e.g. "7" for issue 29 alone).
+# run in the order 4 8 6 2 0 7 3 5 (GPU_CHECK_STEPS picks others: issue 29 alone is
+# GPU_CHECK_STEPS=7 GPU_CHECK_UNL_CAP=480).
 # GAN budgets are sized from the speed this check measured (else the newest GPU bench file);
 # sized.log says what was asked, what ran and why. Everything lands under benchmarks/results/ and
 # results/ in the working tree and is packed into $OUT/gpu_results.tgz after every step (logs:
@@ -58,8 +59,9 @@ python -c "import hydra_plugins.hydra_joblib_launcher" 2>/dev/null || {
 sized() {  # sized <name> <wanted G+D steps> <cap s> <other work s> [jobs at once] [steps/s]
   python benchmarks/gpu_sizing.py sized "$@" 2>>"$WORK/sized.log"
 }
+CAPX=$([[ $SMOKE == 1 ]] && echo 3 || echo 1)  # a CPU compiles for minutes: longer caps
 left() {  # seconds for the next step: its own cap, never past the deadline
-  local cap=$1 rest=$((BUDGET - ($(date +%s) - T0)))
+  local cap=$(($1 * CAPX)) rest=$((BUDGET - ($(date +%s) - T0)))
   ((rest < cap)) && cap=$rest
   ((cap < 5)) && cap=5
   echo "$cap"
@@ -67,15 +69,43 @@ left() {  # seconds for the next step: its own cap, never past the deadline
 enough() {  # enough <minimum s>: is there that much left before the deadline?
   (( BUDGET - ($(date +%s) - T0) >= $1 ))
 }
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor"  # shared by the steps (step 2 reuses step 4's)
+reap() {  # every process a capped step left behind: parallel workers (joblib's) outlive the cap
+  local tag=$1 p
+  for p in /proc/[0-9]*; do
+    grep -qz "^GPU_CHECK_TAG=$tag\$" "$p/environ" 2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  return 0
+}
 # timeout -k: Lightning turns SIGTERM into "stop at the next batch", which a stage that is
 # between batches (testing, saving) never reaches; 10 s later it is killed
 run_logged() {  # run_logged <log> <cap s> command...: time-limited, output to the log
-  local log=$1 cap=$2
+  local log=$1 cap=$2 rc tag
   shift 2
-  s=$(date +%s)
-  timeout -k 10 "$(left "$cap")" "$@" >"$log" 2>&1
-  echo "exit $? after $(($(date +%s) - s)) s"
-  grep -E "Error|error:" "$log" | tail -3
+  s=$(date +%s) tag="$(basename "$log" .log)-$s"
+  echo "\$ $*" >"$log"
+  GPU_CHECK_TAG=$tag timeout -k 10 "$(left "$cap")" "$@" >>"$log" 2>&1
+  rc=$?
+  reap "$tag"
+  if ((rc == 124 || rc == 137)); then  # a compile killed half-way leaves empty files that the
+    find "$TORCHINDUCTOR_CACHE_DIR" -type f -size 0 -delete 2>/dev/null  # next step would load
+    echo "exit $rc after $(($(date +%s) - s)) s: stopped at its cap"
+  else
+    echo "exit $rc after $(($(date +%s) - s)) s"
+  fi
+  grep -E "Error|error:" "$log" | grep -v "^\\$" | tail -3
+  return 0
+}
+report_of() {  # a grid stopped at its cap: the report of the jobs that finished
+  [[ -d $1 && ! -f $1/report.md ]] && timeout -k 5 60 python run.py task=report "dir=$1" \
+    >>"$1.log" 2>&1
+  return 0
+}
+bench_logged() {  # bench_logged <name> <cap s> bench args...: a bench step, its table printed
+  local name=$1 cap=$2
+  shift 2
+  run_logged "$WORK/$name.log" "$cap" python benchmarks/bench.py "$@"
+  grep -vE "Warning|warn\(|^\s*$" "$WORK/$name.log" | grep -A12 "^device:" | tail -8
 }
 pack() {  # what exists so far -> $OUT (after every step: a call cut short returns it)
   local files=()
@@ -128,29 +158,25 @@ tail -2 "$WORK/cuda_test.log"
 
 step1() {
 echo "== 1. framework vs plain loop ($(left 130) s) =="
-timeout -k 10 "$(left 130)" python benchmarks/bench.py "${BENCH_ARGS[@]}" --out "$BENCH" 2>&1 |
-  grep -vE "Warning|warn\(|^\s*$" | tail -9
+bench_logged bench 130 "${BENCH_ARGS[@]}" --out "$BENCH"
 }
 
 step2() {
 echo "== 2. experiment=paper_table3_full end to end ($(left 260) s) =="
-# the fastest GAN and classifier step this check measured (steps 4 and 8; eager when neither ran)
-read -r GAN_MODE GAN_RATE <<<"$(python benchmarks/gpu_sizing.py fastest gan "$SPEED")"
-read -r CLF_MODE CLF_RATE <<<"$(python benchmarks/gpu_sizing.py fastest clf "$CLF")"
-[[ $SMOKE == 1 ]] && CLF_MODE=false  # a CPU compiles MobileNetV2 for minutes per stage
-# its classifier stages: ~4,420 steps (real 200, synthetic 2,000, mixed 2,020, finetune 200) at
-# the measured speed (26 steps/s when none: the 2026-12-04 H200 eager step) + 45 s of the rest
-OTHER=$(python -c "print(int(4420 / max(float('$CLF_RATE'), 26.0) + 45))")
-# bench times the step in a plain loop; Lightning's loop around it (logging, the bar, epoch
-# ends) is unmeasured at graph speeds: sized at 70% of it
-RUN_RATE=$(python -c "print(0.7 * float('$GAN_RATE'))")
-GAN_STEPS=()  # the paper's 15,000 steps unless the measured speed says they cannot fit
-[[ $SMOKE == 0 ]] && GAN_STEPS=("gan.steps=$(sized table3_gan 15000 "$(left 260)" "$OTHER" 1 "$RUN_RATE")")
+# the GAN and classifier steps this check measured (steps 4 and 8; eager where it measured
+# none): the classifier setting with the least total time, the GAN's that fits the most of the
+# paper's 15,000 steps in the cap (benchmarks/gpu_sizing.py table3; why: sized.log)
+read -r GAN_MODE CLF_MODE GAN_STEPS <<<"$(python benchmarks/gpu_sizing.py table3 "$SPEED" "$CLF" \
+  "$(left 260)" 2>>"$WORK/sized.log")"
+GAN_MODE=${GAN_MODE#gan.compile=} CLF_MODE=${CLF_MODE#model.compile=}
+[[ $SMOKE == 1 ]] && { CLF_MODE=false GAN_STEPS=""; }  # toy sizes: debug=smoke's own
+GAN_STEPS=(${GAN_STEPS:+"$GAN_STEPS"})
 cmd=(python run.py experiment=paper_table3_full logger=csv "gan.compile=$GAN_MODE"
   "model.compile=$CLF_MODE" "hydra.run.dir=$WORK/table3" "${RUN_ARGS[@]}" "${GAN_STEPS[@]}"
   "${TABLE3_ARGS[@]}")
+echo "${cmd[*]}"
 run_logged "$WORK/table3.log" 260 "${cmd[@]}"
-note="seed 0; one command end to end on one GPU (each stage's metrics in jobs/)"
+note="seed 0; one command end to end (each stage's metrics in jobs/)"
 [[ ${#GAN_STEPS[@]} -gt 0 && ${GAN_STEPS[0]} != "gan.steps=15000" ]] &&
   note="$note; the GAN ran ${GAN_STEPS[0]} of the paper's 15,000 (what the measured speed fitted in the cap)"
 grep -q '"status": "ok"' "$WORK/table3/metrics.json" 2>/dev/null ||
@@ -168,7 +194,9 @@ PY
 
 step3() {
 echo "== 3. the paper's GAN at batch 256, lr x2, the same passes ($(left 120) s) =="
-cmd=(python run.py experiment=paper_table3_full task=gan logger=csv "gan.compile=${GAN_MODE:-null}"
+G3=${GAN_MODE:-null}
+[[ $SMOKE == 1 ]] && G3=null  # a CPU compiles the batch-256 graph for minutes
+cmd=(python run.py experiment=paper_table3_full task=gan logger=csv "gan.compile=$G3"
   gan.batch_size=256 gan.lr_g=4e-4 gan.lr_d=4e-4 "${GAN256[@]}" "gan.feature_ckpt=${FEAT_CKPT:-}"
   "hydra.run.dir=$WORK/gan_bs256" "${RUN_ARGS[@]}")
 run_logged "$WORK/gan_bs256.log" 120 "${cmd[@]}"
@@ -179,20 +207,17 @@ run_logged "$WORK/gan_bs256.log" 120 "${cmd[@]}"
 
 step4() {
 echo "== 4. the GAN step: eager vs one CUDA graph ($(left 150) s) =="
-timeout -k 10 "$(left 150)" python benchmarks/bench.py --cases gan_speed "${SPEED_ARGS[@]}" --out "$SPEED" 2>&1 |
-  grep -vE "Warning|warn\(|^\s*$" | tail -5
+bench_logged gan_speed 150 --cases gan_speed "${SPEED_ARGS[@]}" --out "$SPEED"
 }
 
 step8() {
 echo "== 8. the classifier step (synthetic arm): eager vs one CUDA graph ($(left 150) s) =="
-timeout -k 10 "$(left 150)" python benchmarks/bench.py --cases clf_speed "${CLF_ARGS[@]}" --out "$CLF" 2>&1 |
-  grep -vE "Warning|warn\(|^\s*$" | tail -5
+bench_logged clf_speed 150 --cases clf_speed "${CLF_ARGS[@]}" --out "$CLF"
 }
 
 step6() {
 echo "== 6. K GANs trained as one vs one after another ($(left 90) s) =="
-timeout -k 10 "$(left 90)" python benchmarks/bench.py --cases gan_fused "${FUSED_ARGS[@]}" --out "$FUSED" 2>&1 |
-  grep -vE "Warning|warn\(|^\s*$" | tail -5
+bench_logged gan_fused 90 --cases gan_fused "${FUSED_ARGS[@]}" --out "$FUSED"
 }
 
 step5() {
@@ -205,6 +230,7 @@ cmd=(python run.py experiment=synthetic_ablation_full pipeline.fused_gans=true "
   "${ABL_ARGS[@]}")
 XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/ablation_full.log" 300 "${cmd[@]}"
 note="n 8,32 x seeds 0-2, $K jobs at once on one GPU; jobs without metrics.json did not finish"
+report_of "$WORK/ablation_full"
 [[ -d "$WORK/ablation_full" ]] && python results/record.py "synthetic_ablation_full_k$K$SUFFIX" \
   "$WORK/ablation_full" --command "XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K ${cmd[*]}" \
   --commit "$XFERGAN_COMMIT" --wall-s $(($(date +%s) - s)) \
@@ -213,21 +239,24 @@ note="n 8,32 x seeds 0-2, $K jobs at once on one GPU; jobs without metrics.json 
 
 step7() {
 K=${GPU_CHECK_K:-4}
-echo "== 7. experiment=unlabelled GPU-sized, n=8, $K jobs at once ($(left 200) s) =="
+CAP7=${GPU_CHECK_UNL_CAP:-200}  # alone (GPU_CHECK_STEPS=7): e.g. 480
+echo "== 7. experiment=unlabelled GPU-sized, n=8, $K jobs at once ($(left "$CAP7") s) =="
 cmd=(python run.py experiment=unlabelled "$LAUNCHER" logger=csv
   dataset.n_per_class=8 pipeline.feature_net=false "hydra.sweep.dir=$WORK/unlabelled"
   "${UNL_ARGS[@]}")
-XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/unlabelled.log" 200 "${cmd[@]}"
+XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K run_logged "$WORK/unlabelled.log" "$CAP7" "${cmd[@]}"
 note="n=8, seeds 300-304 unless overridden, $K jobs at once on one GPU, no GAN-quality row (feature net off for time); jobs without metrics.json did not finish"
+report_of "$WORK/unlabelled"
 [[ -d "$WORK/unlabelled" ]] && python results/record.py "unlabelled_gpu$SUFFIX" "$WORK/unlabelled" \
   --command "XFERGAN_JOBS=$K XFERGAN_JOBS_PER_GPU=$K ${cmd[*]}" --commit "$XFERGAN_COMMIT" \
   --wall-s $(($(date +%s) - s)) --files report.md report.json report.csv report_curves.csv \
   --glob --note "$note"
 }
 
-declare -A MIN=([0]=60 [1]=60 [2]=120 [3]=60 [4]=30 [5]=120 [6]=30 [7]=120 [8]=30)
+# the least time worth starting each step with (5: its GANs are sized after 150 s of other work)
+declare -A MIN=([0]=60 [1]=60 [2]=120 [3]=60 [4]=30 [5]=240 [6]=30 [7]=150 [8]=30)
 for n in ${GPU_CHECK_STEPS:-4 8 6 2 0 7 3 5}; do
-  if ! enough "${MIN[$n]:-30}"; then
+  if ! enough $((${MIN[$n]:-30} * CAPX)); then
     echo "== $n. skipped: $((BUDGET - ($(date +%s) - T0))) s left, it needs ${MIN[$n]:-30} s =="
     continue
   fi

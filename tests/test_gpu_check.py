@@ -74,6 +74,47 @@ def test_the_gan_is_sized_to_what_fits_the_cap_never_more_than_asked(tmp_path):
     assert rate == 30.0 and src.endswith("2026-12-04_gpu.json")
 
 
+def _clf(name, ours, fit_s, fit_steps=205):
+    return {
+        "case": f"classifier speed {name} (x)",
+        "ours": ours,
+        "fit_s": fit_s,
+        "fit_steps": fit_steps,
+    }
+
+
+def test_the_paper_table_runs_the_settings_that_fit_it_best_in_its_cap(tmp_path):
+    """Step 2 picks, from what steps 4 and 8 measured, the classifier setting with the least
+    total time (steps at its speed plus a compile per stage) and the GAN setting that fits the
+    most of the paper's 15,000 steps in what is left (its compile counted)."""
+    gan = _bench(
+        tmp_path / "g.json",
+        [
+            _gan("eager_bs64_bf16", 25 * 64, first_step_s=1.0),
+            _gan("graph_bs64_bf16", 300 * 64, first_step_s=40.0),
+        ],
+    )
+    # graph: 160 steps/s after a 20 s compile (205 steps in 21.28 s of fit)
+    fast = _bench(
+        tmp_path / "c.json", [_clf("eager_bs64", 26.0, 9.0), _clf("graph_bs64", 160.0, 21.28125)]
+    )
+    plan, why = gpu_sizing.table3_plan(gan, fast, 260)
+    clf_s = 4420 / 160 + 4 * 20.0  # 107.6 s against 170 s eager
+    fit = int(0.9 * (260 - clf_s - 45 - 40.0) * 300 * 0.7)
+    assert plan == {"gan.compile": "graph", "model.compile": "graph", "gan.steps": min(15000, fit)}
+    assert "classifier graph" in why
+    # a compile of 60 s a stage costs more than it saves: eager
+    slow = _bench(
+        tmp_path / "s.json", [_clf("eager_bs64", 26.0, 9.0), _clf("graph_bs64", 160.0, 61.28125)]
+    )
+    assert gpu_sizing.table3_plan(gan, slow, 260)[0]["model.compile"] == "false"
+    # no room for the graph's 40 s compile: the eager GAN (1 s) fits more steps
+    cap = clf_s + 45 + 30
+    tight = gpu_sizing.table3_plan(gan, fast, cap)[0]
+    assert tight["gan.compile"] == "null"
+    assert tight["gan.steps"] == int(0.9 * (cap - clf_s - 45 - 1.0) * 25 * 0.7)
+
+
 def test_every_step_the_check_runs_exists_and_the_script_parses():
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)

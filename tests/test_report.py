@@ -537,3 +537,37 @@ def test_pre_training_steps_count_in_the_equal_budget_check():
     d = compare(rs, "test/acc", "finetune", "real", by_arm, None, {}, {"finetune"})
     assert d["verdict"] != "not compared: unequal step budgets"
     assert any("600 + 600 pre-training vs 600" in n for n in d["notes"]), d["notes"]
+
+
+def test_seeds_added_later_join_their_group_whatever_the_command_line_typed(tmp_path):
+    """The report grouped runs by the override strings on their command lines: seeds added in
+    a nested sweep that did not type dataset.n_per_class=8 (the default) or that typed
+    logger=csv landed in groups of their own, and the declared primary was tested on 3 seeds
+    in a Holm family of 2 instead of once on 5. Groups now follow each run's resolved value of
+    every key any run typed (the Hydra config it saved), and never a setting that changes
+    nothing computed (logger, devices, paths)."""
+    from xfergan.evaluation.report_files import collect, write_report
+
+    root = tmp_path / "sweep"
+    acc = {0: (0.80, 0.83), 1: (0.82, 0.84), 2: (0.81, 0.85), 3: (0.79, 0.82), 4: (0.80, 0.84)}
+
+    def job(d, seed, typed):
+        extra = {"n_per_class": 8, "primary": [["mixed", "real"]], "primary_metric": "test/acc"}
+        _pipeline_run(d, seed, 8, dict(zip(("real", "mixed"), acc[seed])), extra=extra)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", *typed]))
+        cfg = {"seed": seed, "dataset": {"n_per_class": 8}, "trainer": {"devices": 1}}
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    for s in (0, 1, 2):
+        job(root / str(s), s, ["dataset.n_per_class=8"])
+    for j, s in enumerate((3, 4)):
+        job(root / "more" / str(j), s, ["logger=csv", "trainer.devices=1"])
+    runs, missing = collect(root)
+    write_report(root, runs, missing)
+    rep = json.loads((root / "report.json").read_text())
+    groups = rep["arms"]["groups"]
+    assert len(groups) == 1, [g["group"] for g in groups]
+    (primary,) = [
+        d for d in groups[0]["paired"] if d["metric"] == "test/acc" and d["kind"] == "primary"
+    ]
+    assert primary["n"] == 5 and "over 1 comparison" in (root / "report.md").read_text()

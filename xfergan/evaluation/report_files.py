@@ -99,7 +99,81 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
             continue
         m["_dir"], m["_overrides"] = str(d), _overrides(d)
         runs.append(m)
+    _same_keys_same_values(runs, missing)
     return runs, missing
+
+
+def _fmt(v) -> str:
+    """A resolved config value written as a command-line override writes it."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_fmt(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _volatile(key: str) -> bool:
+    """A setting that does not change what a run computes (runtime.VOLATILE_KEYS: the logger,
+    devices, paths, resume, ...): never a report group."""
+    from xfergan.runtime import VOLATILE_KEYS
+
+    head, _, rest = key.lstrip("+~").partition(".")
+    sub = VOLATILE_KEYS.get(head, ())
+    return head in VOLATILE_KEYS and (sub is None or rest.split(".")[0] in sub)
+
+
+def _same_keys_same_values(runs: list[dict], missing: list[dict]) -> None:
+    """Every run's value of every key any run's command line set, read from its resolved
+    config (a group's choice from hydra.yaml): a key typed in one sweep and left at its default
+    in another ("dataset.n_per_class=8" and nothing) has one value, and settings that change
+    nothing computed (logger=csv, trainer.devices=1) group nothing. Seeds added later in a
+    nested sweep thus join their group; the overrides dicts are rewritten in place."""
+    entries = [(r, "_overrides") for r in runs] + [(m, "overrides") for m in missing]
+    keys = sorted({k for e, f in entries for k in (e.get(f) or {}) if not _volatile(k)})
+    for e, field in entries:
+        typed = e.get(field) or {}
+        d = Path(e.get("_dir") or e.get("dir") or "")
+        cfg, choices = _resolved(d)
+        out = {}
+        for k in keys:
+            if k in choices:
+                out[k] = str(choices[k])
+            elif cfg is not None and (v := _select(cfg, k)) is not _NONE:
+                out[k] = _fmt(v)
+            elif k in typed:
+                out[k] = typed[k]
+        e[field] = out
+
+
+_NONE = object()
+
+
+def _select(cfg: dict, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _NONE
+        node = node[part]
+    return _NONE if isinstance(node, dict) else node
+
+
+def _resolved(job_dir: Path) -> tuple[dict | None, dict]:
+    """(the job's resolved config as plain data, its config-group choices); (None, {}) when it
+    has none (a run dir written by other means)."""
+    try:
+        cfg = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None, {}
+    try:
+        hydra = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text()) or {}
+        choices = (hydra.get("hydra") or {}).get("runtime", {}).get("choices") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        choices = {}
+    return (cfg if isinstance(cfg, dict) else None), dict(choices)
 
 
 def _task(d: Path) -> str | None:

@@ -571,3 +571,43 @@ def test_seeds_added_later_join_their_group_whatever_the_command_line_typed(tmp_
         d for d in groups[0]["paired"] if d["metric"] == "test/acc" and d["kind"] == "primary"
     ]
     assert primary["n"] == 5 and "over 1 comparison" in (root / "report.md").read_text()
+
+
+def test_undefined_spreads_dropped_seeds_and_damaged_files_are_said_never_zero(tmp_path):
+    """Four gaps in what the report said: one seed's std printed as '± 0.0000' (and 0 in
+    report.csv and the error bars); a mean over 2 of 3 seeds (one NaN) was printed under n=3
+    with nothing said; a comparison dropped a seed where an arm was undefined or not run
+    without a note; a metrics.json holding `[]` or non-UTF-8 bytes ended the report in a
+    traceback, and pipelines with no arm metric crashed it after report.md was written."""
+    from xfergan.evaluation.report_files import collect, write_report
+
+    root = tmp_path / "sweep"
+    vals = {0: (0.80, 0.85, 0.5), 1: (0.82, 0.86, 0.6), 2: (0.81, float("nan"), float("nan"))}
+    for s, (r, y, k) in vals.items():
+        _pipeline_run(root / str(s), s, 8, {"real": r, "synthetic": y}, {"test/kappa": k})
+    _pipeline_run(root / "3", 3, 8, {"real": 0.79}, {"arms": ["real", "synthetic"]})
+    _pipeline_run(root / "one", 0, 16, {"real": 0.9})  # one seed at n=16
+    (root / "bad1").mkdir()
+    (root / "bad1" / "metrics.json").write_text("[]")
+    (root / "bad2").mkdir()
+    (root / "bad2" / "metrics.json").write_bytes(b"\xff\xfe{")
+    runs, missing = collect(root)
+    assert sorted(m.get("error") for m in missing) == ["unreadable metrics.json"] * 2
+    write_report(root, runs, missing)
+    md = (root / "report.md").read_text()
+    assert "± 0.0000" not in md and "0.9000 (n=1)" in md
+    assert "0.5500 ± 0.0707 (n=2)" in md  # kappa: the mean of the 2 seeds that have it
+    rep = json.loads((root / "report.json").read_text())
+    g8 = next(g for g in rep["arms"]["groups"] if g["group"]["dataset.n_per_class"] == "8")
+    (d,) = [d for d in g8["paired"] if d["metric"] == "test/acc" and d["arm"] == "synthetic"]
+    assert d["n"] == 2
+    assert "synthetic has no test/acc at seeds 2, 3 (undefined or not run): left out" in d["notes"]
+    row16 = next(r for r in rep["rows"] if r["group"]["dataset.n_per_class"] == "16")
+    assert row16["metrics"]["test/acc_real"][1] is None  # undefined (JSON null), not 0
+
+    gan_only = tmp_path / "gan_only"
+    for s in (0, 1):
+        _pipeline_run(gan_only / str(s), s, 8, {}, {"arms": [], "val/gan_fid": 10.0 + s})
+    runs, missing = collect(gan_only)
+    write_report(gan_only, runs, missing)  # no traceback
+    assert (gan_only / "report.json").is_file()

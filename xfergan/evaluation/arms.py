@@ -336,8 +336,10 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
                 boot = stats.bootstrap_table(have, m, n_boot=n_boot)
             for a, b in pairs:
                 kind = "primary" if (a, b) in declared and m == primary_metric else "exploratory"
-                if kind == "exploratory" and not (by_arm.get(a) and by_arm.get(b)):
-                    continue  # an arm without this metric: nothing declared, nothing to show
+                if kind == "exploratory" and not (
+                    (by_arm.get(a) or missing.get(a)) and (by_arm.get(b) or missing.get(b))
+                ):
+                    continue  # an arm never run here: nothing declared, nothing to show
                 d = compare(rs, m, a, b, by_arm, boot, unusable, unequal)
                 d["kind"] = kind
                 g["paired"].append(d)
@@ -431,6 +433,10 @@ def compare(rs, m, a, b, by_arm, boot, unusable, unequal) -> dict:
         return d
     seeds, d["notes"] = _pairable(rs, a, b)
     seeds = [s for s in seeds if s in a_vals and s in b_vals]
+    every = sorted({r.get("seed") for r in rs}, key=str)
+    for x, vals in ((a, a_vals), (b, b_vals)):  # never a seed dropped without a word
+        if lack := [s for s in every if s not in vals]:
+            d["notes"].append(f"{x} has no {m} at {_seeds(lack)} (undefined or not run): left out")
     d["n"] = len(seeds)
     if unknown := _unknown(rs, a, b, seeds):
         d["verdict"] = "not compared: " + "; ".join(unknown)

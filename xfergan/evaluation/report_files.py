@@ -90,7 +90,9 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
             continue
         try:
             m = json.loads(mf.read_text())
-        except json.JSONDecodeError:
+            if not isinstance(m, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError):  # damaged: listed, never a traceback
             missing.append(
                 {"dir": str(d), "overrides": _overrides(d), "error": "unreadable metrics.json"}
             )
@@ -205,9 +207,10 @@ def swept_keys(runs: list[dict], missing: list[dict]) -> list[str]:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
+    """(mean, sample std); the std of one value is undefined (nan), never 0."""
     from xfergan.stats import std
 
-    return sum(xs) / len(xs), std(xs)
+    return sum(xs) / len(xs), std(xs) if len(xs) > 1 else math.nan
 
 
 def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
@@ -242,6 +245,16 @@ def aggregate(runs: list[dict], keys: list[str]) -> list[dict]:
     return rows
 
 
+def _cell(v: tuple | None, n: int) -> str:
+    """'0.9012 ± 0.0123'; '0.9000 (n=1)' where one seed has it (no spread to show); the seeds
+    it is the mean of where fewer than the row's (the rest undefined)."""
+    if not v:
+        return "—"
+    mean, sd, k = v
+    text = f"{mean:.4f}" + (f" ± {sd:.4f}" if math.isfinite(sd) else "")
+    return text + (f" (n={k})" if k < n or k < 2 else "")
+
+
 def _row(cells) -> str:
     """One markdown table row (no empty first cell when a table has no group columns)."""
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -270,8 +283,7 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
     for row in rows:
         cells = [row["group"][k] for k in keys] + [str(row["n"])]
         for m in present:
-            v = row["metrics"].get(m)
-            cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if v else "—")
+            cells.append(_cell(row["metrics"].get(m), row["n"]))
         lines.append(_row(cells))
     left_out = [(row, n) for row in rows for n in row["notes"]]
     if left_out:
@@ -335,7 +347,7 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
         },
     )
     plots = make_plots(root, rows, keys, present)
-    if arms:
+    if arms and arms.get("metrics"):  # pipelines with GAN numbers only: no arms to plot
         plots.append(arms_plot(root, arms))
     if rates.get("compared"):
         plots.append(exchange_plot(root, rates))
@@ -463,9 +475,8 @@ def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]
         refs = {}
         base = "test/study_majority_acc" if "study" in m else "test/majority_acc"
         if "acc" in m and any(base in row["metrics"] for row in rows):
-            refs["majority class (mean)"] = sum(
-                row["metrics"][base][0] for row in rows if base in row["metrics"]
-            ) / len(rows)
+            have = [row["metrics"][base][0] for row in rows if base in row["metrics"]]
+            refs["majority class (mean)"] = sum(have) / len(have)
         safe = m.replace("/", "_")
         out.append(
             bar_chart_png(

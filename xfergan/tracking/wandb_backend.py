@@ -186,7 +186,7 @@ def log_report(run, rep: dict, pngs: list[Path]) -> None:
     ]
     run.log({"report/aggregate": wandb.Table(columns=cols, data=rows)})
     arms = rep.get("arms") or {}
-    if arms:
+    if arms and arms.get("metrics"):
         m = arms["metrics"][0]
         arow = [
             [

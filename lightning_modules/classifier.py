@@ -100,6 +100,20 @@ class ClassifierModule(pl.LightningModule):
         self.automatic_optimization = compile != "graph"
         self._graph, self._graph_for = None, None
 
+    def train(self, mode: bool = True):
+        """Train mode, except for frozen BatchNorm layers (model.finetune=head|last_n): they keep
+        normalizing with their running statistics (ImageNet's, or the init's), which a few-shot
+        batch would otherwise overwrite while their weights stay frozen, so the head would train
+        on batch statistics and be tested on others."""
+        super().train(mode)
+        if mode and self.hparams.get("finetune", "full") != "full":
+            for m in self.net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in m.parameters(recurse=False)
+                ):
+                    m.eval()
+        return self
+
     def setup(self, stage: str) -> None:
         if self.hparams.compile == "graph" and stage == "fit":
             check_trainer(self._trainer, "model.compile=graph", "model.compile=true")

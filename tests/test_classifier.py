@@ -146,3 +146,43 @@ def test_a_resumed_stage_keeps_the_val_curve_of_its_first_attempt(tmp_path, monk
     # a fresh start (resume=false) in the same dir: only its own points
     run_task(compose(args + ["trainer.max_epochs=1"], part))
     assert max(s for s, _ in _points(part)) <= 5 and not list((part / "csv").glob("metrics.*.csv"))
+
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics(tmp_path):
+    """model.finetune=head froze the backbone's weights but not its BatchNorm statistics:
+    Lightning's train mode let every few-shot batch overwrite them (ImageNet's running_var
+    moved by up to 1.25 in 5 steps), so the head trained on batch statistics and was tested on
+    others. Frozen BatchNorm layers now stay in eval mode; trainable ones still learn theirs."""
+    import torch
+
+    from tasks.classify import build_classifier
+    from xfergan.training import build_datamodule
+
+    cfg = compose(
+        FAST
+        + [
+            "model=mobilenet_v2",
+            "model.init=scratch",
+            "model.finetune=last_n",
+            "model.finetune_last_n=1",
+            "dataset.image_size=32",
+            "dataset.channels=3",
+            "dataset.normalize=imagenet",
+            "dataset.n_per_class=2",
+            "logger=none",
+        ],
+        tmp_path,
+    )
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_classifier(cfg, dm)
+    bns = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = [m for m in bns if not any(p.requires_grad for p in m.parameters())]
+    trained = [m for m in bns if m not in frozen]
+    assert frozen and trained
+    before = [m.running_var.clone() for m in bns]
+    model.train()
+    model.net(torch.randn(8, 3, 32, 32) * 3 + 1)
+    moved = [not torch.equal(b, m.running_var) for b, m in zip(before, bns)]
+    assert not any(mv for mv, m in zip(moved, bns) if m in frozen)
+    assert all(mv for mv, m in zip(moved, bns) if m in trained)

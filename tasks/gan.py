@@ -287,7 +287,11 @@ def evaluate_quality(cfg: DictConfig, model, dm) -> dict:
     size = getattr(model, "image_side", None) or cfg.gan.image_size
     real = to_gan_size(ref.x[idx.to(ref.x.device)].to(dev).float() / 255.0, size)
     real_y = ry[idx]
-    fake_y = torch.arange(k).repeat_interleave(n)
+    # the fakes in the reference's class mix (k x n of them in all): a val split with fewer
+    # images of some class (PneumoniaMNIST's 135 normal / 389 pneumonia) against balanced fakes
+    # inflated FID and KID even for a perfect generator. Balanced val: n per class, as before.
+    share = torch.bincount(real_y, minlength=k).double() / len(real_y)
+    fake_y = torch.arange(k).repeat_interleave((share * k * n).round().long())
     conditional = getattr(model, "conditional", True)
     if not conditional:  # one "class": the sizes match overall, not per class
         real_y, fake_y = torch.zeros_like(real_y), torch.zeros_like(fake_y)

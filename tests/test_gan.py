@@ -410,3 +410,45 @@ def test_memorization_reads_a_large_reference_a_chunk_at_a_time():
     chunked = nn_distance(query, ref, prep, chunk=16)  # 5 chunks, the last one short
     assert torch.allclose(chunked, whole, atol=1e-6)
     assert torch.allclose(nn_distance(query, prep(ref)), whole, atol=1e-6)
+
+
+def test_fid_fakes_follow_the_reference_class_mix(tmp_path, monkeypatch):
+    """FID and KID compared balanced fakes (n per class) with a val reference of fewer images of
+    some class (PneumoniaMNIST: 135 normal, 389 pneumonia): the class mix alone inflated both,
+    even for a perfect generator. The fakes now come in the reference's class proportions,
+    k x n of them (a balanced val: n per class, as before)."""
+    from types import SimpleNamespace
+
+    import lightning_modules.gan_metrics as gm
+    import tasks.gan
+    from datamodules.split import Split, Splits
+    from lightning_modules.classifier import ClassifierModule
+
+    clf = _Pooled()
+    clf.hparams = SimpleNamespace(input_spec={"image_size": 8, "channels": 1, "normalize": "none"})
+    monkeypatch.setattr(ClassifierModule, "load_safely", staticmethod(lambda path: clf))
+    seen = {}
+
+    def gan_quality(features, real, real_y, fake, fake_y, train, **kw):
+        seen["real"], seen["fake"] = torch.bincount(real_y), torch.bincount(fake_y)
+        return {}
+
+    monkeypatch.setattr(gm, "gan_quality", gan_quality)
+
+    class Gan(torch.nn.Module):
+        def sample(self, labels, generator=None):
+            return torch.rand(len(labels), 1, 8, 8, generator=generator)
+
+    def split(counts):
+        y = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+        return Split(torch.zeros(len(y), 1, 8, 8, dtype=torch.uint8), y)
+
+    over = ["gan.feature_ckpt=clf.ckpt", "gan.image_size=8", "gan.eval_n_per_class=100"]
+    cfg = compose(FAST + over, tmp_path)
+    for val, want in (((60, 389), [75, 125]), ((300, 300), [100, 100])):
+        dm = SimpleNamespace(
+            num_classes=2, splits=Splits(split(val), split(val), split(val), ["a", "b"])
+        )
+        tasks.gan.evaluate_quality(cfg, Gan(), dm)
+        assert seen["real"].tolist() == [min(v, 100) for v in val]
+        assert seen["fake"].tolist() == want, seen

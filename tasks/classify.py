@@ -123,6 +123,14 @@ def step_budget(cfg: DictConfig, dm) -> dict:
     steps = cfg.trainer.max_steps
     if not steps or steps <= 0:
         return {"steps": None}
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    if accumulate > 1:  # the plan counts batches: each arm would make steps / N optimizer steps
+        raise UserError(
+            f"trainer.accumulate_grad_batches={accumulate} with a step budget "
+            f"(trainer.max_steps={steps}): the budget counts batches, so every arm would make "
+            f"{steps // accumulate} optimizer steps; use a larger dataset.batch_size, or drop "
+            "the budget (trainer.max_steps=-1) and train by epochs"
+        )
     steps = smoke_cap(cfg, int(steps))
     epochs = plan_steps(cfg, dm, steps)
     return {"max_epochs": epochs, "max_steps": -1, "min_epochs": None, "steps": int(steps)}

@@ -172,7 +172,20 @@ def build_gan(cfg: DictConfig, dm):
     )
 
 
+def check_precision(cfg: DictConfig) -> None:
+    """The GAN's EMA generator moves by (1 - 0.999) of a step: below half a unit of bf16's
+    precision, so under trainer.precision=bf16-true (or 16-true) most of its weights never
+    move. Refused in one line (bf16-mixed keeps the weights in fp32)."""
+    precision = str(cfg.trainer.get("precision") or "32-true")
+    if precision in ("bf16-true", "16-true", "bf16", "16", "half"):
+        raise UserError(
+            f"trainer.precision={precision} for a GAN: its EMA generator's updates are below "
+            "the format's precision (most weights never move); use bf16-mixed or 32-true"
+        )
+
+
 def run(cfg: DictConfig) -> dict:
+    check_precision(cfg)
     out = output_dir(cfg)
     dm = gan_datamodule(cfg)
     load_data(dm, out)

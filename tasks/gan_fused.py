@@ -28,7 +28,7 @@ from torchvision.utils import save_image
 
 from lightning_modules.fused_gan import FusedGANs
 from lightning_modules.gan import Divergence
-from tasks.gan import build_gan, evaluate_quality, gan_datamodule
+from tasks.gan import build_gan, check_precision, evaluate_quality, gan_datamodule
 from xfergan.devices import job_device
 from xfergan.errors import UserError
 from xfergan.io import atomic_torch_save
@@ -199,6 +199,7 @@ def track_gan(cfg: DictConfig, out: Path, dm, metrics: dict, history: list) -> d
 
 
 def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
+    check_precision(cfg)  # as task=gan: the EMA generator needs more than bf16's bits
     out = output_dir(cfg)
     seeds = check(cfg)
     per_seed = per_seed or {}

@@ -564,6 +564,10 @@ def _pipeline(cfg: DictConfig) -> dict:
     for name in arms:  # what the semi-supervised GAN cannot do: said before anything trains
         if arm_spec(cfg, name)[0] == "semi_gan":
             check_semi_gan(stage_cfg(cfg, out, "classify", tuned_overrides(cfg, name)).trainer)
+    if any(arm_spec(cfg, a)[0] in GAN_ARMS for a in arms):  # the GAN's precision: said now
+        from tasks.gan import check_precision
+
+        check_precision(cfg)
     ctx = Context(cfg, out)
     table = {}
     for name in arms:  # an arm a distill arm already needed (the teacher) is not run twice

@@ -374,3 +374,18 @@ def test_fused_gans_that_crash_stop_the_sweep_in_one_line(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "the fused GANs failed: RuntimeError: CUDA out of memory" in err
     assert "more detail" not in err and err.count("\n") == 1
+
+
+def test_budgets_and_precisions_that_would_not_do_what_they_say_are_one_line(tmp_path):
+    """trainer.accumulate_grad_batches=2 under a step budget made every arm 600 / 2 optimizer
+    steps while metrics.json said 600; a GAN under trainer.precision=bf16-true left most of its
+    EMA generator's weights unmoved (the 0.001 step is below bf16's precision). Both are now
+    refused in one line, the GAN's before a pipeline's first stage trains."""
+    args = FAST + ["logger=none", "dataset.n_per_class=2", "trainer.max_steps=4"]
+    with pytest.raises(UserError, match="accumulate_grad_batches=2 with a step budget") as e:
+        run_task(compose(args + ["+trainer.accumulate_grad_batches=2"], tmp_path / "a"))
+    assert "\n" not in str(e.value)
+    pipe = args + ["task=pipeline", "pipeline.arms=[real,synthetic]", "pipeline.primary=[]"]
+    with pytest.raises(UserError, match="trainer.precision=bf16-true for a GAN"):
+        run_task(compose(pipe + ["trainer.precision=bf16-true"], tmp_path / "b"))
+    assert not (tmp_path / "b" / "classify_real").exists()

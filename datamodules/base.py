@@ -290,6 +290,17 @@ class ImageDataModule(pl.LightningDataModule):
             return math.ceil(steps / min(self.batches_per_epoch(world), int(limit_batches)))
         divisors = [d for d in range(1, steps + 1) if steps % d == 0]
         self.epoch_batches = min(divisors, key=lambda d: (abs(math.log(d / target)), -d))
+        if self.epoch_batches > 4 * target and steps > 4 * target:  # 601: one epoch of 601
+            log.warning(
+                "a budget of %d steps has no divisor near %d: it runs as %d epoch(s) of %d "
+                "steps, so val, checkpoints, resume points and epoch-based schedules "
+                "(warmup_epochs) come that rarely; a budget like %d divides evenly",
+                steps,
+                target,
+                steps // self.epoch_batches,
+                self.epoch_batches,
+                round(steps / target) * target,
+            )
         return steps // self.epoch_batches
 
     def sizes(self) -> dict[str, Any]:

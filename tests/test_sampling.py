@@ -3,7 +3,7 @@ import torch
 
 from datamodules.mnist import MNISTDataModule, load_mnist_arrays
 from datamodules.sampling import few_shot_split, stratified_sample
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, FAST, compose
 from xfergan.errors import UserError
 
 
@@ -103,3 +103,18 @@ def test_batches_are_sliced_on_the_splits_device_without_a_host_index(monkeypatc
         assert [len(b) for b in got] == [len(b) for b in want] == [16, 16, 16, 2]
         assert all(torch.equal(a, b) for a, b in zip(got, want))
         assert all(b.device == split.y.device for b in got)
+
+
+def test_a_budget_without_a_divisor_near_the_epoch_target_says_so(tmp_path, caplog):
+    """601 steps (a prime) run as one epoch of 601: val, checkpoints, resume points and
+    warmup_epochs then come once. It still runs exactly 601 steps; now it says so and names a
+    budget that divides."""
+    from xfergan.training import build_datamodule
+
+    dm = build_datamodule(compose(FAST + ["dataset.n_per_class=2"], tmp_path))
+    with caplog.at_level("WARNING"):
+        assert dm.plan_epochs(600) == 12 and "no divisor" not in caplog.text
+        assert dm.plan_epochs(601) == 1
+    assert (
+        "a budget of 601 steps has no divisor near 50: it runs as 1 epoch(s) of 601" in caplog.text
+    )

@@ -92,7 +92,9 @@ class DatasetConfig:
     # the same rule for every model that feeds this run (a pseudolabel teacher or ensemble
     # member, a model.init checkpoint): check | ignore (recorded in metrics.json)
     model_provenance: str = "check"
-    # mixed: fraction of every batch drawn from the synthetic part (null: in proportion to sizes)
+    # mixed: the synthetic part's share of the batches, in expectation (each batch is drawn with
+    # replacement by weights, so one batch's share varies around it; null: in proportion to
+    # the parts' sizes)
     mix_balance: float | None = None
     # the unlabelled pool a semi-supervised arm (semi.method) learns from: the training split's
     # images outside the labelled subset and val, labels never read; at most this many (a

@@ -522,3 +522,33 @@ def test_images_made_augmented_are_not_augmented_again(tmp_path):
     out = dm.preprocess(x, train=True, fixed=fixed)
     plain = dm.preprocess(x, train=False)
     assert torch.equal(out[fixed], plain[fixed]) and not torch.equal(out[~fixed], plain[~fixed])
+
+
+def test_evaluate_refuses_a_test_set_the_model_was_not_trained_on_in_one_line(tmp_path):
+    """task=evaluate checked only the class count: dataset.normalize=imagenet on a model trained
+    on [-1, 1] inputs ran and wrote a test/acc; dataset.channels=3 ended in a tensor traceback;
+    dataset=pneumoniamnist (a config group) in a ValueError traceback. Each is now one line."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    args = FAST + ["logger=none", "dataset.n_per_class=2", "dataset.val_per_class=1"]
+    run_task(compose(args + ["trainer.max_steps=2"], run_dir))
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(compose(args), run_dir / ".hydra" / "config.yaml")
+    for override, says in (
+        ("dataset.normalize=imagenet", "trained on dataset.normalize=half"),
+        ("dataset.channels=3", "trained on dataset.channels=1"),
+        ("dataset=pneumoniamnist", "dataset=pneumoniamnist picks a config group"),
+    ):
+        r = run_py(
+            [
+                "task=evaluate",
+                f"run={run_dir}",
+                "logger=none",
+                override,
+                f"hydra.run.dir={tmp_path / override.replace('=', '_')}",
+            ]
+        )
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and says in err[-1], (override, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr

@@ -183,6 +183,24 @@ def test_seeds_added_later_in_a_nested_sweep_are_reported_and_recorded(tmp_path)
         flat = stage.replace("/", "__") + "__samples_final.png"
         assert (dest / flat).read_bytes() == stage.encode()
     assert json.loads((dest / "run.json").read_text())["jobs"] == 5
+    # recorded again into the same folder from a run with less: nothing of the first stays
+    # beside the new run.json (a hand-written README does), and a named file it lacks is said
+    (dest / "README.md").write_text("notes")
+    import shutil
+
+    shutil.rmtree(sweep / "n8_seed2")
+    cmd[cmd.index("--files") + 1 :] = ["report.md", "report.missing"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "not in" in r.stderr and "report.missing" in r.stderr
+    run = json.loads((dest / "run.json").read_text())
+    assert run["jobs"] == 3 and run["predictions"] == 1
+    assert run["files_not_found"] == ["report.missing"]
+    assert sorted(p.name for p in (dest / "jobs").iterdir()) == [
+        "0.json",
+        "0__classify_real.json",
+        "1.json",
+    ]
+    assert not list(dest.glob("*samples_final.png")) and (dest / "README.md").read_text() == "notes"
 
 
 def test_the_run_table_says_unknown_for_a_gan_number_not_known(tmp_path):

@@ -177,3 +177,14 @@ def test_reading_a_run_waits_for_the_file_wandb_is_still_writing(tmp_path, monke
     os.utime(old, (time.time() - 3600, time.time() - 3600))  # a run killed an hour ago
     t0 = time.time()
     assert "exit_code" not in read_offline_run(old) and time.time() - t0 < 1
+
+
+def test_a_classifier_without_a_pool_is_the_dashboards_labelled_only_point(tmp_path):
+    """The dashboard plots test/acc against config.n_unlabelled with 0 as "labelled only", but
+    runs without a pool never carried the key, so the real arm never appeared there."""
+    from xfergan.tracking import axes
+
+    cfg = compose(FAST + ["dataset.n_per_class=8"], tmp_path)
+    assert axes(cfg, {"n_train_real": 80, "n_train_synthetic": 0})["n_unlabelled"] == 0
+    assert axes(cfg, {"n_train_real": 80, "n_unlabelled": 59_840})["n_unlabelled"] == 59_840
+    assert "n_unlabelled" not in axes(cfg)  # before the data is loaded: not known yet

@@ -121,6 +121,8 @@ def axes(cfg: DictConfig, sizes: dict | None = None) -> dict[str, Any]:
     for k in ("n_train_real", "n_train_synthetic", "n_unlabelled"):
         if sizes and k in sizes:
             out[k] = sizes[k]
+    if sizes and "n_train_real" in sizes:  # a classifier without a pool: the dashboard's
+        out.setdefault("n_unlabelled", 0)  # "0: labelled only" point (it never had one)
     return out
 
 

@@ -562,7 +562,8 @@ def _mura_tree(root: Path, n: int) -> str:
     for split, count in (("train", n), ("valid", max(8, n // 10))):
         rows, st = [], []
         for i in range(count):
-            study = f"MURA-v1.1/{split}/XR_WRIST/patient{i:05d}/study1_{'positive' if i % 2 else 'negative'}/"
+            pid = i if split == "train" else n + i  # a patient is in one split, as in MURA
+            study = f"MURA-v1.1/{split}/XR_WRIST/patient{pid:05d}/study1_{'positive' if i % 2 else 'negative'}/"
             p = study + "image1.png"
             (root / p).parent.mkdir(parents=True, exist_ok=True)
             a = np.roll(sources[i % len(sources)], (i // len(sources)) % 17, axis=1)

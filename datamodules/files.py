@@ -418,7 +418,7 @@ class FileImageDataModule(ImageDataModule):
         row says val. A group (patient, study) in two splits is refused: splits never cut one."""
         out = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "unlabelled")}
         free = [r for r in rows if r.split not in ("train", "val", "test", "unlabelled")]
-        if free and any(out[s] for s in out):
+        if free and any(out[s] for s in ("train", "val", "test")):  # the pool splits nothing
             split_of = {
                 r.split_group or r.group: s for s in out for r in out[s] if r.split_group or r.group
             }
@@ -432,7 +432,6 @@ class FileImageDataModule(ImageDataModule):
                 len(free) - len(moved),
             )
             free = []
-        _one_split_per_group(out)
         if free:
             key = [r.split_group or r.group or r.path for r in free]
             val, test = group_split(key, (self.val_fraction, self.test_fraction), self.seed)
@@ -443,17 +442,20 @@ class FileImageDataModule(ImageDataModule):
             (val,) = group_split(key, (self.val_fraction,), self.seed)
             out["val"] = [r for r, k in zip(out["train"], key) if k in val]
             out["train"] = [r for r, k in zip(out["train"], key) if k not in val]
+        _one_split_per_group(out)
         return out
 
 
 def _one_split_per_group(out: dict[str, list[ImageRow]]) -> None:
-    """A group (patient, study) whose images are in two splits (the pool included) would put
-    one patient's images in training and in test: one line naming it."""
+    """A group (patient, study) whose images are on two sides (training: train and the
+    unlabelled pool; val; test) would put one patient's images in training and in test: one
+    line naming it."""
+    side = {"unlabelled": "train"}
     seen: dict[str, str] = {}
     for split, rs in out.items():
         for r in rs:
             g = r.split_group or r.group
-            if g and seen.setdefault(g, split) != split:
+            if g and seen.setdefault(g, side.get(split, split)) != side.get(split, split):
                 raise UserError(
                     f"group {g!r} has images in {seen[g]} and in {split} ({r.path}): a group "
                     "(patient, study) must stay in one split; fix the split column"

@@ -542,6 +542,12 @@ def test_csv_splits_keep_files_groups_and_the_users_own_splits(tmp_path):
     assert got["train"] == ["a/2.png", "b/0.png", "b/1.png"] and got["val"] == []
     with pytest.raises(UserError, match="group 'p1' has images in val and in test"):
         splits(head + "a/0.png,a,p1,val\na/1.png,a,p1,test\nb/0.png,b,p2,train\n")
+    # a test patient's unlabelled images would join the training pool: refused; a train
+    # patient's may (both are the training side)
+    with pytest.raises(UserError, match="group 'p1' has images in test and in unlabelled"):
+        splits(head + "a/0.png,a,p1,test\na/1.png,,p1,unlabelled\nb/0.png,b,p2,train\n")
+    got = splits(head + "a/0.png,a,p1,train\na/1.png,,p1,unlabelled\nb/0.png,b,p2,test\n")
+    assert got["unlabelled"] == ["a/1.png"] and got["train"] == ["a/0.png"]
 
 
 def test_another_copy_with_the_same_names_sizes_and_times_is_not_served_this_ones_pixels(

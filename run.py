@@ -45,8 +45,14 @@ def main(cfg: DictConfig) -> float | None:
         raise
     value = metrics.get(objective)  # returned to sweepers (Optuna): a validation number
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        if optimizing:
-            log.warning("sweep.objective=%s is not in this job's metrics.json", objective)
+        if optimizing and objective not in metrics:  # every trial would fail, then a traceback
+            have = ", ".join(k for k in sorted(metrics) if k.startswith("val/"))[:300]
+            print(
+                f"xfergan: error: sweep.objective={objective} is not a number this task writes "
+                f"(its val numbers: {have or 'none'}); set sweep.objective to one of them",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         return None
     return float(value)
 

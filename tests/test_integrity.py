@@ -55,6 +55,31 @@ def test_optuna_sweep_optimizes_validation_numbers(tmp_path):
     assert best == pytest.approx(max(t.value for t in trials))
 
 
+def test_an_optuna_objective_no_job_writes_is_one_line_after_the_first_trial(tmp_path):
+    """sweep.objective=val/accuracy (a name the task never writes): every trial returned
+    nothing, Optuna marked each failed, and the sweep ended in a traceback at best_trial. Now the
+    first trial stops the sweep in one line naming the val numbers there are."""
+    sweep = tmp_path / "sweep"
+    r = run_py(
+        [
+            "-m",
+            "experiment=paper_table1",
+            "sweep=optuna",
+            "hydra.sweeper.n_trials=3",
+            "sweep.objective=val/accuracy",
+            "debug=smoke",
+            *FAST,
+            "logger=none",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert last.startswith("xfergan: error: sweep.objective=val/accuracy is not a number")
+    assert "val/acc" in last and not (sweep / "1").exists()
+
+
 @pytest.mark.parametrize("override", ["sweep.objective=test/acc", "checkpoint.monitor=test/auroc"])
 def test_a_test_metric_can_never_choose(override, out):
     with pytest.raises(UserError, match="never chosen on"):

@@ -397,19 +397,17 @@ def _clear_compile_counters() -> None:
     counters.clear()
 
 
-def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str):
-    """The speed options for the paper's GAN step (experiment=paper_table3_full's G and D, plain
-    loop around the module's own gan_step): a larger batch (the same passes over the real images
-    in fewer steps), bf16 autocast (what trainer=gpu runs), torch.compile with and without CUDA
-    graphs. Figure: real images per second (batch x steps/s), against the first variant. Yields
-    one row per variant (the caller writes each as it comes: a run stopped at its time limit
-    keeps the variants it measured)."""
+def _variant_rows(variants: str, case, unit: str, measure):
+    """One row per variant, as it is measured (the caller writes each as it comes: a run
+    stopped at its time limit keeps the variants it measured), against the first that ran;
+    a variant that does not run here is a row with its error, not a crash. `measure(name)`
+    returns {"rate": ..., other fields of the row}."""
     base = None
     for name in variants.split(","):
-        row = {"case": f"GAN speed {name} (paper_table3_full G/D, plain loop)", "unit": "img/s"}
+        row = {"case": case(name), "unit": unit}
         _clear_compile_counters()
         try:
-            got = _gan_speed_one(name, steps, warmup, gpu, tmp)
+            got = dict(measure(name))
         except Exception as e:  # an option that does not run here is a finding, not a crash
             yield {
                 **row,
@@ -419,15 +417,59 @@ def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str):
                 "ratio": 0.0,
             }
             continue
-        base = base or got["rate"]
+        rate = got.pop("rate")
+        base = base or rate
         yield {
             **row,
             "plain": base,
-            "ours": got["rate"],
-            "ratio": got["rate"] / base,
-            "first_step_s": got["first_step_s"],
+            "ours": rate,
+            "ratio": rate / base,
+            **got,
             "cudagraph_skips": _compile_skips(),
         }
+
+
+def bench_gan_speed(steps, warmup, gpu, tmp: Path, variants: str):
+    """The speed options for the paper's GAN step (experiment=paper_table3_full's G and D, plain
+    loop around the module's own gan_step): a larger batch (the same passes over the real images
+    in fewer steps), bf16 autocast (what trainer=gpu runs), torch.compile with and without CUDA
+    graphs. Figure: real images per second (batch x steps/s), against the first variant; one
+    row per variant as it is measured."""
+    return _variant_rows(
+        variants,
+        lambda name: f"GAN speed {name} (paper_table3_full G/D, plain loop)",
+        "img/s",
+        lambda name: _gan_speed_one(name, steps, warmup, gpu, tmp),
+    )
+
+
+def _clf_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> dict:
+    """One model.compile variant, e.g. graph_bs64: training steps per second through the Trainer."""
+    mode, bs = name.split("_")
+    batch = int(bs.removeprefix("bs"))
+    m = 5 * -(-(steps + warmup + 2) // 5)  # whole batches only, as bench_classifier
+    over = [
+        "experiment=paper_table3_full",
+        "task=classify",
+        "model.init=scratch",  # the speed does not depend on the starting weights
+        f"model.compile={ {'eager': 'false'}.get(mode, mode) }",
+        f"dataset.n_per_class={batch * m // 10}",
+        "dataset.val_per_class=1",
+        f"dataset.batch_size={batch}",
+    ] + ([] if gpu else ["trainer=cpu"])
+    cfg = compose(over, tmp / f"clf_speed_{name}")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_classifier(cfg, dm)
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return {
+        "rate": timer.n / (timer.t1 - timer.t0),
+        "fit_s": time.perf_counter() - t0,  # compile included
+        "fit_steps": steps + warmup,  # what the fit ran (gpu_sizing: its compile time)
+    }
 
 
 def bench_classifier_speed(steps, warmup, gpu, tmp: Path, variants: str):
@@ -436,54 +478,12 @@ def bench_classifier_speed(steps, warmup, gpu, tmp: Path, variants: str):
     the task's own datamodule, module and Trainer, with model.compile=<variant> (false: eager;
     graph: the whole training step one graph, on CUDA a CUDA graph). Figure: training steps per
     second, against the first variant; one row per variant as it is measured."""
-    base = None
-    for name in variants.split(","):
-        mode, bs = name.split("_")
-        batch = int(bs.removeprefix("bs"))
-        m = 5 * -(-(steps + warmup + 2) // 5)  # whole batches only, as bench_classifier
-        over = [
-            "experiment=paper_table3_full",
-            "task=classify",
-            "model.init=scratch",  # the speed does not depend on the starting weights
-            f"model.compile={ {'eager': 'false'}.get(mode, mode) }",
-            f"dataset.n_per_class={batch * m // 10}",
-            "dataset.val_per_class=1",
-            f"dataset.batch_size={batch}",
-        ] + ([] if gpu else ["trainer=cpu"])
-        row = {
-            "case": f"classifier speed {name} (paper_table3_full's MobileNetV2 96px, Trainer)",
-            "unit": "steps/s",
-        }
-        _clear_compile_counters()
-        try:
-            cfg = compose(over, tmp / f"clf_speed_{name}")
-            dm = build_datamodule(cfg)
-            dm.setup()
-            model = build_classifier(cfg, dm)
-            timer = StepTimer(warmup)
-            trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
-            t0 = time.perf_counter()
-            trainer.fit(model, datamodule=dm)
-            rate = timer.n / (timer.t1 - timer.t0)
-        except Exception as e:
-            yield {
-                **row,
-                "error": f"{type(e).__name__}: {first_line(e, '')[:300]}",
-                "plain": base or 0.0,
-                "ours": 0.0,
-                "ratio": 0.0,
-            }
-            continue
-        base = base or rate
-        yield {
-            **row,
-            "plain": base,
-            "ours": rate,
-            "ratio": rate / base,
-            "fit_s": time.perf_counter() - t0,  # compile included
-            "fit_steps": steps + warmup,  # what the fit ran (gpu_sizing: its compile time)
-            "cudagraph_skips": _compile_skips(),
-        }
+    return _variant_rows(
+        variants,
+        lambda name: f"classifier speed {name} (paper_table3_full's MobileNetV2 96px, Trainer)",
+        "steps/s",
+        lambda name: _clf_speed_one(name, steps, warmup, gpu, tmp),
+    )
 
 
 def _fused_rates(k, cfg, dm, x_all, y_all, steps, warmup) -> tuple[float, float]:

@@ -40,21 +40,12 @@ def _rows(path: str | Path) -> list[dict]:
 
 def fastest(kind: str, path: str | Path, batch: int = 64) -> tuple[str, float]:
     """(setting, steps/s) of the fastest error-free variant at `batch` in a bench JSON of the
-    gan_speed (`kind` "gan": img/s rows) or clf_speed ("clf": steps/s rows) case."""
-    prefix, modes = ("GAN speed ", GAN_MODES) if kind == "gan" else ("classifier speed ", CLF_MODES)
-    best = (modes["eager"], 0.0)
-    for r in _rows(path):
-        case = r.get("case", "")
-        if not case.startswith(prefix) or r.get("error") or not r.get("ours"):
-            continue
-        name = case[len(prefix) :].split(" ")[0]  # e.g. graph_bs64_bf16
-        mode, bs, *_ = name.split("_")
-        if mode not in modes or bs != f"bs{batch}":
-            continue
-        rate = float(r["ours"]) / (batch if kind == "gan" else 1)
-        if rate > best[1]:
-            best = (modes[mode], rate)
-    return best
+    gan_speed (`kind` "gan") or clf_speed ("clf") case; the eager setting and 0 when none ran."""
+    found = _variants(kind, path, batch)
+    if not found:
+        return (GAN_MODES if kind == "gan" else CLF_MODES)["eager"], 0.0
+    best = max(found, key=lambda m: found[m]["rate"])
+    return best, found[best]["rate"]
 
 
 def last_gan_rate(root: str | Path = "benchmarks/results") -> tuple[float | None, str | None]:

@@ -7,9 +7,11 @@ A subclass implements `load()` and returns `Splits`; everything else is here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,6 +23,7 @@ from datamodules.provenance import uids_digest, uids_of, union  # noqa: F401 (re
 from datamodules.split import Batch, Split, Splits, concat  # noqa: F401 (re-exported)
 from xfergan import transforms as T
 from xfergan.errors import UserError
+from xfergan.io import sha256_file_once
 from xfergan.schema import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,25 @@ class ImageDataModule(pl.LightningDataModule):
     def identity(self) -> dict[str, Any]:
         """What selects this run's real images, besides the seed (subclasses add their keys)."""
         return {"dataset": self.name, "n_per_class": self.n_per_class}
+
+    def content_files(self) -> list:
+        """The files this dataset's images and labels are read from (subclasses that read a few
+        files name them): what content_digest hashes."""
+        return []
+
+    def content_digest(self) -> str | None:
+        """sha256 of what this dataset reads, without decoding it: the bytes of its
+        content_files(), or (image folders, datamodules/files.py) the listing of its images'
+        paths, labels, sizes and mtimes. What resume compares besides the settings, so a model
+        trained before the data changed is never reused or continued. None: not known (a
+        dataset that names no files)."""
+        files = [Path(f) for f in self.content_files()]
+        if not files:
+            return None
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name}:{sha256_file_once(f) if f.is_file() else 'missing'}\n".encode())
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ shared
     @property

@@ -94,17 +94,22 @@ def _decode_job(args):
     return decode_image(*args)
 
 
-def cache_key(root: Path, rows: list[ImageRow], size: int, color: str) -> str:
-    # the root too: another copy with the same names, sizes and times (cp -a, an unpacked
-    # archive of other images) must not be served this one's pixels
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}|pad-center|{root.resolve()}".encode())
+def _listing(h, root: Path, rows: list[ImageRow], fields=("path", "label")) -> None:
+    """Feed each row's fields and its file's size and mtime to the hash `h`."""
     for r in rows:
         try:
             st = os.stat(root / r.path)
             sig = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             sig = "missing"
-        h.update(f"{r.path},{r.label},{sig}\n".encode())
+        h.update((",".join(str(getattr(r, f)) for f in fields) + f",{sig}\n").encode())
+
+
+def cache_key(root: Path, rows: list[ImageRow], size: int, color: str) -> str:
+    # the root too: another copy with the same names, sizes and times (cp -a, an unpacked
+    # archive of other images) must not be served this one's pixels
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}|pad-center|{root.resolve()}".encode())
+    _listing(h, root, rows)
     return h.hexdigest()[:24]
 
 
@@ -286,6 +291,23 @@ class FileImageDataModule(ImageDataModule):
 
     def identity(self) -> dict:
         return {**super().identity(), "val_fraction": self.val_fraction}
+
+    def content_digest(self) -> str | None:
+        """The listing's digest: class names, the rows not read, then every row's fields and its
+        file's size and mtime (an image replaced, relabelled, moved or added changes it). None
+        when the layout cannot be listed now (the stage then says why in one line)."""
+        quiet = logging.getLogger("datamodules")  # the listing's counted skips: said by the stage
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            root, rows, names, problems = self.rows()
+        except UserError:
+            return None
+        finally:
+            quiet.setLevel(level)
+        h = hashlib.sha256(json.dumps([names, problems], sort_keys=True, default=str).encode())
+        _listing(h, root, rows, ("path", "label", "split", "group", "split_group", "part"))
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ the reader
     def load(self) -> Splits:

@@ -57,6 +57,9 @@ class MedMNISTDataModule(ImageDataModule):
     def identity(self) -> dict:
         return {**super().identity(), "file": self.npz_path.name}
 
+    def content_files(self) -> list:
+        return [self.npz_path]
+
     def load(self) -> Splits:
         z = load_npz(self.npz_path)
         train = _split(z["train_images"], z["train_labels"], self.npz_path, "train")

@@ -13,6 +13,8 @@ from xfergan.errors import UserError
 from xfergan.schema import MnistConfig
 
 _D = MnistConfig()
+# what torchvision's MNIST reads from <root>/MNIST/raw
+MNIST_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
 
 
 def load_mnist_arrays(
@@ -42,6 +44,10 @@ class MNISTDataModule(ImageDataModule):
 
     def identity(self) -> dict:
         return {**super().identity(), "val_per_class": self.val_per_class}
+
+    def content_files(self) -> list:
+        raw = Path(self.root) / "MNIST" / "raw"
+        return [raw / f"{p}-ubyte" for p in MNIST_FILES]
 
     def load(self) -> Splits:
         arrays = load_mnist_arrays(self.root, self.download)

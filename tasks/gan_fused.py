@@ -132,7 +132,7 @@ def reusable(cfg: DictConfig, seeds: list[int], per_seed: dict[int, dict]) -> di
     """resume=true: the stage's metrics when every seed's run finished with the settings and
     inputs asked for now (their config_sha256), else None (train all K again)."""
     from xfergan.io import read_json
-    from xfergan.runtime import config_digest
+    from xfergan.runtime import same_record
 
     done = {}
     for s in seeds:
@@ -142,7 +142,9 @@ def reusable(cfg: DictConfig, seeds: list[int], per_seed: dict[int, dict]) -> di
             m = read_json(f) if f.is_file() else {}
         except UserError:
             m = {}
-        if m.get("status") != "ok" or m.get("config_sha256") != config_digest(c):
+        if m.get("status") != "ok" or not same_record(
+            m.get("config_sha256"), m.get("inputs_sha256"), c
+        ):
             return None
         done[s] = m
     first = done[seeds[0]]

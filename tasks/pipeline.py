@@ -76,7 +76,7 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
     stage before it ran again); its own checkpoint is continued only when its settings and
     inputs match too (xfergan.training.resume_checkpoint)."""
     from xfergan.io import read_json
-    from xfergan.runtime import config_digest
+    from xfergan.runtime import config_digest, same_record
     from xfergan.training import why_not_same
 
     done = Path(sub.paths.output_dir) / "metrics.json"
@@ -86,7 +86,6 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
         except UserError as e:
             log.warning("resume: %s; running the stage again", e)
             m = {}
-        now = config_digest(sub)
         gone = [m[k] for k in OUTPUT_KEYS if m.get(k) and not Path(str(m[k])).exists()]
         if m.get("status") == "ok" and gone:  # reused, it would hand on a file that is not there
             log.warning(
@@ -94,13 +93,15 @@ def _run(sub: DictConfig, reuse: bool = True) -> dict:
                 done.parent.name,
                 gone[0],
             )
-        elif m.get("status") == "ok" and m.get("config_sha256") == now:
+        elif m.get("status") == "ok" and same_record(
+            m.get("config_sha256"), m.get("inputs_sha256"), sub
+        ):
             return {**m, "_reused": True}
         elif m.get("status") == "ok":
             log.warning(
                 "resume: stage %s finished, but it %s: running it again",
                 done.parent.name,
-                why_not_same(m, sub, now),
+                why_not_same(m, sub, config_digest(sub)),
             )
     return run_job(sub, STAGES[enum_name(sub.task)])  # a failed stage raises
 

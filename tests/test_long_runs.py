@@ -249,6 +249,97 @@ def test_resume_follows_the_inputs_content_not_their_paths(tmp_path, caplog):
     assert "running it again" not in caplog.text and "starting from scratch" not in caplog.text
 
 
+def _folder_tree(root, per_class=10):
+    """A folder dataset: two classes of distinct 8x8 gray PNGs (a split by val/test fraction)."""
+    from PIL import Image
+
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("L", (8, 8), 20 + 100 * c + i).save(root / name / f"{i:02d}.png")
+
+
+def test_resume_follows_the_real_images_content_not_their_path(tmp_path, caplog, monkeypatch):
+    """Real data were identified by their path alone: relabel images (move them to the other
+    class folder) and resume, and the finished stage was reused with its model trained on the
+    old labels. The real data's content (the listing's paths, labels, sizes, mtimes; a file's
+    bytes for MNIST and MedMNIST) is now an input of every stage: it runs again, saying why,
+    and a record made before it (no data digest) is still taken on its settings."""
+    import xfergan.runtime as rt
+
+    data = tmp_path / "data"
+    _folder_tree(data)
+    args = [a for a in SMALL if "val_per_class" not in a] + [
+        "dataset=folder",
+        f"dataset.root={data}",
+        "dataset.val_fraction=0.3",
+        "dataset.test_fraction=0.3",
+        "dataset.augment.enabled=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "task=pipeline",
+        "pipeline.arms=[real]",
+        "pipeline.feature_net=false",
+        "trainer.max_steps=4",
+    ]
+    caplog.set_level("INFO")
+    with monkeypatch.context() as m:  # a record made as before: the data by its path only
+        m.setattr(rt, "data_digest", lambda cfg: None)
+        run_task(compose(args, tmp_path / "old"))
+    old = json.loads((tmp_path / "old" / "classify_real" / "metrics.json").read_text())
+    assert rt.DATA_KEY not in old["inputs_sha256"]
+    run_task(compose(args + ["resume=true"], tmp_path / "old"))  # taken on its settings
+    assert json.loads((tmp_path / "old/classify_real/metrics.json").read_text()) == old
+    assert "before real data was identified by its content" in caplog.text
+
+    run_dir = tmp_path / "run"
+    run_task(compose(args, run_dir))
+    stage = run_dir / "classify_real" / "metrics.json"
+    m0 = json.loads(stage.read_text())
+    assert rt.DATA_KEY in m0["inputs_sha256"]
+    caplog.clear()
+    run_task(compose(args + ["resume=true"], run_dir))  # the same images: reused
+    assert json.loads(stage.read_text())["wall_s"] == m0["wall_s"]
+    assert "running it again" not in caplog.text
+    for i in (7, 8, 9):  # relabelled: moved to the other class folder, same bytes
+        (data / "a" / f"{i:02d}.png").rename(data / "b" / f"a{i:02d}.png")
+    run_task(compose(args + ["resume=true"], run_dir))
+    m1 = json.loads(stage.read_text())
+    assert "made from other inputs (dataset: other content now)" in caplog.text
+    assert m1["wall_s"] != m0["wall_s"] and m1["config_sha256"] != m0["config_sha256"]
+    assert m1["inputs_sha256"][rt.DATA_KEY] != m0["inputs_sha256"][rt.DATA_KEY]
+
+
+def test_the_data_digest_follows_bytes_and_labels(tmp_path):
+    """MNIST and MedMNIST: the bytes of the files they read; folders: paths, labels, sizes and
+    mtimes (a copy kept with cp -p has the same; one image rewritten does not)."""
+    import shutil
+
+    from xfergan.runtime import data_digest
+
+    def digest(*ov):
+        return data_digest(compose(FAST + list(ov), tmp_path / "cfg"))
+
+    assert digest("dataset=mnist") == digest("dataset=mnist", "dataset.n_per_class=8")
+    npz = tmp_path / "p.npz"
+    shutil.copy2(os.environ["DATA_DIR"] + "/pneumoniamnist/pneumoniamnist.npz", npz)
+    one = digest("dataset=pneumoniamnist", f"dataset.npz_path={npz}")
+    with open(npz, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert one != digest("dataset=pneumoniamnist", f"dataset.npz_path={npz}") is not None
+    _folder_tree(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy2)
+    a, b = (digest("dataset=folder", f"dataset.root={tmp_path / r}") for r in "ab")
+    assert a == b is not None
+    from PIL import Image
+
+    Image.new("L", (8, 8), 3).save(tmp_path / "b" / "a" / "00.png")
+    assert digest("dataset=folder", f"dataset.root={tmp_path / 'b'}") != a
+    assert digest("dataset=folder", f"dataset.root={tmp_path / 'none'}") is None
+
+
 @pytest.mark.parametrize(
     "key",
     [

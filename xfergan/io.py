@@ -85,6 +85,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SHA256: dict[tuple, str] = {}  # (file, size, mtime) -> sha256
+
+
+def sha256_file_once(path: str | os.PathLike) -> str:
+    """sha256_file, hashed once per process while the file's size and mtime stay the same (an
+    input's identity is asked for several times a stage)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(p)
+    return _SHA256[key]
+
+
 def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Load a file from a user path with `weights_only=True` (no arbitrary code execution)."""
     path = Path(path)

@@ -133,12 +133,41 @@ def input_file(spec: str) -> Path | None:
         return last if last.is_file() else None
 
 
-def input_digests(cfg: DictConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def datamodule_spec(cfg: DictConfig, **overrides: Any) -> dict[str, Any]:
+    """The configured datamodule's constructor spec (a user datamodule's `args` merged in);
+    `overrides` replace dataset keys (e.g. the GAN's image size)."""
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
+    ds.update(ds.pop("args", None) or {})
+    ds.update(overrides)
+    return ds
+
+
+def data_digest(cfg: DictConfig) -> str | None:
+    """The content digest of the real images and labels the configured dataset reads (its
+    datamodule's content_digest(), computed without decoding); None when it is not known."""
+    from xfergan.errors import instantiate
+
+    try:
+        dm = instantiate(datamodule_spec(cfg), seed=cfg.seed, _convert_="all")
+    except UserError:  # the stage itself says why, in one line
+        return None
+    digest = getattr(dm, "content_digest", None)
+    return digest() if callable(digest) else None
+
+
+# the real data's key in input_digests; records written before 2026-12-05 do not have it
+DATA_KEY = "dataset"
+
+
+def input_digests(cfg: DictConfig, skip: tuple[str, ...] = (), data: bool = True) -> dict[str, Any]:
     """INPUT_KEYS that are set -> the sha256 of what each names now (a list for an ensemble;
-    "missing" where nothing is there): what resume compares besides the settings, so a stage
-    whose teacher, synthetic set, init, guide, feature net or GAN changed is never reused or
-    continued."""
+    "missing" where nothing is there), and the real data's content (DATA_KEY; `data` False: left
+    out, as records before 2026-12-05 were made): what resume compares besides the settings, so
+    a stage whose real images, teacher, synthetic set, init, guide, feature net or GAN changed is
+    never reused or continued."""
     out: dict[str, Any] = {}
+    if data and (d := data_digest(cfg)) is not None:
+        out[DATA_KEY] = d
     for key in INPUT_KEYS:
         if key in skip:
             continue
@@ -165,14 +194,17 @@ def changed_inputs(before: dict | None, now: dict) -> list[str]:
 MEASURING_INPUTS = ("gan.feature_ckpt",)
 
 
-def config_digest(cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = False) -> str:
+def config_digest(
+    cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = False, data: bool = True
+) -> str:
     """sha256 of the resolved config without VOLATILE_KEYS (and, for a stage, without the
     pipeline section no stage reads), with the number of processes in place of the device
     list, and with the content digests of its inputs (input_digests): two runs with the same
     digest computed the same thing from the same bytes. What a resumed pipeline compares before
     it reuses a stage, and (with `skip`=MEASURING_INPUTS) a checkpoint before it is continued:
     then neither the skipped inputs' content nor their paths count (`legacy`: their paths count,
-    as checkpoints written before 2026-12-05 were stamped)."""
+    as checkpoints written before 2026-12-05 were stamped; `data` False: without the real data's
+    content, as records before it were stamped: see same_record)."""
     import hashlib
     import json
 
@@ -184,7 +216,7 @@ def config_digest(cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = Fa
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
-    inputs = input_digests(cfg, skip)
+    inputs = input_digests(cfg, skip, data=data and not legacy)
     if inputs:  # (a stage that reads no other stage keeps the digest it had before inputs)
         c["inputs_sha256"] = inputs
     for key, sub in VOLATILE_KEYS.items():
@@ -197,6 +229,32 @@ def config_digest(cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = Fa
         c.pop("pipeline", None)
     c["world_size"] = world_size(cfg)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def same_record(
+    stamp: str | None, inputs: dict | None, cfg: DictConfig, skip: tuple[str, ...] = ()
+) -> bool:
+    """Whether a record's config digest (a finished stage's metrics.json, a checkpoint's stamp;
+    `inputs` its input digests) is the one asked for now. A record made before the real data's
+    content was part of the digest (no DATA_KEY among its inputs) is compared as it was made,
+    on the settings (the data's path among them) and the other inputs' content, and says so;
+    a checkpoint's stamp from before 2026-12-05 also with its measuring inputs' paths."""
+    if stamp is None:
+        return False
+    if stamp == config_digest(cfg, skip):
+        return True
+    if DATA_KEY in (inputs or {}):
+        return False
+    old = {config_digest(cfg, skip, data=False)}
+    if skip:
+        old.add(config_digest(cfg, skip, legacy=True))
+    if stamp in old:
+        log.info(
+            "resume: a record made before real data was identified by its content is taken on "
+            "its settings, the data's path and its other inputs' content"
+        )
+        return True
+    return False
 
 
 def run_meta(cfg: DictConfig) -> dict[str, Any]:

@@ -17,10 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from xfergan.io import atomic_write_json, earlier_logs
 from xfergan.runtime import (
+    DATA_KEY,
     MEASURING_INPUTS,
     changed_inputs,
     config_digest,
+    datamodule_spec,
     input_digests,
+    same_record,
     world_size,
 )
 
@@ -31,10 +34,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any):
     """The configured datamodule; `overrides` replace dataset keys (e.g. the GAN's image size)."""
     from xfergan.errors import instantiate
 
-    ds = OmegaConf.to_container(cfg.dataset, resolve=True, enum_to_str=True)
-    ds.update(ds.pop("args", None) or {})  # a user datamodule's own arguments
-    ds.update(overrides)
-    return instantiate(ds, seed=cfg.seed, _convert_="all")  # its UserError: one line
+    return instantiate(datamodule_spec(cfg, **overrides), seed=cfg.seed, _convert_="all")
 
 
 def load_data(dm, out: Path) -> None:
@@ -141,9 +141,10 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         from xfergan.errors import UserError
 
         raise UserError(f"{e}; delete it to start this run from scratch") from None
-    stamp = blob.get("xfergan_config_sha256") if isinstance(blob, dict) else None
-    now = config_digest(cfg, MEASURING_INPUTS)
-    if stamp not in (now, config_digest(cfg, MEASURING_INPUTS, legacy=True)):
+    blob = blob if isinstance(blob, dict) else {}
+    stamp, inputs = blob.get("xfergan_config_sha256"), blob.get("xfergan_inputs_sha256")
+    if not same_record(stamp, inputs, cfg, MEASURING_INPUTS):
+        now = config_digest(cfg, MEASURING_INPUTS)
         why = why_not_same(blob, cfg, now, MEASURING_INPUTS)
         log.warning("resume=true, but %s %s: starting from scratch", last, why)
         drop_earlier_logs(out)
@@ -160,7 +161,9 @@ def why_not_same(record: dict, cfg: DictConfig, now: str, skip: tuple[str, ...] 
     key = "xfergan_inputs_sha256" if "xfergan_config_sha256" in record else "inputs_sha256"
     stamp = record.get("xfergan_config_sha256", record.get("config_sha256"))
     inputs = record.get(key)
-    changed = changed_inputs(inputs, input_digests(cfg, skip)) if inputs is not None else []
+    # a record from before the data's content was recorded: only what it recorded is compared
+    now_inputs = input_digests(cfg, skip, data=DATA_KEY in (inputs or {}))
+    changed = changed_inputs(inputs, now_inputs) if inputs is not None else []
     if changed:
         return f"was made from other inputs ({', '.join(changed)}: other content now)"
     return (

@@ -337,3 +337,51 @@ def test_a_rewritten_report_leaves_no_earlier_plot_behind(tmp_path):
     assert not (parent / "plot_exchange_rates.png").exists()
     assert (parent / "plot_arms.png").is_file() and (parent / "report_paired.csv").is_file()
     assert (parent / "notes.txt").read_text() == "mine"
+
+
+def test_a_curve_run_on_a_few_of_the_seeds_is_read_on_those_seeds():
+    """Ten seeds compared at n = 8, the curve (4 ... 64) run on four of them: every n but 8 was
+    dropped as "run by half of the seeds or fewer" and no rate was computed. Only seeds that ran
+    a curve vote for its n now: it is read on the four seeds with the whole curve."""
+    curves = {s: {8: 0.7} for s in range(10)}
+    for s in range(4):
+        curves[s] = {n: 0.4 + 0.08 * math.log2(n) for n in (4, 8, 16, 32, 64)}
+    d = exchange_rate(curves, {s: 0.4 + 0.08 * math.log2(12) for s in range(10)}, n_boot=100)
+    assert d["anchors"] == [4, 8, 16, 32, 64] and d["seeds"] == [0, 1, 2, 3]
+    assert d["left_out"] == list(range(4, 10)) and d["anchors_dropped"] == []
+    assert d["point"] == pytest.approx(12)
+
+
+def test_an_arm_is_worth_real_images_only_where_the_report_compares_it_with_real(tmp_path):
+    """An arm at 2,400 steps against `real`'s 600 (not declared unequal) is "not compared" in
+    the arms section, and an arm trained on other real images is paired with no seed; yet both
+    were given a rate off the curve (worth 16 [15.8, 16.2]). Their rates now say why they are
+    not computed; a declared unequal budget gives a rate with the comparison's note."""
+    sweep = tmp_path / "study"
+    for j, s in enumerate(range(200, 205)):
+        accs = {"real": _acc(8) + DELTA[j], "longer": _acc(16), "elsewhere": _acc(16)}
+        accs["declared"] = _acc(16)
+        extra = {
+            "primary": [],
+            "steps_longer": 2400,
+            "steps_declared": 2400,
+            "unequal_budgets": ["declared"],
+            "data/train_ids_sha256_elsewhere": f"other-{s}",
+        }
+        _job(sweep / "main" / str(j), s, 8, accs, ["experiment=x"], extra)
+    _curve(sweep / "curve", offset=0.0)
+    for d in (sweep / "curve").iterdir():  # the curve in the same experiment
+        ov = d / ".hydra" / "overrides.yaml"
+        ov.write_text(ov.read_text() + "- experiment=x\n")
+    x, md = _report(sweep, tmp_path)
+    (c,) = x["compared"]
+    r = c["arms"]
+    assert r["longer"] == {"not_computed": "unequal step budgets (against real)"}
+    assert "not_computed" in r["elsewhere"] and "no seed" in r["elsewhere"]["not_computed"]
+    assert r["declared"]["point"] == pytest.approx(16, rel=1e-3)
+    assert any("allowed by pipeline.unequal_budgets" in n for n in r["declared"]["notes"])
+    assert "longer at n=8: not computed: unequal step budgets (against real)" in md
+    with open(sweep / "report.csv") as f:  # every key filled, those all pipelines share too
+        ex = [row for row in csv.DictReader(f) if row["kind"] == "exchange_rate"]
+    assert {row["arm"] for row in ex} == {"real", "declared"}
+    assert {row["experiment"] for row in ex} == {"x"}

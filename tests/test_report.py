@@ -52,7 +52,7 @@ def test_report_shows_every_arm_and_paired_differences(tmp_path):
     # finetune - real at n=8: diffs .02 .03 .01 -> mean .02, sd .01, t(2) = 4.303: +-.0248
     t = "t over seeds (no per-image predictions)"
     assert (
-        "| 8 | test/acc | finetune − real | 600 vs 600 | +0.0200 | [-0.0048, +0.0448] | 0.0742 | 3 |"
+        "| 8 | test/acc | finetune − real | 600 vs 600 | +0.0200 | [-0.0048, +0.0448] | 0.0741 | 3 |"
         f" {t} | no evidence |" in md
     )
     assert "synthetic − real" in md and "hurts" in md
@@ -629,3 +629,98 @@ def test_undefined_spreads_dropped_seeds_and_damaged_files_are_said_never_zero(t
     runs, missing = collect(gan_only)
     write_report(gan_only, runs, missing)  # no traceback
     assert (gan_only / "report.json").is_file()
+
+
+def test_each_group_is_judged_on_its_own_declarations(tmp_path):
+    """Two experiments in one report: exp_b declared test/balanced_acc, on which mixed hurts, and
+    no unequal budget; exp_a declared test/acc and finetune's longer budget. The first
+    pipeline's metric judged every group (exp_b's primary "helps" on test/acc) and a budget
+    declared anywhere was allowed everywhere."""
+    sweep = tmp_path / "sweep"
+    for s in range(5):
+        e = s / 1000
+        decl_a = {"primary": [["finetune", "real"]], "primary_metric": "test/acc"}
+        decl_a.update(steps_finetune=2400, unequal_budgets=["finetune"])
+        _pipeline_run(
+            sweep / "a" / str(s),
+            s,
+            8,
+            {"real": 0.90 + e, "finetune": 0.92 + 2 * e},
+            decl_a,
+            ["experiment=exp_a"],
+        )
+        decl_b = {"primary": [["mixed", "real"], ["finetune", "real"]]}
+        decl_b.update(primary_metric="test/balanced_acc", steps_finetune=2400)
+        decl_b.update({"test/balanced_acc_real": 0.85 + e, "test/balanced_acc_mixed": 0.80 + 2 * e})
+        decl_b["test/balanced_acc_finetune"] = 0.9 + e
+        _pipeline_run(
+            sweep / "b" / str(s),
+            s,
+            8,
+            {"real": 0.90 + e, "mixed": 0.93 + 2 * e, "finetune": 0.95 + e},
+            decl_b,
+            ["experiment=exp_b"],
+        )
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
+    a = json.loads((sweep / "report.json").read_text())["arms"]
+    prim = {
+        (g["group"]["experiment"], d["arm"]): d
+        for g in a["groups"]
+        for d in g["paired"]
+        if d["kind"] == "primary"
+    }
+    assert set(prim) == {("exp_a", "finetune"), ("exp_b", "mixed"), ("exp_b", "finetune")}
+    assert prim["exp_b", "mixed"]["metric"] == "test/balanced_acc"
+    assert prim["exp_b", "mixed"]["verdict"] == "hurts"
+    assert prim["exp_b", "finetune"]["verdict"] == "not compared: unequal step budgets"
+    assert prim["exp_a", "finetune"]["verdict"] == "helps"
+    assert a["primary_metric"] is None and a["family_size"] == 3
+    md = (sweep / "report.md").read_text()
+    assert "## Primary comparisons (test/acc, test/balanced_acc;" in md
+    assert "| exp_b | test/balanced_acc | mixed − real |" in md
+
+
+def test_hydra_settings_never_split_a_group(tmp_path):
+    """Seeds 0-2 ran with the report callback added on the command line (README's way), seeds
+    3-4 were added later without it: two groups of 3 and 2 seeds, a Holm family of 2. Hydra's
+    own settings change nothing a run computes: one group of 5."""
+    sweep = tmp_path / "sweep"
+    cb = "+hydra.callbacks.report._target_=tasks.report.ReportWhenDone"
+    for s in range(5):
+        ov = [cb] if s < 3 else ["hydra.job.chdir=false"]
+        decl = {"primary": [["mixed", "real"]], "primary_metric": "test/acc"}
+        _pipeline_run(sweep / str(s), s, 8, {"real": 0.9, "mixed": 0.91 + s / 100}, decl, ov)
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "rep"))
+    a = json.loads((sweep / "report.json").read_text())["arms"]
+    assert len(a["groups"]) == 1 and a["groups"][0]["seeds"] == [0, 1, 2, 3, 4]
+    assert a["family_size"] == 1
+
+
+def test_printed_p_values_and_bounds_stay_on_their_side_of_the_threshold():
+    """A Holm p of 0.049975 printed as 0.05 beside "helps"; a lower bound of +4.9e-06 printed
+    as +0.0000. p is cut toward zero at three digits; a bound that would print as zero keeps
+    its size."""
+    from xfergan.evaluation.arms import _ci, _p
+
+    assert _p(0.049975) == "0.0499" and _p(0.05) == "0.05" and _p(0.29) == "0.29"
+    assert _p(1.0) == "1" and _p(0.12345) == "0.123" and _p(float("nan")) == "—"
+    assert _ci(4.9e-06, 0.0284) == "[+4.90e-06, +0.0284]"
+    assert _ci(-0.00004, 0.01) == "[-4.00e-05, +0.0100]" and _ci(0.0, 0.5) == "[+0.0000, +0.5000]"
+
+
+@pytest.mark.parametrize(
+    ("values", "ylim"), [({"a": 0.9, "b": 0.5}, (0, 1.05)), ({"a": 18.36}, None)]
+)
+def test_bar_charts_show_values_off_the_unit_scale(tmp_path, monkeypatch, values, ylim):
+    """Every bar chart was drawn on [0, 1.05]: a FID of 18.36 ran off the axis."""
+    from xfergan.evaluation import plots
+
+    seen = {}
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: seen.setdefault("y", fig.axes[0].get_ylim())
+    )
+    plots.bar_chart_png(values, tmp_path / "p.png", "t")
+    if ylim:
+        assert seen["y"] == pytest.approx(ylim)
+    else:
+        assert seen["y"][0] <= 0 and seen["y"][1] > 18.36

@@ -322,6 +322,16 @@ def _censored(x: float, anchors: Sequence[float]) -> tuple[float, str | None]:
     return float(2.0**x), None
 
 
+def curve_anchors(have: Sequence[set]) -> list[float]:
+    """The curve's n, given the n each paired seed ran: those run by more than half of the seeds
+    that ran a curve (two n or more; a seed run only at the compared n does not vote). So one
+    seed's extra n leaves out that n, one seed's missing n leaves out that seed, and a curve run
+    on a few of the seeds is read on those seeds."""
+    voters = [h for h in have if len(h) >= 2] or list(have)
+    every_n = sorted(set().union(*voters)) if voters else []
+    return [n for n in every_n if 2 * sum(n in h for h in voters) > len(voters)]
+
+
 def exchange_rate(
     curves: Mapping[int, Mapping[float, float]],
     values: Mapping[int, float],
@@ -332,9 +342,9 @@ def exchange_rate(
     """What an arm's metric is worth in real labelled images per class.
 
     curves: seed -> {n_per_class: the `real` arm's metric}; values: seed -> the arm's metric at
-    the compared n. Paired by seed: only seeds in both count. The anchors are the n that more
-    than half of those seeds ran (the others, `anchors_dropped`, are not read); seeds without
-    every anchor are listed in `left_out`.
+    the compared n. Paired by seed: only seeds in both count. The anchors: curve_anchors (the
+    others, `anchors_dropped`, are not read); seeds without every anchor are listed in
+    `left_out`.
     Point: the seed-mean curve, made monotone (isotonic), inverted at the seed-mean value
     (linear in log n; a flat stretch gives its smallest n). Interval: percentile bootstrap over
     seeds (`n_boot` resamples of the seeds with replacement, curve and value together, RNG
@@ -352,11 +362,9 @@ def exchange_rate(
             "exchange_rate: no seed has both a real curve and an arm value "
             f"(curve seeds {sorted(curves)}, arm seeds {sorted(values)})"
         )
-    # the curve's n: those that more than half of the paired seeds ran (one seed's extra n
-    # must not leave out every other seed; one seed's missing n leaves out that seed)
     have = [{float(n) for n in curves[s]} for s in paired_seeds]
     every_n = sorted(set().union(*have))
-    anchors = [n for n in every_n if 2 * sum(n in h for h in have) > len(have)]
+    anchors = curve_anchors(have)
     dropped = [n for n in every_n if n not in anchors]
     if len(anchors) < 2:
         raise ValueError(

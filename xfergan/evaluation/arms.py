@@ -270,7 +270,11 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
     keys = [k for k in keys if len({r["_overrides"].get(k, "") for r in pipes}) > 1]
     groups = report_groups(pipes, keys)
     metrics = [m for m in ARM_METRICS if any(f"{m}_{a}" in r for r in pipes for a in arms)]
-    primary_metric = next((r.get("primary_metric") for r in pipes if r.get("primary_metric")), None)
+    # each group is judged on its own declarations (a report may hold several experiments)
+    declared_metrics = list(
+        dict.fromkeys(r["primary_metric"] for r in pipes if r.get("primary_metric"))
+    )
+    primary_metric = declared_metrics[0] if len(declared_metrics) == 1 else None
     unequal = {a for r in pipes for a in r.get("unequal_budgets") or []}
     _, primary = comparisons(pipes, arms)  # every pair declared anywhere: report.json's list
     out: dict = {
@@ -279,7 +283,8 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         "metrics": metrics,
         "groups": [],
         "primary": [list(p) for p in sorted(primary)],
-        "primary_metric": primary_metric,
+        "primary_metric": primary_metric,  # None when groups declared different ones
+        "primary_metrics": declared_metrics,
         "unequal_budgets": sorted(unequal),
         "semi_arms": semi_arms(pipes, arms),
         "level": LEVEL,
@@ -290,6 +295,8 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         # a group's primaries are the ones its own runs declared: a group where only `real` ran
         # (an anchor of the exchange-rate curve, pipeline.primary=[]) adds nothing to the family
         pairs, declared = comparisons(rs, arms)
+        g_metric = next((r["primary_metric"] for r in rs if r.get("primary_metric")), None)
+        g_unequal = {a for r in rs for a in r.get("unequal_budgets") or []}
         g: dict = {
             "group": dict(zip(keys, gkey)),
             "seeds": [r.get("seed") for r in rs],
@@ -297,6 +304,8 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             "arms": {},
             "paired": [],
             "gan": {},
+            "primary_metric": g_metric,
+            "unequal_budgets": sorted(g_unequal),
             "steps": {a: sorted(_budget(rs, a)) for a in arms},
             "steps_pre": {a: sorted(_budget(rs, f"pre_{a}")) for a in arms},  # finetune's
             "labelled": labelled_budget(rs, arms),
@@ -313,9 +322,7 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
         have = same_test_set(preds, unusable)
         # every declared primary is judged (and counted in the family), even on a metric no arm
         # recorded
-        judged = metrics + [primary_metric] * bool(
-            declared and primary_metric not in [None, *metrics]
-        )
+        judged = metrics + [g_metric] * bool(declared and g_metric not in [None, *metrics])
         for m in judged:
             by_arm, missing = {}, {}
             for a in arms:
@@ -335,12 +342,12 @@ def arm_analysis(runs: list[dict], keys: list[str], n_boot: int = N_BOOT) -> dic
             if m in stats.BOOTSTRAP_METRICS and have:
                 boot = stats.bootstrap_table(have, m, n_boot=n_boot)
             for a, b in pairs:
-                kind = "primary" if (a, b) in declared and m == primary_metric else "exploratory"
+                kind = "primary" if (a, b) in declared and m == g_metric else "exploratory"
                 if kind == "exploratory" and not (
                     (by_arm.get(a) or missing.get(a)) and (by_arm.get(b) or missing.get(b))
                 ):
                     continue  # an arm never run here: nothing declared, nothing to show
-                d = compare(rs, m, a, b, by_arm, boot, unusable, unequal)
+                d = compare(rs, m, a, b, by_arm, boot, unusable, g_unequal)
                 d["kind"] = kind
                 g["paired"].append(d)
                 if kind == "primary":
@@ -437,7 +444,7 @@ def compare(rs, m, a, b, by_arm, boot, unusable, unequal) -> dict:
     for x, vals in ((a, a_vals), (b, b_vals)):  # never a seed dropped without a word
         if lack := [s for s in every if s not in vals]:
             d["notes"].append(f"{x} has no {m} at {_seeds(lack)} (undefined or not run): left out")
-    d["n"] = len(seeds)
+    d["n"], d["seeds"] = len(seeds), seeds
     if unknown := _unknown(rs, a, b, seeds):
         d["verdict"] = "not compared: " + "; ".join(unknown)
         return d
@@ -539,8 +546,15 @@ def paired_rows(arms: dict) -> list[list]:
     return rows
 
 
+def _signed(x: float) -> str:
+    """+0.0123; a value that would print as ±0.0000 keeps its sign and size (+4.90e-06): a
+    bound that decides a verdict never reads as zero."""
+    text = f"{x:+.4f}"
+    return f"{x:+.2e}" if x != 0 and float(text) == 0 else text
+
+
 def _ci(lo: float, hi: float) -> str:
-    return "undefined" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+    return "undefined" if math.isnan(lo) or math.isnan(hi) else f"[{_signed(lo)}, {_signed(hi)}]"
 
 
 def _fmt_ci(v: dict) -> str:
@@ -553,7 +567,16 @@ def _fmt_ci(v: dict) -> str:
 
 
 def _p(p: float) -> str:
-    return "—" if not math.isfinite(p) else f"{p:.3g}"
+    """Three significant digits, cut toward zero (0.049975 -> 0.0499, never 0.05): a printed p
+    is on the same side of any threshold of three digits as the p the verdict read."""
+    if not math.isfinite(p):
+        return "—"
+    if p <= 0:
+        return f"{p:.3g}"
+    from decimal import ROUND_DOWN, Decimal
+
+    d = Decimal(repr(p))
+    return f"{float(d.quantize(Decimal(1).scaleb(d.adjusted() - 2), rounding=ROUND_DOWN)):.3g}"
 
 
 def _methods(ds: list[dict]) -> list[str]:
@@ -627,10 +650,12 @@ def arm_lines(a: dict, row, head) -> list[str]:
                 cells.append(_fmt_ci(v) if v else "—")
             lines.append(row(cells))
     prim = [(g, d) for g in a["groups"] for d in g["paired"] if d["kind"] == "primary"]
+    several = len(a.get("primary_metrics") or []) > 1  # groups judged on different metrics
     if prim:
         lines += [
             "",
-            f"## Primary comparisons ({a['primary_metric']}; Holm-corrected over "
+            f"## Primary comparisons ({', '.join(a.get('primary_metrics') or ['?'])}; "
+            "Holm-corrected over "
             f"{a['family_size']} comparisons)",
             "",
             "Paired by seed. Every declared primary comparison counts in the family (one not "
@@ -641,6 +666,7 @@ def arm_lines(a: dict, row, head) -> list[str]:
             "",
             *head(
                 keys
+                + ["metric"] * several
                 + [
                     "comparison",
                     "steps",
@@ -656,11 +682,11 @@ def arm_lines(a: dict, row, head) -> list[str]:
             ),
         ]
         for g, d in prim:
-            cells = [g["group"][k] for k in keys]
+            cells = [g["group"][k] for k in keys] + [d["metric"]] * several
             cells += [
                 f"{d['arm']} − {d['baseline']}",
                 d["budget"],
-                "—" if math.isnan(d["mean"]) else f"{d['mean']:+.4f}",
+                "—" if math.isnan(d["mean"]) else _signed(d["mean"]),
                 _ci(d["low"], d["high"]),
                 _ci(d.get("low_corrected", math.nan), d.get("high_corrected", math.nan)),
                 _p(d["p"]),
@@ -713,7 +739,7 @@ def arm_lines(a: dict, row, head) -> list[str]:
                 d["metric"],
                 f"{d['arm']} − {d['baseline']}",
                 d["budget"],
-                "—" if math.isnan(d["mean"]) else f"{d['mean']:+.4f}",
+                "—" if math.isnan(d["mean"]) else _signed(d["mean"]),
                 _ci(d["low"], d["high"]),
                 _p(d["p"]),
                 d["n"],

@@ -85,6 +85,30 @@ def _n_of(g: dict, npc: str | None) -> float | None:
     return n if math.isfinite(n) and n > 0 else None
 
 
+def _as_compared(g: dict, arm: str, metric: str, by_seed: dict) -> tuple[dict | str, list[str]]:
+    """An arm's values at the seeds where its comparison with `real` in its group was made (the
+    same real subset and test set, equal step budgets or declared unequal), and that
+    comparison's notes; or why it was not made (its verdict), so a rate is never read off the
+    curve for an arm the report would not compare with `real`."""
+    if arm == REAL:
+        return by_seed, []
+    d = next(
+        (
+            d
+            for d in g.get("paired") or []
+            if d["arm"] == arm and d["baseline"] == REAL and d["metric"] == metric
+        ),
+        None,
+    )
+    if d is None:
+        return by_seed, []
+    if str(d.get("verdict", "")).startswith("not compared"):
+        return str(d["verdict"]).removeprefix("not compared: ") + " (against real)", []
+    seeds = d.get("seeds")
+    kept = {s: v for s, v in by_seed.items() if seeds is None or s in seeds}
+    return kept, list(d.get("notes") or [])
+
+
 def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
     """report.json's `exchange_rates` from arm_analysis's output; {} without a curve (the real arm
     at fewer than two n, or no other arm to read off it)."""
@@ -154,14 +178,19 @@ def exchange_analysis(a: dict, n_boot: int = N_BOOT) -> dict:
             for arm, v in g["arms"][metric].items():
                 if not v["by_seed"]:
                     continue
+                values, checked = _as_compared(g, arm, metric, v["by_seed"])
+                if isinstance(values, str):  # the comparison with `real` was not made: why
+                    rates[arm] = {"not_computed": values}
+                    continue
                 try:
                     rates[arm] = stats.exchange_rate(
-                        curve, v["by_seed"], LEVEL, n_boot=n_boot, seed=BOOT_SEED
+                        curve, values, LEVEL, n_boot=n_boot, seed=BOOT_SEED
                     )
                 except ValueError as e:  # e.g. no seed in both: said, not a crash
                     rates[arm] = {"not_computed": str(e).removeprefix("exchange_rate: ")}
                     continue
                 rates[arm]["metric"] = metric
+                rates[arm]["notes"] = checked
             compared.append(
                 {
                     "group": g["group"],
@@ -242,6 +271,7 @@ def exchange_lines(x: dict, row, head) -> list[str]:
                     ]
                 )
             )
+            notes += [f"{arm} at n={c['n']:g}: {n}" for n in d.get("notes") or []]
             if d["left_out"]:
                 notes.append(
                     f"{arm} at n={c['n']:g}: left out seeds {', '.join(map(str, d['left_out']))}"
@@ -251,7 +281,7 @@ def exchange_lines(x: dict, row, head) -> list[str]:
                 notes.append(
                     f"{arm} at n={c['n']:g}: the real curve leaves out n="
                     + ", ".join(f"{n:g}" for n in d["anchors_dropped"])
-                    + " (run by half of the seeds or fewer)"
+                    + " (run by half of the seeds with a curve or fewer)"
                 )
     notes += [n for c in x["curves"] for n in c["notes"]] + list(x.get("unmatched") or [])
     if notes:
@@ -259,16 +289,17 @@ def exchange_lines(x: dict, row, head) -> list[str]:
     return lines
 
 
-def exchange_csv_rows(x: dict, keys: list[str], width: int) -> list[list]:
-    """report.csv's rows of kind `exchange_rate`: the group's keys, n = the seeds used, `width`
-    empty metric cells, then CSV_COLUMNS."""
+def exchange_csv_rows(x: dict, keys: list[str], width: int, fill: dict | None = None) -> list[list]:
+    """report.csv's rows of kind `exchange_rate`: the group's keys (`fill`: the values of the
+    report's keys the arms section leaves out, being the same for every pipeline), n = the seeds
+    used, `width` empty metric cells, then CSV_COLUMNS."""
     rows = []
     for c in x.get("compared") or []:
         for arm, d in c["arms"].items():
             if "not_computed" in d:
                 continue
             rows.append(
-                [c["group"].get(k, "") for k in keys]
+                [c["group"].get(k, (fill or {}).get(k, "")) for k in keys]
                 + [d["n_seeds"]]
                 + [""] * width
                 + ["exchange_rate", arm, d["metric"]]

@@ -89,7 +89,10 @@ def bar_chart_png(
         ax.axhline(v, ls="--", lw=0.9, color=f"C{i + 1}", label=label)
     if refs:
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_ylim(0, 1.05)
+    if all(0 <= v <= 1 for v in values.values()):  # a rate: on its whole scale
+        ax.set_ylim(0, 1.05)
+    else:  # FID, a negative kappa: the values' own scale, labels inside
+        ax.margins(y=0.15)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)

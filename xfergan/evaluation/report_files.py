@@ -53,7 +53,7 @@ MAIN = [
     "val/gan_precision",
     "val/gan_recall",
 ]
-IGNORED_KEYS = {"seed", "hydra.sweep.dir", "hydra.run.dir", "hydra/launcher", "task", "dir"}
+IGNORED_KEYS = {"seed", "task", "dir"}  # (and Hydra's own settings: _volatile)
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -124,6 +124,8 @@ def _volatile(key: str) -> bool:
     from xfergan.runtime import VOLATILE_KEYS
 
     head, _, rest = key.lstrip("+~").partition(".")
+    if head.split("/")[0] == "hydra":  # Hydra's own settings (callbacks, dirs, launcher)
+        return True
     sub = VOLATILE_KEYS.get(head, ())
     return head in VOLATILE_KEYS and (sub is None or rest.split(".")[0] in sub)
 
@@ -325,7 +327,11 @@ def write_report(root: Path, runs: list[dict], missing: list[dict]) -> dict:
             vals += [f"{v[0]:.6g}", f"{v[1]:.6g}"] if v else ["", ""]
         kind = ["aggregate"] + [""] * (len(extra) - 1) if extra else []
         w.writerow([row["group"][k] for k in keys] + [row["n"]] + vals + kind)
-    w.writerows(exchange_csv_rows(rates, keys, 2 * len(metric_names)))
+    pipes = [r for r in runs if r.get("task") == "pipeline"]
+    fill = {  # the keys every pipeline shares (the arms section leaves them out of its groups)
+        k: next(iter(v)) for k in keys if len(v := {r["_overrides"].get(k, "") for r in pipes}) == 1
+    }
+    w.writerows(exchange_csv_rows(rates, keys, 2 * len(metric_names), fill))
     atomic_write_text(root / "report.csv", buf.getvalue())
     if arms:  # every comparison, its method and kind: what report.md's tables say, as rows
         buf = io.StringIO()
@@ -429,7 +435,7 @@ def make_plots(root: Path, rows: list[dict], keys: list[str], present: list[str]
     out = []
     if not rows or not present:
         return out
-    metric = present[0]
+    metric = next((m for m in present if m.startswith("test/")), present[0])
     npc = next((k for k in keys if k.endswith("n_per_class")), None)
     if npc:  # accuracy vs n_per_class, one line per other setting (e.g. real / synthetic / mixed)
         others = [k for k in keys if k != npc]

@@ -32,6 +32,11 @@ SOURCES = ("real", "synthetic", "mixed")
 _D = DatasetConfig()  # the schema is the one source of defaults
 
 
+def _pixels(x: torch.Tensor) -> list[bytes]:
+    """Each image's identity by content (its uint8 pixels), to find copies under other names."""
+    return [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in x.cpu().numpy()]
+
+
 class ImageDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -102,6 +107,7 @@ class ImageDataModule(pl.LightningDataModule):
         # a semi-supervised run: its unlabelled pool is loaded, recorded and counted as seen
         self.use_unlabelled = bool(use_unlabelled)
         self.unlabelled: Split | None = None
+        self.pool_copies = 0  # pool images left out as copies of labelled/val/test images
         self.seed = int(seed)
         self.splits: Splits | None = None
         self.problems: list[dict] = []  # skipped inputs: {"split", "path", "reason"}
@@ -121,6 +127,11 @@ class ImageDataModule(pl.LightningDataModule):
     def identity(self) -> dict[str, Any]:
         """What selects this run's real images, besides the seed (subclasses add their keys)."""
         return {"dataset": self.name, "n_per_class": self.n_per_class}
+
+    def stored_side(self) -> int | None:
+        """The side of the images as loaded (before the model's resize), when known without
+        loading them (image files decode at dataset.image_size); None otherwise."""
+        return None
 
     def content_files(self) -> list:
         """The files this dataset's images and labels are read from (subclasses that read a few
@@ -218,6 +229,19 @@ class ImageDataModule(pl.LightningDataModule):
                 uid = getattr(splits, name).uid
                 if uid is not None and bool(torch.isin(pool.uid, uid).any()):
                     raise UserError(f"{self.name}: the unlabelled pool holds {name} images")
+        # ids are paths or indices: a copy of an evaluated or labelled image under another name
+        # (a folder of "all my images" as unlabelled/) is found by its pixels, and left out
+        known = {k for part in (self.real_train, splits.val, splits.test) for k in _pixels(part.x)}
+        keep = torch.tensor([k not in known for k in _pixels(pool.x)], dtype=torch.bool)
+        self.pool_copies = int((~keep).sum())
+        if self.pool_copies:
+            log.warning(
+                "%s: left %d images out of the unlabelled pool: each is pixel for pixel a "
+                "labelled training, val or test image (a copy under another name)",
+                self.name,
+                self.pool_copies,
+            )
+            pool = pool.subset(torch.nonzero(keep).flatten())
         if self.unlabelled_cap is not None and self.unlabelled_cap < len(pool):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 20_000)
             idx = torch.randperm(len(pool), generator=g)[: self.unlabelled_cap]
@@ -337,6 +361,7 @@ class ImageDataModule(pl.LightningDataModule):
         }
         if self.unlabelled is not None:
             out["n_unlabelled"] = len(self.unlabelled)
+            out["n_unlabelled_copies_left_out"] = self.pool_copies
         out.update(self.synthetic_info)
         return out
 

@@ -292,6 +292,9 @@ class FileImageDataModule(ImageDataModule):
     def identity(self) -> dict:
         return {**super().identity(), "val_fraction": self.val_fraction}
 
+    def stored_side(self) -> int | None:
+        return self.image_size  # decoded at the configured size
+
     def content_digest(self) -> str | None:
         """The listing's digest: class names, the rows not read, then every row's fields and its
         file's size and mtime (an image replaced, relabelled, moved or added changes it). None
@@ -437,9 +440,12 @@ class FileImageDataModule(ImageDataModule):
         train/val/test by group (val_fraction, test_fraction of the groups); when some have one,
         the rest are train (test_fraction applies only when no image has a split) and a row
         without a split joins its group's split. Train is split into train/val by group when no
-        row says val. A group (patient, study) in two splits is refused: splits never cut one."""
+        row says val; a group with images in the unlabelled pool stays on the training side. A
+        group (patient, study) in two splits is refused: splits never cut one."""
         out = {s: [r for r in rows if r.split == s] for s in ("train", "val", "test", "unlabelled")}
         free = [r for r in rows if r.split not in ("train", "val", "test", "unlabelled")]
+        # a group with images in the pool is on the training side: never drawn for val or test
+        pooled = {r.split_group or r.group for r in out["unlabelled"]} - {""}
         if free and any(out[s] for s in ("train", "val", "test")):  # the pool splits nothing
             split_of = {
                 r.split_group or r.group: s for s in out for r in out[s] if r.split_group or r.group
@@ -456,12 +462,18 @@ class FileImageDataModule(ImageDataModule):
             free = []
         if free:
             key = [r.split_group or r.group or r.path for r in free]
-            val, test = group_split(key, (self.val_fraction, self.test_fraction), self.seed)
+            val, test = group_split(
+                [k for k in key if k not in pooled],
+                (self.val_fraction, self.test_fraction),
+                self.seed,
+            )
             for r, k in zip(free, key):
                 out["val" if k in val else "test" if k in test else "train"].append(r)
         elif not out["val"] and self.val_fraction > 0:
             key = [r.split_group or r.group or r.path for r in out["train"]]
-            (val,) = group_split(key, (self.val_fraction,), self.seed)
+            (val,) = group_split(
+                [k for k in key if k not in pooled], (self.val_fraction,), self.seed
+            )
             out["val"] = [r for r, k in zip(out["train"], key) if k in val]
             out["train"] = [r for r, k in zip(out["train"], key) if k not in val]
         _one_split_per_group(out)

@@ -112,6 +112,12 @@ class FolderDataModule(FileImageDataModule):
                     f"{root}: folder(s) {beside} beside {'/, '.join(split_dirs)}/ would not be "
                     "read; move them into train/ (or val/, test/), or into unlabelled/"
                 )
+        misplaced = [f"{s}/{n}" for s in split_dirs for n in POOL_NAMES if (root / s / n).is_dir()]
+        if misplaced:  # it would be read as a class of that split
+            raise UserError(
+                f"{root}/{misplaced[0]}/: the unlabelled pool is a folder beside the split "
+                f"folders, not inside one; move it to {root}/{misplaced[0].split('/')[1]}/"
+            )
         if split_dirs and "train" not in split_dirs:
             raise UserError(
                 f"{root} has {'/, '.join(split_dirs)}/ but no train/: add train/<class>/<image> "

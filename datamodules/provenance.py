@@ -89,6 +89,8 @@ def check_seen(
             f"refused whatever {override} says; train it on training images only"
         )
     problems = []
+    if theirs and theirs.get("foreign"):  # taken with an override somewhere upstream
+        problems.append("it was made from a foreign input (" + "; ".join(theirs["foreign"]) + ")")
     if seen is None:
         problems.append("it records no image ids (re-run the stage that made it)")
     elif own.get("train_ids_sha256") is None:
@@ -144,6 +146,21 @@ def check_instrument(
     if reason:
         log.warning("using a foreign %s (%s=ignore): %s", what, override, reason)
     return {"foreign": bool(reason), "reason": reason}
+
+
+FOREIGN_KEYS = ("synthetic", "teacher", "init", "guidance/teacher")  # inputs that shape a model
+
+
+def foreign_reasons(info: dict[str, Any]) -> list[str]:
+    """The reasons a stage's metrics give for the foreign inputs that shaped its model or set
+    (`<what>_foreign_reason`, set when a provenance override let them in): what its record
+    carries on (`foreign`), so every model or set made from it is foreign too, however its own
+    image ids compare (a GAN of a nested smaller subset adds no new id)."""
+    return [
+        f"{what}: {info[f'{what}_foreign_reason']}"
+        for what in FOREIGN_KEYS
+        if info.get(f"{what}_foreign") and info.get(f"{what}_foreign_reason")
+    ]
 
 
 def model_record(dm, seen: torch.Tensor | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lightning_modules.gan import (
     ConditionalGAN,
@@ -66,8 +67,14 @@ class FusedGANs(nn.Module):
         return opt_g, opt_d
 
     def draw(self, n: int, image: tuple[int, int, int], generator=None) -> StepNoise:
-        """One update's random draws for all K GANs ([K, ...]; GAN k's are [k])."""
-        return draw_noise(self.hparams, (self.k,), n, image, self.G.p[0].device, generator)
+        """One update's random draws for all K GANs ([K, ...]; GAN k's are [k]). `generator`: one
+        for all K, or a list of K (GAN k's draws from its own stream, so a GAN does not depend on
+        which GANs it was trained with: task=gan_fused seeds stream k with seed k)."""
+        dev = self.G.p[0].device
+        if not isinstance(generator, (list, tuple)):
+            return draw_noise(self.hparams, (self.k,), n, image, dev, generator)
+        parts = [draw_noise(self.hparams, (), n, image, dev, g) for g in generator]
+        return tree_map(lambda *xs: torch.stack(xs), *parts)
 
     def fused_step(
         self, x, y, opt_g, opt_d, backward=_plain_backward, noise: StepNoise | None = None

@@ -51,7 +51,7 @@ def check_settings(trainer_cfg: Any, pool_side: int | None = None) -> None:
     """What this module cannot do, in one line before anything trains: it steps its optimizers
     itself (manual optimization: Lightning refuses gradient clipping and accumulation for it,
     after the stages before it have trained), and its generator draws images at the pool's side,
-    which must be 4·2^k or 7·2^k."""
+    which must be b·2^k with b in 4..7 and k >= 1."""
     from xfergan.errors import UserError
 
     devices = trainer_cfg.get("devices")
@@ -76,7 +76,8 @@ def check_settings(trainer_cfg: Any, pool_side: int | None = None) -> None:
         except ValueError:
             raise UserError(
                 f"semi.method=semi_gan: its generator draws images at the unlabelled pool's side, "
-                f"{pool_side} px, which must be 4·2^k or 7·2^k (e.g. 28, 32, 64, 128); set "
+                f"{pool_side} px, which must be b·2^k with b in 4..7 and k >= 1 (e.g. 28, 32, 48, "
+                "64, 128); set "
                 "dataset.image_size to one"
             ) from None
 

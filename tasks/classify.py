@@ -228,7 +228,7 @@ def write_test_predictions(out: Path, model: ClassifierModule, dm, threshold) ->
 
 
 def run(cfg: DictConfig) -> dict:
-    from datamodules.provenance import flat, model_record, union
+    from datamodules.provenance import flat, foreign_reasons, model_record, union
     from xfergan.tracking import update_axes
 
     out = output_dir(cfg)
@@ -253,6 +253,8 @@ def run(cfg: DictConfig) -> dict:
         seen = None  # an init that recorded no ids (taken with model_provenance=ignore): what
         # this model saw is unknown too, never just this run's images
     model.provenance = model_record(dm, union(seen, init_seen) if seen is not None else None)
+    if foreign := foreign_reasons({**dm.synthetic_info, **init_info}):
+        model.provenance["foreign"] = foreign  # a teacher or init made from it is foreign too
     if model.init_report:
         log.info("init from %s: %s", cfg.model.init, model.init_report)
     ckpt, last_ckpt = checkpoint_callbacks(cfg, out, has_val=sizes["n_val"] > 0)

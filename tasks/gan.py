@@ -83,6 +83,7 @@ def set_guidance(cfg: DictConfig, dm, model) -> dict:
     saw (model.provenance's train_uids, so its images carry it: a guide of another subset,
     allowed by dataset.model_provenance=ignore, makes the GAN's set foreign to this subset
     too). Returns the metrics.json keys that record it."""
+    from datamodules.provenance import foreign_reasons
     from lightning_modules.teachers import load_teachers, teacher_seen
 
     g = cfg.gan.guidance
@@ -99,6 +100,8 @@ def set_guidance(cfg: DictConfig, dm, model) -> dict:
     model.set_guidance(teacher, weight)
     add_seen(model, seen)
     model.provenance["guidance_teacher"] = str(path)
+    if foreign := foreign_reasons(out):  # its images carry it on (datamodules.provenance)
+        model.provenance["foreign"] = foreign
     return {**out, "guidance/teacher": str(path), "guidance/weight": weight}
 
 

@@ -7,7 +7,8 @@ and every provenance check take them like any GAN.
 
 Each GAN's batches come from its own datamodule's sampler, in equal epochs of full batches (the
 step budget as task=gan plans it); its random draws (noise, label shuffles, DiffAugment) come
-from one generator seeded by the first seed, each GAN its own slice of every draw.
+from its own generator seeded by its own seed, so a GAN is the same whichever seeds it is
+trained with. trainer.precision applies as in task=gan (bf16-mixed autocasts the forward passes).
 
 Each GAN's run dir gets its own tracker runs as task=gan's (CSV, W&B, MLflow as configured;
 job_type gan, tag fused): its losses every trainer.log_every_n_steps G+D steps (kept on the
@@ -71,7 +72,30 @@ def gan_identity(cfg: DictConfig) -> dict[str, Any]:
     gan = OmegaConf.to_container(cfg.gan, resolve=True)
     for k in NOT_IDENTITY:
         gan.pop(k, None)
-    return {"seed": int(cfg.seed), "body_part": str(cfg.body_part), "dataset": data, "gan": gan}
+    return {
+        "seed": int(cfg.seed),
+        "body_part": str(cfg.body_part),
+        "dataset": data,
+        "gan": gan,
+        "precision": str(cfg.trainer.get("precision") or "32-true"),  # bf16-mixed: another GAN
+    }
+
+
+def autocast(cfg: DictConfig, device: torch.device):
+    """trainer.precision for the fused loop, as Lightning runs task=gan: bf16-mixed autocasts
+    the forward passes (weights, Adam and the EMA stay fp32), 32-true runs as is; 16-mixed
+    (which needs a loss scaler) is refused in one line (bf16-true and 16-true: check_precision)."""
+    import contextlib
+
+    precision = str(cfg.trainer.get("precision") or "32-true")
+    if precision in ("bf16-mixed",):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("32-true", "32", "64-true", "64"):
+        return contextlib.nullcontext()
+    raise UserError(
+        f"trainer.precision={precision} is not available with task=gan_fused (no loss scaler); "
+        "use bf16-mixed or 32-true"
+    )
 
 
 def reads(key: str) -> bool:
@@ -204,6 +228,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     check_precision(cfg)  # as task=gan: the EMA generator needs more than bf16's bits
     out = output_dir(cfg)
     seeds = check(cfg)
+    autocast(cfg, torch.device("cpu"))  # an unusable precision: one line before anything loads
     per_seed = per_seed or {}
     if cfg.resume and (done := reusable(cfg, seeds, per_seed)) is not None:
         log.info(
@@ -235,8 +260,10 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     limit = batch_limit(cfg, "train")  # debug=smoke: 2 batches per epoch
     bpe = min(dms[0].batches_per_epoch(), limit) if limit else dms[0].batches_per_epoch()
     fused = FusedGANs(gans).to(dev)
+    precision = autocast(cfg, torch.device(dev))
     opt_g, opt_d = fused.configure_optimizers()
-    noise = torch.Generator(device=dev).manual_seed(seeds[0])
+    # each GAN's draws from its own seed's stream: the same GAN whichever seeds it is fused with
+    noise = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
     loaders = [dm.train_dataloader() for dm in dms]
     every = max(1, int(cfg.trainer.get("log_every_n_steps") or 50))
     history: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss_d [K], loss_g [K])
@@ -248,9 +275,9 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
         for _, *batches in zip(range(bpe), *loaders):
             x = torch.stack([dm.preprocess(b.x.to(dev), train=True) for dm, b in zip(dms, batches)])
             y = torch.stack([b.y.to(dev) for b in batches])
-            loss_d, loss_g = fused.fused_step(
-                x, y, opt_g, opt_d, noise=fused.draw(y.shape[-1], tuple(x.shape[-3:]), noise)
-            )
+            draws = fused.draw(y.shape[-1], tuple(x.shape[-3:]), noise)
+            with precision:
+                loss_d, loss_g = fused.fused_step(x, y, opt_g, opt_d, noise=draws)
             if fused.steps % every == 0:  # no host read: written to the trackers after training
                 history.append((fused.steps, loss_d.detach(), loss_g.detach()))
             div.update(loss_d.detach(), loss_g.detach())  # on the device, every step

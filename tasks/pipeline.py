@@ -31,6 +31,7 @@ from xfergan.errors import SelectionError, UserError, first_line
 from xfergan.evaluation.table3 import write_table3
 from xfergan.runtime import VOLATILE_KEYS, output_dir, run_job
 from xfergan.schema import FUSED_GANS_DIR, enum_name
+from xfergan.training import build_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +565,9 @@ def _pipeline(cfg: DictConfig) -> dict:
             arm_spec(cfg, arm)
     for name in arms:  # what the semi-supervised GAN cannot do: said before anything trains
         if arm_spec(cfg, name)[0] == "semi_gan":
-            check_semi_gan(stage_cfg(cfg, out, "classify", tuned_overrides(cfg, name)).trainer)
+            sub = stage_cfg(cfg, out, "classify", tuned_overrides(cfg, name))
+            side = build_datamodule(sub, use_unlabelled=True).stored_side()  # nothing loaded
+            check_semi_gan(sub.trainer, side)
     if any(arm_spec(cfg, a)[0] in GAN_ARMS for a in arms):  # the GAN's precision: said now
         from tasks.gan import check_precision
 
@@ -709,6 +712,15 @@ def sweep_groups(config: DictConfig) -> tuple[list[int], list[tuple[str, dict[st
                     f"group or a new key): run one multirun per {key}"
                 )
             swept[key] = [parser.parse_override(f"{key}={i}").value() for i in items]
+    from tasks.gan_fused import NOT_IDENTITY
+
+    measuring = [k for k in swept if k.startswith("gan.") and k[4:] in NOT_IDENTITY]
+    if measuring := [k for k in measuring if k != "gan.compile"]:
+        raise UserError(
+            f"pipeline.fused_gans: the sweep over {measuring[0]} changes how the GANs are "
+            "measured, not what they learn: one fused stage would be measured once and its "
+            "numbers reported for every value; run this sweep without pipeline.fused_gans"
+        )
     seeds = [int(s) for s in swept.pop("seed", [config.seed])]
     keys = sorted(swept)
     groups = []

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from datamodules.base import uids_digest
-from datamodules.provenance import union
+from datamodules.provenance import foreign_reasons, union
 from datamodules.synthetic import check_provenance, load_synthetic, write_synthetic
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.teachers import load_teachers, teacher_seen
@@ -98,7 +98,7 @@ def run(cfg: DictConfig) -> dict:
                 "distill.source=synthetic needs dataset.synthetic_path=<synthesize dir>"
             )
         s = load_synthetic(cfg.dataset.synthetic_path, k)
-        check_provenance(s, dm, dm.splits)  # the GAN's images: this run's subset only
+        metrics.update(check_provenance(s, dm, dm.splits))  # the GAN's: this run's subset only
         x, y = s.split.x, s.split.y
         seen.append(s.real_uids)
         origin = {"synthetic_path": str(s.path), "synthetic_sha256": s.manifest.get("sha256")}
@@ -114,6 +114,8 @@ def run(cfg: DictConfig) -> dict:
         "train_ids_sha256": uids_digest(real_uids) if real_uids is not None else None,
         "n_images": len(real_uids) if real_uids is not None else None,
     }
+    if foreign := foreign_reasons(metrics):  # a foreign teacher or GAN: the set is foreign
+        prov["foreign"] = foreign
     models = [t for t, _ in teachers]
     if d.evaluate_teacher:  # reported next to the arms; nothing is chosen with it
         for split in ("val", "test"):

@@ -304,6 +304,14 @@ def test_fused_gans_group_the_sweep_by_everything_but_the_seed():
         for cap in (100, 200)
     ]
     assert groups[0][0] == "dataset.n_per_class=8,dataset.unlabelled_cap=100"
+    # a setting that only measures the GANs: one fused stage would be measured once and its
+    # numbers reported for every value (a review found it): refused in one line
+    from xfergan.errors import UserError
+
+    with open_dict(c):
+        c.hydra.overrides.task = ["gan.eval_n_per_class=20,40", "seed=1,2"]
+    with pytest.raises(UserError, match="the sweep over gan.eval_n_per_class changes how the GANs"):
+        sweep_groups(c)
 
 
 def test_each_fused_gan_has_its_own_tracker_runs_as_task_gan(tmp_path):
@@ -363,3 +371,54 @@ def test_a_fused_gan_whose_d_collapses_stops_as_task_gan_would_naming_its_seed(
     poison.update(value=float("nan"), member=0)
     with pytest.raises(UserError, match=r"NaN/Inf losses\) at step \d+, seeds \[0\]"):
         run_task(compose(base + ["gan.divergence_patience=100"], tmp_path / "b"))
+
+
+def test_a_fused_gan_is_the_same_whichever_seeds_it_is_trained_with(tmp_path):
+    """One noise stream for all K (seeded by the first seed, shaped [K, ...]) made seed 1's GAN
+    depend on its partners: fused with [0, 1], [1, 2] or alone, three different GANs, so
+    resuming only the unfinished seeds of a sweep retrained other GANs than the sweep had. Each
+    GAN now draws from its own seed's stream."""
+    from tasks import run_task
+
+    base = FAST + GAN_FAST + ["dataset.n_per_class=4", "logger=none", "task=gan_fused"]
+    weights = {}
+    for seeds in ([0, 1], [1, 2], [1]):
+        out = tmp_path / "_".join(map(str, seeds))
+        run_task(compose(base + [f"gan_fused.seeds={seeds}", "gan.steps=3"], out))
+        blob = torch.load(out / "seed_1" / "checkpoints" / "last.ckpt", weights_only=True)
+        weights[tuple(seeds)] = blob["state_dict"]
+    one = weights[(1,)]
+    for k in ((0, 1), (1, 2)):
+        for name, w in one.items():
+            torch.testing.assert_close(weights[k][name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_gans_honour_the_precision_and_are_found_only_under_it(tmp_path):
+    """task=gan_fused ran fp32 whatever trainer.precision said (its seed dirs' configs said
+    bf16-mixed), and a pipeline found a GAN of another precision as its own. bf16-mixed now
+    autocasts the fused forward passes, 16-mixed is refused in one line, and the precision is
+    part of what identifies a GAN."""
+    from tasks import run_task
+    from tasks.gan_fused import find_gan_run
+    from xfergan.errors import UserError
+
+    base = FAST + GAN_FAST + ["dataset.n_per_class=4", "logger=none", "task=gan_fused"]
+    base += ["gan_fused.seeds=[0]", "gan.steps=3"]
+    w = {}
+    for p in ("32-true", "bf16-mixed"):
+        run_task(compose(base + [f"trainer.precision={p}"], tmp_path / p))
+        ckpt = tmp_path / p / "seed_0" / "checkpoints" / "last.ckpt"
+        w[p] = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert any(not torch.equal(w["32-true"][k], w["bf16-mixed"][k]) for k in w["32-true"])
+    with pytest.raises(UserError, match="trainer.precision=16-mixed is not available") as e:
+        run_task(compose(base + ["trainer.precision=16-mixed"], tmp_path / "16"))
+    assert "\n" not in str(e.value) and not (tmp_path / "16" / "seed_0").exists()
+    pipe = FAST + GAN_FAST + ["dataset.n_per_class=4", "gan.steps=3", "seed=0"]
+    found = find_gan_run(
+        compose(pipe + ["trainer.precision=32-true"], tmp_path / "p"), tmp_path / "32-true"
+    )
+    assert found == tmp_path / "32-true" / "seed_0"
+    with pytest.raises(UserError, match="no finished GAN run"):
+        find_gan_run(
+            compose(pipe + ["trainer.precision=32-true"], tmp_path / "p"), tmp_path / "bf16-mixed"
+        )

@@ -289,7 +289,7 @@ def test_resume_follows_the_real_images_content_not_their_path(tmp_path, caplog,
     assert rt.DATA_KEY not in old["inputs_sha256"]
     run_task(compose(args + ["resume=true"], tmp_path / "old"))  # taken on its settings
     assert json.loads((tmp_path / "old/classify_real/metrics.json").read_text()) == old
-    assert "before real data was identified by its content" in caplog.text
+    assert "before its content counted" in caplog.text
 
     run_dir = tmp_path / "run"
     run_task(compose(args, run_dir))
@@ -438,7 +438,7 @@ def test_a_feature_net_at_a_new_path_continues_the_gan_checkpoint(tmp_path):
 
     import torch
 
-    from xfergan.runtime import MEASURING_INPUTS, config_digest
+    from xfergan.runtime import MEASURING_INPUTS, config_digest, input_digests
     from xfergan.training import resume_checkpoint
 
     a, b = tmp_path / "a" / "f.ckpt", tmp_path / "b" / "f.ckpt"
@@ -452,12 +452,14 @@ def test_a_feature_net_at_a_new_path_continues_the_gan_checkpoint(tmp_path):
     assert config_digest(ca) != config_digest(cb)  # the stage itself runs again (re-measured)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
+    inputs = input_digests(ca, MEASURING_INPUTS)
     stamps = {  # stamped at path a, resumed at path b / the old stamp, resumed at its own path
-        cb: config_digest(ca, MEASURING_INPUTS),
-        ca: config_digest(ca, MEASURING_INPUTS, legacy=True),
+        cb: (config_digest(ca, MEASURING_INPUTS), inputs),
+        ca: (config_digest(ca, MEASURING_INPUTS, legacy=True), None),
     }
-    for cfg, stamp in stamps.items():
-        torch.save({"xfergan_config_sha256": stamp, "epoch": 1, "global_step": 5}, last)
+    for cfg, (stamp, ins) in stamps.items():
+        blob = {"xfergan_config_sha256": stamp, "xfergan_inputs_sha256": ins, "epoch": 1}
+        torch.save({**blob, "global_step": 5}, last)
         assert resume_checkpoint(cfg, tmp_path / "run") == str(last)
 
 
@@ -481,3 +483,33 @@ def test_the_feature_net_cache_key_follows_what_changes_the_net(tmp_path):
     assert key("gan.steps=123") == k
     assert key("callbacks=early_stopping") != k
     assert key("seed=1") != k
+
+
+def test_a_measuring_setting_re_measures_a_gan_without_retraining_it(tmp_path, caplog):
+    """gan.eval_n_per_class (how many samples FID uses) and the other measuring settings were
+    part of a GAN checkpoint's stamp: resume=true with another value threw the finished GAN
+    away and trained it again from scratch. It now continues the checkpoint (at its budget:
+    nothing trains) and measures again; a checkpoint stamped the earlier way still continues."""
+    import torch
+
+    from xfergan.runtime import MEASURING_INPUTS, config_digest
+
+    args = FAST + GAN_FAST + ["task=gan", "gan.steps=4", "dataset.n_per_class=4", "logger=none"]
+    out = tmp_path / "gan"
+    first = run_task(compose(args, out))
+    last = out / "checkpoints" / "last.ckpt"
+    w0 = torch.load(last, weights_only=True)["state_dict"]
+    caplog.set_level("INFO")
+    again = run_task(compose(args + ["resume=true", "gan.eval_n_per_class=5"], out))
+    assert "starting from scratch" not in caplog.text and "resuming from" in caplog.text
+    assert again["gan/steps"] == first["gan/steps"] == 4
+    w1 = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # a checkpoint stamped before the measuring settings were left out of the stamp
+    cfg = compose(args + ["resume=true", "gan.eval_n_per_class=5"], out)
+    blob = torch.load(last, weights_only=False)
+    blob["xfergan_config_sha256"] = config_digest(cfg, MEASURING_INPUTS)
+    torch.save(blob, last)
+    caplog.clear()
+    run_task(cfg)
+    assert "earlier form of the stage identity" in caplog.text and "resuming from" in caplog.text

@@ -246,3 +246,50 @@ def test_bad_gan_variants_are_one_line_before_anything_trains(tmp_path, extra, m
         run_task(cfg)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "classify_real").exists()  # refused before the first stage
+
+
+def test_a_foreign_input_stays_foreign_through_every_stage_made_from_it(tmp_path):
+    """Seed 0's GAN at n=4 is foreign to seed 0's n=8 run (another subset; refused when used
+    directly). Pseudolabelled with dataset.synthetic_provenance=ignore, the flag was dropped: the
+    stage's metrics had no synthetic_foreign, and the set's record (its ids: a nested subset of
+    the run's, so the union equals the run's own) passed a later check as clean. A record now
+    carries `foreign` on, and every check refuses (or, with ignore, flags) what was made from a
+    foreign input."""
+    from xfergan.errors import UserError
+
+    gan = FAST + GAN_FAST + ["task=gan", "gan.steps=3", "dataset.n_per_class=4", "logger=none"]
+    run_task(compose(gan + ["seed=0"], tmp_path / "gan4"))
+    syn = FAST + ["task=synthesize", f"synthesize.checkpoint={tmp_path / 'gan4'}", "logger=none"]
+    run_task(compose(syn + ["synthesize.n_per_class=3"], tmp_path / "syn4"))
+    n8 = FAST + ["dataset.n_per_class=8", "seed=0", "logger=none"]
+    run_task(compose(n8 + ["trainer.max_steps=2"], tmp_path / "teacher8"))
+    pseudo = n8 + [
+        "task=pseudolabel",
+        "distill.source=synthetic",
+        f"dataset.synthetic_path={tmp_path / 'syn4'}",
+        f"distill.teacher={tmp_path / 'teacher8'}",
+        "distill.min_confidence=0.01",
+    ]
+    with pytest.raises(UserError, match="synthetic set .*n_per_class=4"):
+        run_task(compose(pseudo, tmp_path / "pseudo"))
+    m = run_task(compose(pseudo + ["dataset.synthetic_provenance=ignore"], tmp_path / "pseudo"))
+    assert m["synthetic_foreign"] is True and "n_per_class=4" in m["synthetic_foreign_reason"]
+    use = n8 + ["trainer.max_steps=2", "dataset.source=mixed"]
+    use += [f"dataset.synthetic_path={tmp_path / 'pseudo'}"]
+    with pytest.raises(UserError, match="made from a foreign input .*synthetic: .*n_per_class=4"):
+        run_task(compose(use, tmp_path / "student"))
+    s = run_task(compose(use + ["dataset.synthetic_provenance=ignore"], tmp_path / "student"))
+    assert s["synthetic_foreign"] is True
+    # and on: a teacher trained on it is foreign to a pseudolabel stage of the same seed
+    with pytest.raises(UserError, match="teacher .*made from a foreign input"):
+        run_task(
+            compose(
+                n8
+                + [
+                    "task=pseudolabel",
+                    "distill.source=real",
+                    f"distill.teacher={tmp_path / 'student'}",
+                ],
+                tmp_path / "pseudo2",
+            )
+        )

@@ -385,6 +385,9 @@ def test_budgets_and_precisions_that_would_not_do_what_they_say_are_one_line(tmp
     with pytest.raises(UserError, match="accumulate_grad_batches=2 with a step budget") as e:
         run_task(compose(args + ["+trainer.accumulate_grad_batches=2"], tmp_path / "a"))
     assert "\n" not in str(e.value)
+    # half of each epoch's batches: 100 steps asked, 50 made, metrics.json said 100 (a review)
+    with pytest.raises(UserError, match=r"limit_train_batches=0.5 with a step budget \(4 steps"):
+        run_task(compose(args + ["trainer.limit_train_batches=0.5"], tmp_path / "f"))
     pipe = args + ["task=pipeline", "pipeline.arms=[real,synthetic]", "pipeline.primary=[]"]
     with pytest.raises(UserError, match="trainer.precision=bf16-true for a GAN"):
         run_task(compose(pipe + ["trainer.precision=bf16-true"], tmp_path / "b"))

@@ -5,6 +5,7 @@ the same when they are permuted), its ids recorded; FixMatch (`semi`) and the se
 images is refused like a foreign synthetic set."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -53,7 +54,9 @@ def test_the_pool_is_the_rest_of_the_training_split_and_nothing_else(tmp_path):
 def test_pneumoniamnist_and_mura_trees_give_a_pool_too(tmp_path):
     pn = _dm(FAST + ["dataset=pneumoniamnist", "dataset.n_per_class=5", "logger=none"], tmp_path)
     _disjoint(pn)
-    assert len(pn.unlabelled) == 3882 - 10  # the shared copy: 3,882 training images
+    # the shared copy: 3,882 training images, 10 of them pixel for pixel a labelled, val or
+    # test image (left out of the pool: PneumoniaMNIST's official splits share a few images)
+    assert pn.pool_copies == 10 and len(pn.unlabelled) == 3882 - 10 - 10
     build_tree(tmp_path / "data" / "mura")
     mura = [
         "dataset=mura",
@@ -369,3 +372,153 @@ def test_a_resumed_semi_run_continues_its_pool_draws(tmp_path):
     b.on_load_checkpoint(ckpt)
     assert torch.equal(b.unlabelled_batch(16)[:, 0, 0, 0], after)
     assert torch.equal(module().unlabelled_batch(16)[:, 0, 0, 0], first)  # a fresh one: seeded
+
+
+def test_the_progress_log_counts_the_semi_gans_classifier_steps():
+    """The semi-supervised GAN's generator takes an optimizer step of its own per classifier
+    step, and Lightning counts both: its progress log said 178/100 steps (178%). It now counts
+    the classifier's, as metrics.json does."""
+    from types import SimpleNamespace
+
+    from lightning_modules.semi_gan import SemiGAN
+    from xfergan.progress import ProgressLog
+
+    trainer = SimpleNamespace(global_step=200)
+    module = SimpleNamespace(classifier_steps=lambda t: SemiGAN.classifier_steps(None, t))
+    assert ProgressLog()._done(trainer, module) == 100
+    assert ProgressLog()._done(trainer, SimpleNamespace()) == 200
+
+
+def _own(root, pool_copies_of_test=0, seed=0):
+    """root/train|val|test/{cat,dog}/*.png (random pixels) and root/unlabelled/ of 5 new images
+    plus copies (other names, same pixels) of the first `pool_copies_of_test` test images."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+
+    def img(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(path)
+
+    for c in ("cat", "dog"):
+        for i in range(6):
+            img(root / "train" / c / f"{i}.png")
+        for i in range(2):
+            img(root / "val" / c / f"{i}.png")
+            img(root / "test" / c / f"{i}.png")
+    for i in range(5):
+        img(root / "unlabelled" / f"u{i}.png")
+    tests = sorted((root / "test").rglob("*.png"))[:pool_copies_of_test]
+    for i, f in enumerate(tests):
+        shutil.copy(f, root / "unlabelled" / f"copy{i}.png")
+
+
+def test_copies_of_evaluated_images_never_enter_the_pool(tmp_path):
+    """The pool was checked by ids (paths): test images copied into unlabelled/ under other names
+    (the classic "all my images" folder) were trained on as unlabelled images. Pool images that
+    are pixel for pixel a labelled, val or test image are now left out, counted and logged."""
+    root = tmp_path / "own"
+    _own(root, pool_copies_of_test=3)
+    args = FAST + ["dataset=folder", f"dataset.root={root}", "dataset.n_per_class=2"]
+    dm = _dm(args + ["logger=none"], tmp_path)
+    assert len(dm.unlabelled) == (12 - 4) + 5 and dm.pool_copies == 3
+    assert dm.sizes()["n_unlabelled_copies_left_out"] == 3
+    pool = dm.unlabelled.x.flatten(1)
+    for part in (dm.splits.test, dm.splits.val, dm.real_train):
+        same = (pool[:, None, :] == part.x.flatten(1)[None]).all(-1).any()
+        assert not bool(same)
+
+
+def test_own_data_pools_in_the_wrong_place_or_sharing_patients_are_handled(tmp_path):
+    """train/unlabelled/ was read as a third class ("unlabelled", trained on with that label and
+    absent from test): refused in one line. A CSV whose patients have labelled rows without a
+    split and unlabelled rows was refused ("fix the split column"), even for a run that never
+    reads the pool: patients with pool images now stay on the training side of the split."""
+    import csv as csvmod
+
+    root = tmp_path / "own"
+    _own(root)
+    (root / "unlabelled").rename(root / "train" / "unlabelled")
+    args = FAST + ["dataset=folder", f"dataset.root={root}", "dataset.n_per_class=2"]
+    with pytest.raises(
+        UserError, match=r"train/unlabelled/: the unlabelled pool is a folder beside"
+    ):
+        _dm(args + ["logger=none"], tmp_path, "misplaced")
+    # a CSV: 12 patients x 3 labelled rows without a split; patients 0-5 have a pool row too
+    from PIL import Image
+
+    data = tmp_path / "csv"
+    rows = []
+    for p in range(12):
+        for i in range(4 if p < 6 else 3):
+            rel = f"img/p{p}_{i}.png"
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8), 10 * p + i).save(data / rel)
+            label, split = (["a", "b"][p % 2], "") if i < 3 else ("", "unlabelled")
+            rows.append([rel, label, f"pat{p}", split])
+    with open(data / "labels.csv", "w", newline="") as f:
+        w = csvmod.writer(f)
+        w.writerow(["path", "label", "group", "split"])
+        w.writerows(rows)
+    csv_args = FAST + ["dataset=folder", f"dataset.csv={data / 'labels.csv'}", "logger=none"]
+    csv_args += ["dataset.val_fraction=0.25", "dataset.test_fraction=0.25"]
+    plain = build_datamodule(compose(csv_args, tmp_path / "plain"))
+    plain.setup()  # refused before, pool or not
+    semi = _dm(csv_args, tmp_path, "semi")
+    assert len(semi.splits.train) + len(semi.splits.val) + len(semi.splits.test) == 36
+    # val and test: 2 of the 6 patients without pool images each (their 3 rows), never a
+    # pooled patient (all 18 of their labelled rows in train)
+    assert len(semi.unlabelled) == 6
+    assert (len(semi.splits.train), len(semi.splits.val), len(semi.splits.test)) == (24, 6, 6)
+
+
+def test_a_semi_gan_pool_side_it_cannot_draw_is_refused_before_anything_trains(tmp_path):
+    """With image files at dataset.image_size=72 the semi_gan arm failed on its generator's
+    size only at its own stage, after `real` and `semi` had trained. The pipeline now asks the
+    datamodule the side its images load at (nothing loaded) and says so first."""
+    root = tmp_path / "own"
+    _own(root)
+    args = [a for a in FAST if "image_size" not in a] + [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.image_size=72",
+        "dataset.n_per_class=2",
+        "logger=none",
+        "task=pipeline",
+        "pipeline.arms=[real,semi,semi_gan]",
+        "pipeline.primary=[]",
+        "pipeline.feature_net=false",
+        "trainer.max_steps=2",
+    ]
+    out = tmp_path / "p"
+    with pytest.raises(UserError, match=r"72 px, which must be b·2\^k with b in 4..7") as e:
+        run_task(compose(args, out))
+    assert "\n" not in str(e.value) and not (out / "classify_real").exists()
+
+
+def test_fixmatch_can_evaluate_an_ema_of_its_weights_as_sohn_et_al(tmp_path):
+    """semi.fixmatch.ema_decay: val, the checkpoints' state_dict (what test, teachers and inits
+    load) and test use an EMA of the weights (BatchNorm buffers too), warmed up so a short run
+    is not evaluated near its random init; the trained weights stay in the checkpoint for resume.
+    Without it (the default, what results/ used) there is one set of weights."""
+    from lightning_modules.semi import warm_ema
+
+    args = MNIST + ["semi.method=fixmatch", "dataset.unlabelled_cap=200", "trainer.max_steps=4"]
+    args += ["dataset.batch_size=8", "checkpoint.test=last"]
+    ema = run_task(compose(args + ["semi.fixmatch.ema_decay=0.999"], tmp_path / "ema"))
+    blob = torch.load(ema["last_checkpoint"], weights_only=False)
+    avg, cur = blob["state_dict"], blob["current_model_state"]
+    floats = [k for k in avg if avg[k].is_floating_point()]
+    assert any(not torch.equal(avg[k], cur[k]) for k in floats)
+    assert ema["global_step"] == 4 and math.isfinite(ema["test/acc"])
+    plain = run_task(compose(args, tmp_path / "plain"))
+    assert "current_model_state" not in torch.load(plain["last_checkpoint"], weights_only=False)
+    # the warm-up: the 2nd update moves the average 1 - 2/11 of the way, not 0.001
+    a, c = torch.zeros(3), torch.ones(3)
+    assert torch.allclose(warm_ema(0.999)(a, c, torch.tensor(1)), torch.full((3,), 1 - 2 / 11))
+    assert torch.allclose(warm_ema(0.999)(a, c, torch.tensor(10**6)), torch.full((3,), 0.001))
+    with pytest.raises(UserError, match="ema_decay=1.5"):
+        run_task(compose(args + ["semi.fixmatch.ema_decay=1.5"], tmp_path / "bad"))

@@ -80,7 +80,7 @@ class ProgressLog(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = self._last = time.time()
-        self._s0 = trainer.global_step  # a resumed run counts its speed from here
+        self._s0 = self._done(trainer, pl_module)  # a resumed run counts its speed from here
 
     def _head(self) -> str:
         return where.prefix() or self.name or "training"
@@ -109,7 +109,10 @@ class ProgressLog(pl.Callback):
 
     def _done(self, trainer, pl_module) -> int:
         steps = getattr(pl_module, "steps_done", None)  # the GAN counts G+D steps itself
-        return int(steps) if isinstance(steps, int) else int(trainer.global_step)
+        if isinstance(steps, int):
+            return steps
+        count = getattr(pl_module, "classifier_steps", None)  # semi_gan: G's steps not counted
+        return int(count(trainer)) if callable(count) else int(trainer.global_step)
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:

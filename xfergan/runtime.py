@@ -192,6 +192,15 @@ def changed_inputs(before: dict | None, now: dict) -> list[str]:
 # inputs that only measure a stage's model (the GAN's feature net): a new one makes the stage
 # run again (its numbers change) but its checkpoint is continued, since they shaped no weight
 MEASURING_INPUTS = ("gan.feature_ckpt",)
+# and the settings that only say how a GAN is measured or how often it is saved: changing one
+# re-runs the stage for its numbers, continuing its checkpoint (at its budget: nothing retrains)
+MEASURING_KEYS = MEASURING_INPUTS + (
+    "gan.eval_n_per_class",
+    "gan.eval_split",
+    "gan.knn_k",
+    "gan.sample_every_n_steps",
+    "gan.checkpoint_every_n_steps",
+)
 
 
 def config_digest(
@@ -235,25 +244,34 @@ def same_record(
     stamp: str | None, inputs: dict | None, cfg: DictConfig, skip: tuple[str, ...] = ()
 ) -> bool:
     """Whether a record's config digest (a finished stage's metrics.json, a checkpoint's stamp;
-    `inputs` its input digests) is the one asked for now. A record made before the real data's
-    content was part of the digest (no DATA_KEY among its inputs) is compared as it was made,
-    on the settings (the data's path among them) and the other inputs' content, and says so;
-    a checkpoint's stamp from before 2026-12-05 also with its measuring inputs' paths."""
+    `inputs` its input digests) is the one asked for now. A record stamped by an earlier form of
+    the digest is compared as it was made, and one log line says so: before the real data's
+    content joined it (no DATA_KEY among its inputs: the data by its path), a checkpoint before
+    the measuring settings were left out of its stamp (only MEASURING_INPUTS were), and one from
+    before 2026-12-05 with every path (`legacy`)."""
     if stamp is None:
         return False
     if stamp == config_digest(cfg, skip):
         return True
-    if DATA_KEY in (inputs or {}):
-        return False
-    old = {config_digest(cfg, skip, data=False)}
+    has_data = DATA_KEY in (inputs or {})
+    older = [] if has_data else [(skip, False)]
     if skip:
-        old.add(config_digest(cfg, skip, legacy=True))
-    if stamp in old:
-        log.info(
-            "resume: a record made before real data was identified by its content is taken on "
-            "its settings, the data's path and its other inputs' content"
+        older.append((tuple(k for k in skip if k in MEASURING_INPUTS), has_data))
+        if not has_data:
+            older.append((None, False))  # legacy
+    for sk, data in older:
+        made = (
+            config_digest(cfg, skip, legacy=True)
+            if sk is None
+            else config_digest(cfg, sk, data=data)
         )
-        return True
+        if stamp == made:
+            log.info(
+                "resume: a record stamped by an earlier form of the stage identity is taken as "
+                "it was made%s",
+                "" if has_data else " (the real data by its path: before its content counted)",
+            )
+            return True
     return False
 
 

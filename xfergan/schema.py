@@ -308,6 +308,9 @@ class FixMatchConfig:
     strong_ops: int = 2  # RandAugment: operations per image
     strong_magnitude: int = 10  # RandAugment: magnitude (0-30)
     cutout: float = 0.5  # cutout square side, a fraction of the image side (0: none)
+    # evaluate (val, checkpoint choice, test) an exponential moving average of the weights, as
+    # Sohn et al. do (0.999), warmed up as min(decay, (1+n)/(10+n)); null: the weights themselves
+    ema_decay: float | None = None
 
 
 @dataclass

@@ -15,10 +15,11 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from xfergan.errors import UserError
 from xfergan.io import atomic_write_json, earlier_logs
 from xfergan.runtime import (
     DATA_KEY,
-    MEASURING_INPUTS,
+    MEASURING_KEYS,
     changed_inputs,
     config_digest,
     datamodule_spec,
@@ -54,8 +55,8 @@ class ConfigStamp(pl.Callback):
     only when it was written with the same settings from the same input bytes."""
 
     def __init__(self, cfg: DictConfig):
-        self.digest = config_digest(cfg, MEASURING_INPUTS)
-        self.inputs = input_digests(cfg, MEASURING_INPUTS)
+        self.digest = config_digest(cfg, MEASURING_KEYS)
+        self.inputs = input_digests(cfg, MEASURING_KEYS)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["xfergan_config_sha256"] = self.digest
@@ -138,14 +139,12 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     try:
         blob = safe_torch_load(last, "checkpoint to resume from")
     except Exception as e:  # noqa: BLE001 - named in one line
-        from xfergan.errors import UserError
-
         raise UserError(f"{e}; delete it to start this run from scratch") from None
     blob = blob if isinstance(blob, dict) else {}
     stamp, inputs = blob.get("xfergan_config_sha256"), blob.get("xfergan_inputs_sha256")
-    if not same_record(stamp, inputs, cfg, MEASURING_INPUTS):
-        now = config_digest(cfg, MEASURING_INPUTS)
-        why = why_not_same(blob, cfg, now, MEASURING_INPUTS)
+    if not same_record(stamp, inputs, cfg, MEASURING_KEYS):
+        now = config_digest(cfg, MEASURING_KEYS)
+        why = why_not_same(blob, cfg, now, MEASURING_KEYS)
         log.warning("resume=true, but %s %s: starting from scratch", last, why)
         drop_earlier_logs(out)
         return None
@@ -297,7 +296,15 @@ def batch_limit(cfg: DictConfig, split: str) -> int | None:
 
 def plan_steps(cfg: DictConfig, dm, steps: int) -> int:
     """A step budget (under the smoke cap) as a number of equal epochs of full batches that end
-    at exactly that step (dm.plan_epochs): classifier and GAN budgets alike."""
+    at exactly that step (dm.plan_epochs): classifier and GAN budgets alike. A fraction of the
+    batches (trainer.limit_train_batches=0.5) would cut every epoch short of the plan: refused."""
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, float) and limit != 1.0:
+        raise UserError(
+            f"trainer.limit_train_batches={limit} with a step budget ({int(steps)} steps): a "
+            "fraction of each epoch's batches would make fewer steps than the budget; drop it "
+            "(or give a whole number of batches, a debug cap)"
+        )
     return dm.plan_epochs(smoke_cap(cfg, int(steps)), world_size(cfg), batch_limit(cfg, "train"))
 
 

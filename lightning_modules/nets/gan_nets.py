@@ -1,4 +1,4 @@
-"""Conditional DCGAN generator and projection discriminator at any size 4·2^k or 7·2^k
+"""Conditional DCGAN generator and projection discriminator at any size b·2^k (b in 4..7, k >= 1)
 (28/32 px for MNIST, 64/128 px for X-rays), DCGAN weight init, optional spectral norm.
 
 The default entries of conf/gan (`gan.generator._target_`, `gan.discriminator._target_`). A user's
@@ -39,7 +39,8 @@ def _plan(image_size: int) -> tuple[int, int]:
         n += 1
     if s < 4 or s > 7 or n < 1:
         raise ValueError(
-            f"gan.image_size={image_size} must be 4·2^k or 7·2^k (e.g. 28, 32, 64, 128)"
+            f"gan.image_size={image_size} must be b·2^k with b in 4..7 and k >= 1 (e.g. 28, "
+            "32, 48, 64, 128)"
         )
     return s, n
 

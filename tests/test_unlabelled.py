@@ -7,6 +7,7 @@ images is refused like a foreign synthetic set."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,24 +207,8 @@ def test_a_pipeline_with_both_semi_arms_writes_their_stages_and_report_rows(tmp_
 def test_your_own_folder_gives_its_unlabelled_folder_to_the_pool(tmp_path):
     """root/unlabelled/ (images without a label) joins the rest of the training split in the
     pool; it is no class, and a run without a semi-supervised arm does not read it."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-
-    def img(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(path)
-
     root = tmp_path / "own"
-    for c in ("cat", "dog"):
-        for i in range(6):
-            img(root / "train" / c / f"{i}.png")
-        for i in range(2):
-            img(root / "val" / c / f"{i}.png")
-            img(root / "test" / c / f"{i}.png")
-    for i in range(5):
-        img(root / "unlabelled" / "batch1" / f"u{i}.png")
+    _own(root)
     args = FAST + ["dataset=folder", f"dataset.root={root}", "dataset.n_per_class=2"]
     dm = _dm(args + ["logger=none"], tmp_path)
     assert dm.class_names == ["cat", "dog"] and len(dm.splits.train) == 4
@@ -234,12 +219,12 @@ def test_your_own_folder_gives_its_unlabelled_folder_to_the_pool(tmp_path):
     assert plain.unlabelled is None and plain.class_names == ["cat", "dog"]
     assert plain.sizes()["n_train"] == 4 and not plain.problems
     # one folder per class, no splits: unlabelled/ is still no class
-    flat = tmp_path / "flat"
+    flat, rng = tmp_path / "flat", np.random.default_rng(1)
     for c in ("cat", "dog"):
         for i in range(8):
-            img(flat / c / f"{i}.png")
+            _noise_png(rng, flat / c / f"{i}.png")
     for i in range(3):
-        img(flat / "unlabelled" / f"u{i}.png")
+        _noise_png(rng, flat / "unlabelled" / f"u{i}.png")
     dm = _dm(FAST + ["dataset=folder", f"dataset.root={flat}", "logger=none"], tmp_path, "flat")
     assert dm.class_names == ["cat", "dog"]
     assert len(dm.unlabelled) == 3  # every labelled image is used (no n_per_class): the folder
@@ -389,28 +374,28 @@ def test_the_progress_log_counts_the_semi_gans_classifier_steps():
     assert ProgressLog()._done(trainer, SimpleNamespace()) == 200
 
 
-def _own(root, pool_copies_of_test=0, seed=0):
-    """root/train|val|test/{cat,dog}/*.png (random pixels) and root/unlabelled/ of 5 new images
-    plus copies (other names, same pixels) of the first `pool_copies_of_test` test images."""
-    import shutil
-
-    import numpy as np
+def _noise_png(rng, path):
     from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(path)
+
+
+def _own(root, pool_copies_of_test=0, seed=0):
+    """root/train|val|test/{cat,dog}/*.png (random pixels) and root/unlabelled/batch1/ of 5 new
+    images, plus copies (other names, same pixels) of the first `pool_copies_of_test` test
+    images in root/unlabelled/."""
+    import shutil
+
     rng = np.random.default_rng(seed)
-
-    def img(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(path)
-
     for c in ("cat", "dog"):
         for i in range(6):
-            img(root / "train" / c / f"{i}.png")
+            _noise_png(rng, root / "train" / c / f"{i}.png")
         for i in range(2):
-            img(root / "val" / c / f"{i}.png")
-            img(root / "test" / c / f"{i}.png")
+            _noise_png(rng, root / "val" / c / f"{i}.png")
+            _noise_png(rng, root / "test" / c / f"{i}.png")
     for i in range(5):
-        img(root / "unlabelled" / f"u{i}.png")
+        _noise_png(rng, root / "unlabelled" / "batch1" / f"u{i}.png")
     tests = sorted((root / "test").rglob("*.png"))[:pool_copies_of_test]
     for i, f in enumerate(tests):
         shutil.copy(f, root / "unlabelled" / f"copy{i}.png")

@@ -291,8 +291,16 @@ def test_resume_follows_the_real_images_content_not_their_path(tmp_path, caplog,
     assert json.loads((tmp_path / "old/classify_real/metrics.json").read_text()) == old
     assert "before its content counted" in caplog.text
 
+    from datamodules.files import FileImageDataModule
+
+    listed = []  # a job lists its real data once (a MURA tree: about a second each time)
+    orig = FileImageDataModule.content_digest
+    monkeypatch.setattr(
+        FileImageDataModule, "content_digest", lambda self: listed.append(1) or orig(self)
+    )
     run_dir = tmp_path / "run"
     run_task(compose(args, run_dir))
+    assert 1 <= len(listed) <= 2  # the pipeline job and its one stage (6 times before)
     stage = run_dir / "classify_real" / "metrics.json"
     m0 = json.loads(stage.read_text())
     assert rt.DATA_KEY in m0["inputs_sha256"]
@@ -314,9 +322,10 @@ def test_the_data_digest_follows_bytes_and_labels(tmp_path):
     mtimes (a copy kept with cp -p has the same; one image rewritten does not)."""
     import shutil
 
-    from xfergan.runtime import data_digest
+    from xfergan.runtime import _DATA, data_digest
 
-    def digest(*ov):
+    def digest(*ov):  # each call as a new job would make it (a job lists its data once)
+        _DATA.clear()
         return data_digest(compose(FAST + list(ov), tmp_path / "cfg"))
 
     assert digest("dataset=mnist") == digest("dataset=mnist", "dataset.n_per_class=8")

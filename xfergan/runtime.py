@@ -142,17 +142,28 @@ def datamodule_spec(cfg: DictConfig, **overrides: Any) -> dict[str, Any]:
     return ds
 
 
+_DATA: dict[str, str | None] = {}  # dataset spec -> data_digest, within one job (run_job clears)
+
+
 def data_digest(cfg: DictConfig) -> str | None:
     """The content digest of the real images and labels the configured dataset reads (its
-    datamodule's content_digest(), computed without decoding); None when it is not known."""
+    datamodule's content_digest(), computed without decoding); None when it is not known.
+    Listed once per job and dataset (a MURA tree's listing takes about a second), again in the
+    next job or stage."""
+    import json
+
     from xfergan.errors import instantiate
 
-    try:
-        dm = instantiate(datamodule_spec(cfg), seed=cfg.seed, _convert_="all")
-    except UserError:  # the stage itself says why, in one line
-        return None
-    digest = getattr(dm, "content_digest", None)
-    return digest() if callable(digest) else None
+    spec = datamodule_spec(cfg)
+    key = json.dumps([spec, int(cfg.seed)], sort_keys=True, default=str)
+    if key not in _DATA:
+        try:
+            dm = instantiate(spec, seed=cfg.seed, _convert_="all")
+        except UserError:  # the stage itself says why, in one line
+            return None
+        digest = getattr(dm, "content_digest", None)
+        _DATA[key] = digest() if callable(digest) else None
+    return _DATA[key]
 
 
 # the real data's key in input_digests; records written before 2026-12-05 do not have it
@@ -436,6 +447,7 @@ def run_job(cfg: DictConfig, stage: Callable[[DictConfig], dict]) -> dict[str, A
     t0 = time.time()
     failed = True
     payload: dict[str, Any] | None = None
+    _DATA.clear()  # the real data is listed again for each job and stage
     tracking.start_job()
     zero = is_global_zero()  # only rank zero writes files (DDP children write none)
     pid_file = out / "job.pid"  # which process runs this job (to inspect or stop it)

@@ -242,6 +242,11 @@ class ImageDataModule(pl.LightningDataModule):
                 self.pool_copies,
             )
             pool = pool.subset(torch.nonzero(keep).flatten())
+            if len(pool) == 0:
+                raise UserError(
+                    f"{self.name}: every one of the {self.pool_copies} unlabelled images is a "
+                    "copy of a labelled, val or test image: add images that are in no split"
+                )
         if self.unlabelled_cap is not None and self.unlabelled_cap < len(pool):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 20_000)
             idx = torch.randperm(len(pool), generator=g)[: self.unlabelled_cap]

@@ -498,7 +498,9 @@ def test_a_measuring_setting_re_measures_a_gan_without_retraining_it(tmp_path, c
     """gan.eval_n_per_class (how many samples FID uses) and the other measuring settings were
     part of a GAN checkpoint's stamp: resume=true with another value threw the finished GAN
     away and trained it again from scratch. It now continues the checkpoint (at its budget:
-    nothing trains) and measures again; a checkpoint stamped the earlier way still continues."""
+    nothing trains) and measures again. A checkpoint stamped the earlier way (its measuring
+    settings in the stamp) still continues with the settings it was made with; with another
+    value it cannot be told from another GAN and trains again."""
     import torch
 
     from xfergan.runtime import MEASURING_INPUTS, config_digest
@@ -514,11 +516,36 @@ def test_a_measuring_setting_re_measures_a_gan_without_retraining_it(tmp_path, c
     assert again["gan/steps"] == first["gan/steps"] == 4
     w1 = torch.load(last, weights_only=True)["state_dict"]
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    # a checkpoint stamped before the measuring settings were left out of the stamp
-    cfg = compose(args + ["resume=true", "gan.eval_n_per_class=5"], out)
+    # a checkpoint stamped before the measuring settings were left out of the stamp, resumed
+    # with the settings it was made with
+    cfg = compose(args + ["resume=true"], out)
     blob = torch.load(last, weights_only=False)
     blob["xfergan_config_sha256"] = config_digest(cfg, MEASURING_INPUTS)
     torch.save(blob, last)
     caplog.clear()
     run_task(cfg)
     assert "earlier form of the stage identity" in caplog.text and "resuming from" in caplog.text
+
+
+def test_a_setting_added_to_the_schema_at_its_default_leaves_old_records_the_same_stage(tmp_path):
+    """semi.fixmatch.ema_decay (null) joined every resolved config, so every stage digest
+    changed: every finished stage and checkpoint of an earlier version would have run again
+    (a review found it). Added keys count only when set away from the default they came with."""
+    from omegaconf import OmegaConf, open_dict
+
+    from xfergan.runtime import ADDED_KEYS, config_digest
+
+    cfg = compose(FAST + ["task=classify", "dataset=mnist"], tmp_path)
+    old = OmegaConf.create(OmegaConf.to_container(cfg))  # as the schema made it before the key
+    with open_dict(old):
+        for key in ADDED_KEYS:
+            *parents, last = key.split(".")
+            node = old
+            for p in parents:
+                node = node[p]
+            del node[last]
+    assert config_digest(cfg) == config_digest(old)
+    ema = compose(
+        FAST + ["task=classify", "dataset=mnist", "semi.fixmatch.ema_decay=0.9"], tmp_path
+    )
+    assert config_digest(ema) != config_digest(cfg)

@@ -415,6 +415,16 @@ def test_copies_of_evaluated_images_never_enter_the_pool(tmp_path):
     for part in (dm.splits.test, dm.splits.val, dm.real_train):
         same = (pool[:, None, :] == part.x.flatten(1)[None]).all(-1).any()
         assert not bool(same)
+    # a pool of nothing but copies: one line (it crashed mid-training at the first draw)
+    import shutil
+
+    only = tmp_path / "only"
+    _own(only)
+    shutil.rmtree(only / "unlabelled")
+    shutil.copytree(only / "test", only / "unlabelled")
+    args = FAST + ["dataset=folder", f"dataset.root={only}", "dataset.n_per_class=null"]
+    with pytest.raises(UserError, match="every one of the 4 unlabelled images is a copy"):
+        _dm(args + ["logger=none"], tmp_path, "only")
 
 
 def test_own_data_pools_in_the_wrong_place_or_sharing_patients_are_handled(tmp_path):

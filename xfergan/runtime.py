@@ -214,6 +214,12 @@ MEASURING_KEYS = MEASURING_INPUTS + (
 )
 
 
+# settings added to the schema after records were stamped: left out of the digest while they
+# hold the default they were added with, so a record made before is still the same stage
+ADDED_KEYS: dict[str, Any] = {"semi.fixmatch.ema_decay": None}  # 2026-12-05
+_ANY = object()
+
+
 def config_digest(
     cfg: DictConfig, skip: tuple[str, ...] = (), legacy: bool = False, data: bool = True
 ) -> str:
@@ -229,13 +235,19 @@ def config_digest(
     import json
 
     c = resolved_config(cfg)
-    for key in () if legacy else skip:  # a new feature net at a new path: still continued
+
+    def pop(key: str, only_if: Any = _ANY) -> None:
         *parents, last = key.split(".")
         node = c
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (only_if is _ANY or node.get(last, _ANY) == only_if):
             node.pop(last, None)
+
+    for key in () if legacy else skip:  # a new feature net at a new path: still continued
+        pop(key)
+    for key, default in ADDED_KEYS.items():  # at its default: the digest records made before had
+        pop(key, default)
     inputs = input_digests(cfg, skip, data=data and not legacy)
     if inputs:  # (a stage that reads no other stage keeps the digest it had before inputs)
         c["inputs_sha256"] = inputs

@@ -382,15 +382,14 @@ def test_a_fused_gan_is_the_same_whichever_seeds_it_is_trained_with(tmp_path):
 
     base = FAST + GAN_FAST + ["dataset.n_per_class=4", "logger=none", "task=gan_fused"]
     weights = {}
-    for seeds in ([0, 1], [1, 2], [1]):
+    for seeds in ([0, 1], [1]):
         out = tmp_path / "_".join(map(str, seeds))
         run_task(compose(base + [f"gan_fused.seeds={seeds}", "gan.steps=3"], out))
         blob = torch.load(out / "seed_1" / "checkpoints" / "last.ckpt", weights_only=True)
         weights[tuple(seeds)] = blob["state_dict"]
     one = weights[(1,)]
-    for k in ((0, 1), (1, 2)):
-        for name, w in one.items():
-            torch.testing.assert_close(weights[k][name], w, rtol=1e-5, atol=1e-6, msg=name)
+    for name, w in one.items():
+        torch.testing.assert_close(weights[0, 1][name], w, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_fused_gans_honour_the_precision_and_are_found_only_under_it(tmp_path):

@@ -121,6 +121,19 @@ def _fit_overrides(steps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- classifier
+def _task_fit(cfg, tmp: Path, steps: int, warmup: int):
+    """The classifier trained through the task's own datamodule, module and Trainer for
+    warmup + steps: (datamodule, its StepTimer, the fit's seconds)."""
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_classifier(cfg, dm)
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return dm, timer, time.perf_counter() - t0
+
+
 def bench_classifier(backbone, size, batch, steps, warmup, gpu, tmp: Path) -> dict:
     # whole batches only (10 classes x n_per_class = batch x m): a last, smaller batch would give
     # the framework side a new input shape (slow first calls) that the plain loop never sees
@@ -142,13 +155,7 @@ def bench_classifier(backbone, size, batch, steps, warmup, gpu, tmp: Path) -> di
     else:
         over += ["trainer.accelerator=cpu"]
     cfg = compose(over, tmp / f"clf_{backbone}")
-    # ours: exactly the task's path
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_classifier(cfg, dm)
-    timer = StepTimer(warmup)
-    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
-    trainer.fit(model, datamodule=dm)
+    dm, timer, _ = _task_fit(cfg, tmp, steps, warmup)  # ours: exactly the task's path
     ours = batch * timer.n / (timer.t1 - timer.t0)
     # plain: the same tensors on the device, the same model and preprocessing, a hand loop
     dev = device()
@@ -457,17 +464,10 @@ def _clf_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
         "dataset.val_per_class=1",
         f"dataset.batch_size={batch}",
     ] + ([] if gpu else ["trainer=cpu"])
-    cfg = compose(over, tmp / f"clf_speed_{name}")
-    dm = build_datamodule(cfg)
-    dm.setup()
-    model = build_classifier(cfg, dm)
-    timer = StepTimer(warmup)
-    trainer = build_trainer(cfg, tmp, [], [timer], **_fit_overrides(steps + warmup))
-    t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    _, timer, fit_s = _task_fit(compose(over, tmp / f"clf_speed_{name}"), tmp, steps, warmup)
     return {
         "rate": timer.n / (timer.t1 - timer.t0),
-        "fit_s": time.perf_counter() - t0,  # compile included
+        "fit_s": fit_s,  # compile included
         "fit_steps": steps + warmup,  # what the fit ran (gpu_sizing: its compile time)
     }
 

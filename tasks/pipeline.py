@@ -714,8 +714,10 @@ def sweep_groups(config: DictConfig) -> tuple[list[int], list[tuple[str, dict[st
             swept[key] = [parser.parse_override(f"{key}={i}").value() for i in items]
     from tasks.gan_fused import NOT_IDENTITY
 
-    measuring = [k for k in swept if k.startswith("gan.") and k[4:] in NOT_IDENTITY]
-    if measuring := [k for k in measuring if k != "gan.compile"]:
+    measuring = [
+        k for k in swept if k.startswith("gan.") and k[4:] in NOT_IDENTITY and k != "gan.compile"
+    ]
+    if measuring:
         raise UserError(
             f"pipeline.fused_gans: the sweep over {measuring[0]} changes how the GANs are "
             "measured, not what they learn: one fused stage would be measured once and its "

@@ -82,7 +82,7 @@ INPUT_KEYS = (
     "gan.feature_ckpt",
     "synthesize.checkpoint",
 )
-_DIGESTS: dict[tuple, str] = {}  # (file, size, mtime) -> sha256: each file hashed once
+_DIGESTS: dict[tuple, str] = {}  # a manifest (file, size, mtime) -> the sha256 of what it holds
 
 
 # what a synthetic set's manifest says about where it came from, not what it holds: its GAN's
@@ -96,22 +96,23 @@ def _file_digest(p: Path) -> str:
     import hashlib
     import json
 
-    from xfergan.io import sha256_file
+    from xfergan.io import sha256_file_once
 
+    if p.name != "manifest.json":
+        return sha256_file_once(p)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        if p.name == "manifest.json":
-            try:
-                m = json.loads(p.read_text())
-            except ValueError:
-                m = None
-            if isinstance(m, dict):
-                held = {k: v for k, v in m.items() if k not in MANIFEST_ORIGIN_KEYS}
-                blob = json.dumps(held, sort_keys=True, default=str).encode()
-                _DIGESTS[key] = hashlib.sha256(blob).hexdigest()
-                return _DIGESTS[key]
-        _DIGESTS[key] = sha256_file(p)
+        try:
+            m = json.loads(p.read_text())
+        except ValueError:
+            m = None
+        if not isinstance(m, dict):
+            return sha256_file_once(p)
+        held = {k: v for k, v in m.items() if k not in MANIFEST_ORIGIN_KEYS}
+        _DIGESTS[key] = hashlib.sha256(
+            json.dumps(held, sort_keys=True, default=str).encode()
+        ).hexdigest()
     return _DIGESTS[key]
 
 

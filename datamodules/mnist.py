@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -17,9 +18,19 @@ _D = MnistConfig()
 MNIST_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
 
 
+_ARRAYS: dict = {}  # the last files read: (their paths, sizes, mtimes) -> arrays
+
+
 def load_mnist_arrays(
     root: str, download: bool = False
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """MNIST's train and test images [N, 1, 28, 28] uint8 and labels. Read once per process for
+    the same files (every stage of a pipeline loads it): the tensors are shared, never modify
+    them in place (index them, which copies)."""
+    raw = Path(root) / "MNIST" / "raw"
+    key = (str(raw.resolve()), tuple(_stat(raw / f"{p}-ubyte") for p in MNIST_FILES))
+    if key in _ARRAYS:
+        return _ARRAYS[key]
     out = {}
     for split, train in (("train", True), ("test", False)):
         try:
@@ -31,7 +42,24 @@ def load_mnist_arrays(
                 "paths.data_dir=..."
             ) from None
         out[split] = (ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+    if None not in key[1]:  # (a download makes the files: their stats are known next time)
+        _ARRAYS.clear()
+        _ARRAYS[key] = out
     return out
+
+
+def _stat(p: Path):
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _uids(split: str, n: int) -> torch.Tensor:
+    """The ids of all n images of a split (the same as uids_of of their names, made once)."""
+    return uids_of([f"mnist/{split}/{i}" for i in range(n)])
 
 
 class MNISTDataModule(ImageDataModule):
@@ -56,14 +84,12 @@ class MNISTDataModule(ImageDataModule):
         xt, yt = arrays["test"]
         rest = rest_of(len(y), train_idx, val_idx)
 
-        def ids(split, idx):
-            return uids_of([f"mnist/{split}/{i}" for i in idx.tolist()])
-
+        train_uid, test_uid = _uids("train", len(y)), _uids("test", len(yt))
         return Splits(
-            train=Split(x[train_idx], y[train_idx], uid=ids("train", train_idx)),
-            val=Split(x[val_idx], y[val_idx], uid=ids("train", val_idx)),
-            test=Split(xt, yt, uid=ids("test", torch.arange(len(yt)))),
+            train=Split(x[train_idx], y[train_idx], uid=train_uid[train_idx]),
+            val=Split(x[val_idx], y[val_idx], uid=train_uid[val_idx]),
+            test=Split(xt.clone(), yt.clone(), uid=test_uid.clone()),
             class_names=[str(i) for i in range(10)],
             info={"train_indices": train_idx},
-            unlabelled=Split(x[rest], y[rest], uid=ids("train", rest)),
+            unlabelled=Split(x[rest], y[rest], uid=train_uid[rest]),
         )

@@ -118,3 +118,35 @@ def test_a_budget_without_a_divisor_near_the_epoch_target_says_so(tmp_path, capl
     assert (
         "a budget of 601 steps has no divisor near 50: it runs as 1 epoch(s) of 601" in caplog.text
     )
+
+
+def test_mnist_is_read_once_per_process_until_its_files_change(tmp_path, monkeypatch):
+    """Every stage of a pipeline loads MNIST: the same files are parsed once, a changed file is
+    read again, and the ids of a stage's images are those of their names."""
+    import os
+    import shutil
+
+    import datamodules.mnist as mn
+    from datamodules.base import uids_of
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in mn.MNIST_FILES:
+        shutil.copy(DATA_DIR / "mnist" / "MNIST" / "raw" / f"{f}-ubyte", raw)
+    reads = []
+    real = mn.MNIST
+    monkeypatch.setattr(mn, "MNIST", lambda **kw: reads.append(kw) or real(**kw))
+    a = load_mnist_arrays(str(tmp_path))
+    assert load_mnist_arrays(str(tmp_path)) is a and len(reads) == 2  # train + test, once
+    labels = raw / "t10k-labels-idx1-ubyte"
+    st = labels.stat()
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # rewritten, say
+    assert load_mnist_arrays(str(tmp_path)) is not a and len(reads) == 4
+    dm = MNISTDataModule(name="mnist", root=str(tmp_path), n_per_class=3, val_per_class=2)
+    dm.setup()
+    idx = dm.splits.info["train_indices"].tolist()
+    assert dm.splits.train.uid.tolist() == uids_of([f"mnist/train/{i}" for i in idx]).tolist()
+    assert (
+        dm.splits.test.uid.tolist()[:3]
+        == uids_of(["mnist/test/0", "mnist/test/1", "mnist/test/2"]).tolist()
+    )

@@ -188,3 +188,29 @@ def test_a_classifier_without_a_pool_is_the_dashboards_labelled_only_point(tmp_p
     assert axes(cfg, {"n_train_real": 80, "n_train_synthetic": 0})["n_unlabelled"] == 0
     assert axes(cfg, {"n_train_real": 80, "n_unlabelled": 59_840})["n_unlabelled"] == 59_840
     assert "n_unlabelled" not in axes(cfg)  # before the data is loaded: not known yet
+
+
+def test_wandb_runs_of_one_process_list_the_installed_packages_once(tmp_path, monkeypatch):
+    """Each W&B run saves requirements.txt; the packages are listed once per process (wandb parses
+    every package's metadata for each run otherwise) and every run still saves the full list."""
+    import importlib.metadata
+
+    import wandb
+
+    from xfergan.tracking.wandb_backend import make_wandb_logger
+
+    unlisted = getattr(wandb.util.working_set, "__wrapped__", wandb.util.working_set)
+    monkeypatch.setattr(wandb.util, "working_set", unlisted)  # as before any run; undone after
+    want = sorted(f"{d.key}=={d.version}" for d in unlisted())
+    assert any(w.startswith("torch==") for w in want)
+    listed = []
+    real = importlib.metadata.distributions
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: listed.append(1) or real())
+    for k in range(2):
+        cfg = compose(FAST + ["debug=smoke", f"seed={k}"], tmp_path / str(k))
+        make_wandb_logger(cfg, tmp_path / str(k), job_type="classify")
+        wandb.finish()
+    assert len(listed) == 1
+    for k in range(2):
+        req = next((tmp_path / str(k)).glob("wandb/offline-run-*/files/requirements.txt"))
+        assert sorted(req.read_text().split()) == want

@@ -34,6 +34,7 @@ FAST = [
     "dataset.channels=1",
     "dataset.normalize=half",
     "dataset.eval_batch_size=1000",
+    "trainer.limit_test_batches=2",  # 2,000 of MNIST's 10,000 test images (n_test says so)
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",

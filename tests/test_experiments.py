@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import FAST, ROOT, run_py
+from tasks import run_task
+from tests.conftest import FAST, ROOT, compose, run_py
 
 
 def _wandb_meta(run_dir: Path) -> dict:
@@ -82,8 +83,7 @@ def test_joblib_parallel_jobs_and_a_killed_one(tmp_path):
     m0 = json.loads((sweep / "0" / "metrics.json").read_text())
     assert m0["status"] == "ok"
     assert not (sweep / "1" / "metrics.json").exists()
-    r = run_py(["task=report", f"dir={sweep}", f"hydra.run.dir={tmp_path}/report", "logger=none"])
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "report"))
     report = (sweep / "report.md").read_text()
     assert "1 missing" in report and "MISSING" in report and "max_epochs=400" in report
 
@@ -112,5 +112,5 @@ def test_failed_job_is_recorded_the_sweep_goes_on_and_the_command_fails(tmp_path
     assert bad["status"] == "failed" and "n_per_class=-1" in bad["error"]
     assert (sweep / "0" / "error.txt").is_file()
     assert good["status"] == "ok"
-    run_py(["task=report", f"dir={sweep}", f"hydra.run.dir={tmp_path}/report", "logger=none"])
+    run_task(compose(["task=report", f"dir={sweep}", "logger=none"], tmp_path / "report"))
     assert "FAILED" in (sweep / "report.md").read_text()

@@ -287,24 +287,25 @@ def test_a_dataset_and_gan_networks_added_from_outside_the_repo(tmp_path):
         "logger=none",
         "trainer.enable_progress_bar=false",
     ]
-    runs = {
-        "classify": [],
-        "gan": ["task=gan", "gan/generator=tiny", "gan/discriminator=tiny", "gan.image_size=28"],
-    }
-    for name, args in runs.items():
-        r = run_py(common + args + [f"hydra.run.dir={tmp_path / name}"], env=env)
-        assert r.returncode == 0, (name, r.stderr[-2000:])
+    # one pipeline: its GAN (the outside networks), the synthetic set and a classifier on real
     r = run_py(
         common
         + [
-            "task=synthesize",
-            f"synthesize.checkpoint={tmp_path / 'gan'}",
-            f"hydra.run.dir={tmp_path / 'syn'}",
+            "task=pipeline",
+            "pipeline.arms=[real,synthetic]",
+            "pipeline.feature_net=false",
+            "gan/generator=tiny",
+            "gan/discriminator=tiny",
+            "gan.image_size=28",
+            f"hydra.run.dir={tmp_path / 'pipe'}",
         ],
         env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    man = json.loads((tmp_path / "syn" / "manifest.json").read_text())
+    gan = json.loads((tmp_path / "pipe" / "gan" / "metrics.json").read_text())
+    assert gan["status"] == "ok" and gan["gan/steps"] > 0
+    assert "_target_: my_project.TinyG" in (tmp_path / "pipe/.hydra/config.yaml").read_text()
+    man = json.loads((tmp_path / "pipe" / "synthesize" / "manifest.json").read_text())
     assert man["real_data"]["dataset"] == "chest" and man["counts_per_class"] == [16, 16]
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -312,7 +313,7 @@ def test_a_dataset_and_gan_networks_added_from_outside_the_repo(tmp_path):
     r = run_py(
         [
             "task=predict",
-            f"run={tmp_path / 'classify'}",
+            f"run={tmp_path / 'pipe' / 'classify_real'}",
             f"input={imgs / 'a.png'}",
             "logger=none",
             f"hydra.run.dir={tmp_path / 'pred'}",

@@ -22,6 +22,7 @@ sides alternating by round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.plugins.precision import MixedPrecision  # noqa: E402
 
 from tasks.classify import build_classifier  # noqa: E402
 from tasks.gan import build_gan, gan_datamodule  # noqa: E402
@@ -377,12 +379,15 @@ def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
     y_all = dm.splits.train.y.to(dev)
     t0 = time.perf_counter()
     model.setup("fit")  # gan.compile, as the Trainer would
+    # bf16 as trainer.precision=bf16-mixed runs task=gan: Lightning's own autocast context (no
+    # cast cache: a plain torch.autocast would reuse D's bf16 weights from before D's update)
+    precision = MixedPrecision("bf16-mixed", dev.type) if bf16 else None
 
     def step():
         if mode in ("reduce-overhead", "graph"):
             torch.compiler.cudagraph_mark_step_begin()
         idx = torch.randint(0, len(y_all), (batch,), device=dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision.forward_context() if precision else contextlib.nullcontext():
             model.gan_step(x_all[idx], y_all[idx], opt_g, opt_d)
 
     step()  # the first call compiles

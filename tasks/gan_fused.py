@@ -88,8 +88,9 @@ def autocast(cfg: DictConfig, device: torch.device):
     import contextlib
 
     precision = str(cfg.trainer.get("precision") or "32-true")
-    if precision in ("bf16-mixed",):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("bf16-mixed",):  # as Lightning's context: no cast cache (a cached bf16
+        # weight would outlive its optimizer step inside the one context of an update)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     if precision in ("32-true", "32", "64-true", "64"):
         return contextlib.nullcontext()
     raise UserError(

@@ -421,3 +421,19 @@ def test_fused_gans_honour_the_precision_and_are_found_only_under_it(tmp_path):
         find_gan_run(
             compose(pipe + ["trainer.precision=32-true"], tmp_path / "p"), tmp_path / "bf16-mixed"
         )
+
+
+def test_the_fused_bf16_context_is_lightnings_without_a_cast_cache():
+    """Inside one update's autocast context an optimizer step changes weights in place; with
+    torch's default cast cache a later forward would reuse their bf16 copies from before the
+    step. Lightning's bf16-mixed context (task=gan) has no cache, nor has the fused loop's."""
+    from tasks.gan_fused import autocast
+
+    cfg = compose(FAST + ["trainer.precision=bf16-mixed"])
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast(cfg, torch.device("cpu")):
+        before = lin(x)
+        with torch.no_grad():
+            lin.weight.add_(1.0)  # as Adam's step would
+        after = lin(x)
+    assert before.dtype == torch.bfloat16 and not torch.equal(before, after)

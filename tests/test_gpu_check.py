@@ -156,3 +156,24 @@ def test_a_classifier_variant_that_cannot_run_is_a_row_not_a_crash(tmp_path):
     rows = list(bench.bench_classifier_speed(1, 0, False, tmp_path, "bogus_bs8"))
     assert len(rows) == 1 and rows[0]["ours"] == 0.0, rows
     assert "model.compile='bogus'" in rows[0]["error"], rows
+
+
+def test_the_bf16_gan_speed_step_runs_as_task_gan_runs_it(tmp_path, monkeypatch):
+    """gan_speed's bf16 variants ran gan_step under a plain torch.autocast, whose cast cache
+    keeps D's bf16 weights from before D's update for the G half of the step; task=gan runs
+    under Lightning's bf16-mixed context, which has no cache. The bench now measures the
+    same computation: every autocast it opens is Lightning's (cache_enabled=False)."""
+    import bench
+    import torch
+
+    opened = []
+    real = torch.autocast
+
+    class Recorded(real):
+        def __init__(self, *a, **k):
+            opened.append(k.get("cache_enabled", True))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(torch, "autocast", Recorded)
+    row = bench._gan_speed_one("eager_bs8_bf16", 1, 0, False, tmp_path)
+    assert row["rate"] > 0 and opened and not any(opened), opened

@@ -374,9 +374,14 @@ class ConditionalGAN(pl.LightningModule):
         cls = type(self)
         checkpoint["xfergan_class"] = f"{cls.__module__}.{cls.__qualname__}"
         checkpoint["xfergan_provenance"] = self.provenance
+        # the collapsed-D streak it ends in: a resumed GAN goes on counting (not from 0, which
+        # would give a collapsing GAN another divergence_patience steps per resume)
+        checkpoint["xfergan_collapsed_d_streak"] = int(self._div.bad)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.provenance = checkpoint.get("xfergan_provenance")
+        streak = torch.tensor(int(checkpoint.get("xfergan_collapsed_d_streak", 0)))
+        self._div.bad, self._div.worst = streak, streak.clone()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also the host-side counts (load_from_checkpoint and a resumed fit both come here)."""

@@ -290,6 +290,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     for i, (s, c, dm) in enumerate(zip(seeds, cfgs, dms)):
         d = output_dir(c)
         model = fused.gan(i)
+        model._div.bad = div.bad[i].cpu()  # its collapsed-D streak, as task=gan saves it
         save_gan(model, d, fused.steps, epochs)
         grid = model.sample_grid_images()
         (d / "samples").mkdir(exist_ok=True)

@@ -158,6 +158,8 @@ def test_gan_fused_writes_k_gan_run_dirs_that_synthesize_and_provenance_take(tmp
         assert meta["gan/steps"] == 2 and (d / "samples" / "final.png").stat().st_size > 200
         gan = load_gan(d / "checkpoints" / "last.ckpt")
         assert gan.steps_done == 2
+        ckpt = torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["xfergan_collapsed_d_streak"] == int(gan._div.bad) == 0  # (a healthy D)
         dm = gan_datamodule(compose(base + [f"seed={s}"], tmp_path / f"dm{s}"))
         dm.setup()
         own = dm.provenance()["train_ids_sha256"]

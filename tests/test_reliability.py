@@ -336,6 +336,26 @@ def test_collapsed_discriminator_is_detected():
         m._check_divergence(torch.tensor(float("nan")), torch.tensor(1.0))
 
 
+def test_a_resumed_gan_goes_on_counting_its_collapsed_d_streak():
+    """The streak lived in memory only: a GAN whose D had collapsed for 3 of its 5 allowed
+    steps when its checkpoint was written got 5 more after each resume."""
+    import torch
+
+    from lightning_modules.gan import GANDivergedError
+    from tests.conftest import small_gan
+
+    m = small_gan(2, 28, divergence_patience=5)
+    for _ in range(3):
+        m._check_divergence(torch.tensor(0.0), torch.tensor(3.0), read=False)
+    ckpt = {}
+    m.on_save_checkpoint(ckpt)  # what Lightning (task=gan) and save_gan (gan_fused) write
+    resumed = small_gan(2, 28, divergence_patience=5)
+    resumed.on_load_checkpoint(ckpt)  # what a resumed fit and load_gan call
+    resumed._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
+    with pytest.raises(GANDivergedError, match="stayed at ~0 for 5 steps"):
+        resumed._check_divergence(torch.tensor(0.0), torch.tensor(3.0))
+
+
 def test_a_bad_seed_is_a_failed_job_in_one_line_not_a_missing_one(tmp_path):
     """seed=-1 raised in seed_everything before the job's try: a traceback and no metrics.json,
     so a sweep called the job "missing (killed or never started)"."""

@@ -189,8 +189,10 @@ def check(cfg: DictConfig) -> list[int]:
     return seeds
 
 
-def save_gan(model, out, steps: int, epochs: int) -> None:
-    """A checkpoint load_gan (task=synthesize) reads: state, hyper-parameters, class, provenance."""
+def save_gan(model, out, steps: int, epochs: int, streak: int = 0) -> None:
+    """A checkpoint load_gan (task=synthesize) and a resumed task=gan read: state,
+    hyper-parameters, class, provenance, and `streak`, its steps with a collapsed D so far."""
+    model._div.bad = torch.tensor(int(streak))
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     ckpt.update(epoch=epochs, global_step=2 * steps)  # as Lightning counts: G and D steps
     model.on_save_checkpoint(ckpt)  # xfergan_class, xfergan_provenance
@@ -290,8 +292,7 @@ def run(cfg: DictConfig, per_seed: dict[int, dict] | None = None) -> dict:
     for i, (s, c, dm) in enumerate(zip(seeds, cfgs, dms)):
         d = output_dir(c)
         model = fused.gan(i)
-        model._div.bad = div.bad[i].cpu()  # its collapsed-D streak, as task=gan saves it
-        save_gan(model, d, fused.steps, epochs)
+        save_gan(model, d, fused.steps, epochs, streak=div.bad[i])  # streak: as task=gan's
         grid = model.sample_grid_images()
         (d / "samples").mkdir(exist_ok=True)
         save_image(grid, d / "samples" / "final.png", nrow=len(grid) // dm.num_classes, padding=2)

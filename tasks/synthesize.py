@@ -58,6 +58,7 @@ def load_gan(path: Path):
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
         raise UserError(f"GAN checkpoint {path} does not fit its model: {str(e)[:200]}") from None
+    model.on_load_checkpoint(blob)  # what the module reads back (its collapsed-D streak)
     model.provenance = blob.get("xfergan_provenance")
     return model.eval()
 

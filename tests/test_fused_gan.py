@@ -439,3 +439,16 @@ def test_the_fused_bf16_context_is_lightnings_without_a_cast_cache():
             lin.weight.add_(1.0)  # as Adam's step would
         after = lin(x)
     assert before.dtype == torch.bfloat16 and not torch.equal(before, after)
+
+
+def test_a_fused_gans_checkpoint_holds_its_collapsed_d_streak(tmp_path):
+    """gan_fused writes each seed's checkpoint itself (save_gan): the streak it hands over is
+    what load_gan and a resumed task=gan read back."""
+    from tasks.gan_fused import save_gan
+    from tasks.synthesize import load_gan
+
+    (tmp_path / "checkpoints").mkdir()
+    save_gan(small_gan(3, 28), tmp_path, steps=4, epochs=1, streak=torch.tensor(3))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["xfergan_collapsed_d_streak"] == 3
+    assert int(load_gan(tmp_path / "checkpoints" / "last.ckpt")._div.bad) == 3

@@ -17,6 +17,7 @@ import pytest
 from tasks import run_task
 from tests.conftest import FAST, GAN_FAST, ROOT, compose, run_py
 from xfergan.errors import UserError
+from xfergan.io import sha256_file
 
 # progress on (FAST turns it off): these tests read the progress lines
 SMALL = [a for a in FAST if not a.startswith("trainer.enable_progress_bar=")] + [
@@ -304,18 +305,18 @@ def test_resume_follows_the_real_images_content_not_their_path(tmp_path, caplog,
     m0 = json.loads(stage.read_text())
     assert rt.DATA_KEY in m0["inputs_sha256"]
     ckpt = run_dir / "classify_real" / "checkpoints" / "last.ckpt"
-    trained = ckpt.stat().st_mtime_ns  # (wall_s can be equal by chance: 0.42 s both times)
+    trained = sha256_file(ckpt)  # (wall_s can be equal by chance: 0.42 s both times)
     caplog.clear()
     run_task(compose(args + ["resume=true"], run_dir))  # the same images: reused
     assert json.loads(stage.read_text())["wall_s"] == m0["wall_s"]
-    assert ckpt.stat().st_mtime_ns == trained
+    assert sha256_file(ckpt) == trained
     assert "running it again" not in caplog.text
     for i in (7, 8, 9):  # relabelled: moved to the other class folder, same bytes
         (data / "a" / f"{i:02d}.png").rename(data / "b" / f"a{i:02d}.png")
     run_task(compose(args + ["resume=true"], run_dir))
     m1 = json.loads(stage.read_text())
     assert "made from other inputs (dataset: other content now)" in caplog.text
-    assert ckpt.stat().st_mtime_ns != trained and m1["config_sha256"] != m0["config_sha256"]
+    assert sha256_file(ckpt) != trained and m1["config_sha256"] != m0["config_sha256"]
     assert m1["inputs_sha256"][rt.DATA_KEY] != m0["inputs_sha256"][rt.DATA_KEY]
 
 

@@ -5,6 +5,7 @@ finished with every scalar of metrics.json in the summary (failed runs marked fa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -29,7 +30,8 @@ def make_wandb_logger(
     from xfergan.tracking import axes, resolved_config, run_name
     from xfergan.tracking import tags as contract_tags
 
-    _list_packages_once(wandb)
+    with contextlib.suppress(Exception):  # a speed-up only: never costs the run
+        _list_packages_once(wandb)
     lc = cfg.logger
     mode = "offline" if lc.mode == "dryrun" else lc.mode  # wandb sets WANDB_MODE=dryrun itself
     settings = wandb.Settings(init_timeout=float(lc.init_timeout), silent=True)

@@ -381,13 +381,17 @@ def _gan_speed_one(name: str, steps: int, warmup: int, gpu: bool, tmp: Path) -> 
     model.setup("fit")  # gan.compile, as the Trainer would
     # bf16 as trainer.precision=bf16-mixed runs task=gan: Lightning's own autocast context (no
     # cast cache: a plain torch.autocast would reuse D's bf16 weights from before D's update)
-    precision = MixedPrecision("bf16-mixed", dev.type) if bf16 else None
+    precision = (
+        MixedPrecision("bf16-mixed", dev.type).autocast_context_manager()
+        if bf16
+        else contextlib.nullcontext()
+    )
 
     def step():
         if mode in ("reduce-overhead", "graph"):
             torch.compiler.cudagraph_mark_step_begin()
         idx = torch.randint(0, len(y_all), (batch,), device=dev)
-        with precision.forward_context() if precision else contextlib.nullcontext():
+        with precision:
             model.gan_step(x_all[idx], y_all[idx], opt_g, opt_d)
 
     step()  # the first call compiles

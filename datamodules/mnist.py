@@ -11,6 +11,7 @@ from torchvision.datasets import MNIST
 from datamodules.base import ImageDataModule, Split, Splits, uids_of
 from datamodules.sampling import few_shot_split, rest_of
 from xfergan.errors import UserError
+from xfergan.io import file_key
 from xfergan.schema import MnistConfig
 
 _D = MnistConfig()
@@ -18,7 +19,7 @@ _D = MnistConfig()
 MNIST_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
 
 
-_ARRAYS: dict = {}  # the last files read: (their paths, sizes, mtimes) -> arrays
+_ARRAYS: dict = {}  # the last files read: their file_keys -> arrays
 
 
 def load_mnist_arrays(
@@ -27,8 +28,7 @@ def load_mnist_arrays(
     """MNIST's train and test images [N, 1, 28, 28] uint8 and labels. Read once per process for
     the same files (every stage of a pipeline loads it): the tensors are shared, never modify
     them in place (index them, which copies)."""
-    raw = Path(root) / "MNIST" / "raw"
-    key = (str(raw.resolve()), tuple(_stat(raw / f"{p}-ubyte") for p in MNIST_FILES))
+    key = tuple(_key(Path(root) / "MNIST" / "raw" / f"{p}-ubyte") for p in MNIST_FILES)
     if key in _ARRAYS:
         return _ARRAYS[key]
     out = {}
@@ -42,18 +42,17 @@ def load_mnist_arrays(
                 "paths.data_dir=..."
             ) from None
         out[split] = (ds.data.unsqueeze(1).contiguous(), ds.targets.long())
-    if None not in key[1]:  # (a download makes the files: their stats are known next time)
+    if None not in key:  # (a download makes the files: their stats are known next time)
         _ARRAYS.clear()
         _ARRAYS[key] = out
     return out
 
 
-def _stat(p: Path):
+def _key(p: Path) -> tuple | None:
     try:
-        st = p.stat()
+        return file_key(p)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=2)

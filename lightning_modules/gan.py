@@ -282,6 +282,11 @@ class Divergence:
         self.bad = (self.bad + 1) * (loss_d < self.threshold)
         self.worst = torch.maximum(self.worst, self.bad)
 
+    def set_streak(self, steps) -> None:
+        """Go on from a streak of `steps` collapsed-D steps (what a checkpoint recorded)."""
+        self.bad = torch.as_tensor(steps, dtype=torch.long).clone()
+        self.worst = self.bad.clone()
+
     def read(self):
         """(NaN/Inf seen, longest collapsed-D streak since the last read): one host read;
         Python scalars for one GAN, lists for K."""
@@ -380,8 +385,7 @@ class ConditionalGAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.provenance = checkpoint.get("xfergan_provenance")
-        streak = torch.tensor(int(checkpoint.get("xfergan_collapsed_d_streak", 0)))
-        self._div.bad, self._div.worst = streak, streak.clone()
+        self._div.set_streak(int(checkpoint.get("xfergan_collapsed_d_streak", 0)))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also the host-side counts (load_from_checkpoint and a resumed fit both come here)."""

@@ -88,9 +88,11 @@ def autocast(cfg: DictConfig, device: torch.device):
     import contextlib
 
     precision = str(cfg.trainer.get("precision") or "32-true")
-    if precision in ("bf16-mixed",):  # as Lightning's context: no cast cache (a cached bf16
+    if precision in ("bf16-mixed",):  # Lightning's own context (no cast cache: a cached bf16
         # weight would outlive its optimizer step inside the one context of an update)
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+        from pytorch_lightning.plugins.precision import MixedPrecision
+
+        return MixedPrecision("bf16-mixed", device.type).autocast_context_manager()
     if precision in ("32-true", "32", "64-true", "64"):
         return contextlib.nullcontext()
     raise UserError(
@@ -189,10 +191,10 @@ def check(cfg: DictConfig) -> list[int]:
     return seeds
 
 
-def save_gan(model, out, steps: int, epochs: int, streak: int = 0) -> None:
+def save_gan(model, out, steps: int, epochs: int, streak=0) -> None:
     """A checkpoint load_gan (task=synthesize) and a resumed task=gan read: state,
     hyper-parameters, class, provenance, and `streak`, its steps with a collapsed D so far."""
-    model._div.bad = torch.tensor(int(streak))
+    model._div.set_streak(int(streak))
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     ckpt.update(epoch=epochs, global_step=2 * steps)  # as Lightning counts: G and D steps
     model.on_save_checkpoint(ckpt)  # xfergan_class, xfergan_provenance

@@ -88,14 +88,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 _SHA256: dict[tuple, str] = {}  # (file, size, mtime) -> sha256
 
 
+def file_key(path: str | os.PathLike) -> tuple:
+    """(resolved path, size, mtime): what a per-process cache of a file's content is keyed by
+    (the file is read again once it changes). Raises OSError when the file is not there."""
+    p = Path(path)
+    st = p.stat()
+    return str(p.resolve()), st.st_size, st.st_mtime_ns
+
+
 def sha256_file_once(path: str | os.PathLike) -> str:
     """sha256_file, hashed once per process while the file's size and mtime stay the same (an
     input's identity is asked for several times a stage)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    key = file_key(path)
     if key not in _SHA256:
-        _SHA256[key] = sha256_file(p)
+        _SHA256[key] = sha256_file(path)
     return _SHA256[key]
 
 

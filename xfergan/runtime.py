@@ -96,12 +96,11 @@ def _file_digest(p: Path) -> str:
     import hashlib
     import json
 
-    from xfergan.io import sha256_file_once
+    from xfergan.io import file_key, sha256_file_once
 
     if p.name != "manifest.json":
         return sha256_file_once(p)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    key = file_key(p)
     if key not in _DIGESTS:
         try:
             m = json.loads(p.read_text())
